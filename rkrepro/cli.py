@@ -1,0 +1,158 @@
+"""The ``rkrepro`` command line: parse, call, render. No domain logic lives here.
+
+Heavy imports (torch, mlflow, pandas) happen inside the commands that need them, so that
+``rkrepro --help`` and ``rkrepro list`` start instantly.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from rkrepro.errors import RkreproError
+
+
+class _Group(TyperGroup):
+    """Turns every :class:`RkreproError` into one line on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except RkreproError as error:
+            typer.echo(f"Error: {error}", err=True)
+            raise typer.Exit(error.exit_code) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="rkrepro",
+    help="Reproduce the tables of 'Convolutional Neural Networks combined with Runge-Kutta "
+    "Methods' (RKNet) and track how close the reproduction is.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+TablesDir = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--tables-dir",
+        envvar="RKREPRO_TABLES_DIR",
+        help="Folder of table YAML files (default: the shipped tables/).",
+        show_default=False,
+    ),
+]
+TrackingUri = Annotated[
+    Optional[str],
+    typer.Option(
+        "--tracking-uri",
+        envvar="MLFLOW_TRACKING_URI",
+        help="MLflow tracking URI (default: the local SQLite store under runs/).",
+        show_default=False,
+    ),
+]
+
+
+class ListFormat(StrEnum):
+    rich = "rich"
+    json = "json"
+
+
+class ParamsFormat(StrEnum):
+    rich = "rich"
+    json = "json"
+    markdown = "markdown"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+@app.command("list")
+def list_command(
+    table: Annotated[Optional[str], typer.Argument(help="Table id, e.g. table1.")] = None,
+    format: Annotated[ListFormat, typer.Option("--format", "-f")] = ListFormat.rich,
+    tables_dir: TablesDir = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Every table, row and model of the paper with its reported numbers and status."""
+    from rkrepro import listing, targets
+
+    tables = targets.load_tables(tables_dir)
+    cells = targets.all_cells(tables, table)
+    statuses = listing.statuses(tracking_uri, cells)
+    if format is ListFormat.json:
+        typer.echo(json.dumps([listing.cell_record(c, statuses) for c in cells], indent=2))
+        return
+    _console().print(listing.cells_table(tables, cells, statuses))
+
+
+@app.command("show")
+def show_command(
+    table: Annotated[str, typer.Argument(help="Table id, e.g. table1.")],
+    row: Annotated[str, typer.Option("--row", "-r", help="Row id, e.g. densenet-bc-k12.")],
+    tables_dir: TablesDir = None,
+) -> None:
+    """A row's models with their period structure (s, r, channels per period)."""
+    from rkrepro import listing, targets
+
+    tables = targets.load_tables(tables_dir)
+    found = targets.find_table(tables, table)
+    found_row = targets.find_row(found, row)
+    _console().print(listing.row_structure(found, found_row))
+
+
+@app.command("params")
+def params_command(
+    table: Annotated[Optional[str], typer.Argument(help="Table id, e.g. table1.")] = None,
+    row: Annotated[Optional[str], typer.Option("--row", "-r", help="Row id.")] = None,
+    format: Annotated[ParamsFormat, typer.Option("--format", "-f")] = ParamsFormat.rich,
+    flops: Annotated[bool, typer.Option(help="Also count forward FLOPs per image.")] = True,
+    tables_dir: TablesDir = None,
+) -> None:
+    """Parameter counts of every model against the paper's printed values, and FLOPs."""
+    from rkrepro import params, targets
+
+    tables = targets.load_tables(tables_dir)
+    if row is not None and table is None:
+        raise typer.BadParameter("--row needs a TABLE argument", param_hint="--row")
+    if row is not None:
+        found = targets.find_table(tables, table)  # type: ignore[arg-type]
+        cells = targets.row_cells(found, targets.find_row(found, row))
+    else:
+        cells = targets.all_cells(tables, table)
+    records = params.param_records(cells, with_flops=flops)
+    if format is ParamsFormat.json:
+        typer.echo(json.dumps(records, indent=2))
+    elif format is ParamsFormat.markdown:
+        typer.echo(params.to_markdown(records))
+    else:
+        _console().print(params.to_rich(records))
+    if any(r["match"] is False for r in records):
+        raise typer.Exit(1)
+
+
+def _register_optional_commands() -> None:
+    """Commands that live in their own modules (training, reports); each registers itself."""
+    import importlib
+
+    for name in ("rkrepro.cli_run", "rkrepro.cli_report"):
+        try:  # TEMP during development
+            importlib.import_module(name).register(app)
+        except ModuleNotFoundError:
+            pass
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,21 @@
+"""User-facing errors: the CLI turns each into one line on stderr and a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+
+class RkreproError(Exception):
+    """A problem the user can fix; ``str(error)`` is the one line shown to them."""
+
+    exit_code: int = 2
+
+
+class TargetError(RkreproError):
+    """Bad tables YAML, or an unknown table/row/variant."""
+
+
+class DataError(RkreproError):
+    """A dataset is missing, truncated or malformed."""
+
+
+class TrackingError(RkreproError):
+    """The MLflow store cannot be reached or used."""

@@ -1,0 +1,153 @@
+"""Rendering of the tables as targets: ``rkrepro list`` and ``rkrepro show``.
+
+Torch- and mlflow-free: these commands must start instantly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table as RichTable
+from rich.text import Text
+
+from rkrepro.targets import Cell, Printed, Row, Table, row_cells
+
+NOT_STARTED = "not started"
+
+
+def statuses(tracking_uri: str | None, cells: list[Cell]) -> dict[str, str]:
+    """Cell key -> reproduction status, read from the tracking store (cheaply)."""
+    from rkrepro.status import cell_status_map
+
+    table_ids = list(dict.fromkeys(cell.table for cell in cells))
+    return cell_status_map(tracking_uri, table_ids)
+
+
+def _number(value: Printed | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def cell_record(cell: Cell, status: dict[str, str]) -> dict[str, Any]:
+    """One model cell as a JSON object (documented in the README)."""
+    record: dict[str, Any] = {
+        "table": cell.table,
+        "row": cell.row,
+        "model": cell.model,
+        "printed_model": cell.printed_model,
+        "share": cell.share,
+        "family": cell.spec.family,
+        "dataset": cell.spec.dataset,
+        "depth": cell.spec.depth,
+        "growth_rate": cell.spec.growth_rate,
+        "periods": [list(p) for p in cell.spec.periods] if cell.spec.periods else None,
+        "m": list(cell.spec.m) if cell.spec.m else None,
+        "params_m": _number(cell.reported_params_m),
+        "params_decimals": cell.reported_params_m.decimals if cell.reported_params_m else None,
+    }
+    if cell.spec.dataset == "imagenet":
+        record["top1"] = _number(cell.reported_error)
+        record["top5"] = _number(cell.reported_top5)
+    else:
+        record["error"] = _number(cell.reported_error)
+    record.update(
+        {
+            "bold": cell.bold,
+            "star": cell.star,
+            "batch_size": cell.protocol.batch_size,
+            "epochs": cell.protocol.epochs,
+            "status": status.get(cell.key, NOT_STARTED),
+        }
+    )
+    return record
+
+
+def _fmt(value: Printed | None) -> str:
+    return "-" if value is None else repr(value)
+
+
+_STATUS_STYLE = {
+    "done": "green",
+    "running": "cyan",
+    "failed": "red",
+    "killed": "yellow",
+    NOT_STARTED: "dim",
+}
+
+
+def _model_label(cell: Cell) -> str:
+    return cell.printed_model + (" share" if cell.share else "")
+
+
+def cells_table(tables: dict[str, Table], cells: list[Cell], status: dict[str, str]) -> Group:
+    """One rich table per paper table: rows -> models, reported numbers, reproduction status."""
+    rendered = []
+    for table_id in dict.fromkeys(cell.table for cell in cells):
+        table = tables[table_id]
+        chosen = [cell for cell in cells if cell.table == table_id]
+        imagenet = table.dataset == "imagenet"
+        out = RichTable(
+            title=f"{table.title} ({table.dataset})", header_style="bold", title_justify="left"
+        )
+        width = max(len(_model_label(cell)) for cell in chosen)
+        out.add_column("row", overflow="fold")
+        out.add_column("model", no_wrap=True, min_width=width)
+        out.add_column("M params", justify="right", no_wrap=True)
+        for column in ("top-1 %", "top-5 %") if imagenet else ("error %",):
+            out.add_column(column, justify="right", no_wrap=True)
+        out.add_column("status", no_wrap=True)
+        previous_row = None
+        for cell in chosen:
+            if previous_row is not None and previous_row != cell.row:
+                out.add_section()
+            star = "*" if cell.star else ""
+            errors = [_fmt(cell.reported_error) + star]
+            if imagenet:
+                errors.append(_fmt(cell.reported_top5) + star)
+            state = status.get(cell.key, NOT_STARTED)
+            out.add_row(
+                cell.row if previous_row != cell.row else "",
+                Text(_model_label(cell), style="bold" if cell.bold else ""),
+                _fmt(cell.reported_params_m),
+                *errors,
+                Text(
+                    "-" if state == NOT_STARTED else state,
+                    style=_STATUS_STYLE.get(state.split(" ")[0], "dim"),
+                ),
+            )
+            previous_row = cell.row
+        notes = ["bold: the paper's bold claims", "status -: not started"]
+        if table.star_note and any(cell.star for cell in chosen):
+            notes.insert(0, table.star_note)
+        out.caption = "; ".join(notes)
+        rendered.append(out)
+    return Group(*rendered)
+
+
+def row_structure(table: Table, row: Row) -> RichTable:
+    """A row's models with s, r and the state channels of every period."""
+    from rkrepro.models.summary import describe_periods
+
+    out = RichTable(
+        title=f"{table.id} / {row.id}: {row.label}, depth {row.depth} ({table.dataset})",
+        header_style="bold",
+        show_lines=True,
+    )
+    out.add_column("model")
+    out.add_column("share", justify="center")
+    out.add_column("params (M)", justify="right")
+    periods = describe_periods(row_cells(table, row)[0].spec)
+    for index in range(len(periods)):
+        out.add_column(f"period {index + 1}\ns×r · channels", justify="center")
+    for cell in row_cells(table, row):
+        parts = []
+        for period in describe_periods(cell.spec):
+            shape = f"{period['s']}×{period['r']}" if cell.spec.is_rknet else "orig."
+            parts.append(f"{shape} · {period['state_channels']}")
+        out.add_row(
+            Text(cell.printed_model, style="bold" if cell.bold else ""),
+            "yes" if cell.share else "",
+            _fmt(cell.reported_params_m),
+            *parts,
+        )
+    return out

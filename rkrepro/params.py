@@ -1,0 +1,126 @@
+"""``rkrepro params``: every model's parameter count against the paper's printed value.
+
+The paper counts convolution and fully-connected weights and biases, not BatchNorm's affine
+parameters (see :mod:`rkrepro.models.counting`); a count *matches* when it prints as the paper's
+number at the paper's precision (0.75 means [0.745, 0.755) million).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rkrepro.targets import Cell, Printed
+
+
+def within_rounding(count: int, printed: Printed) -> bool:
+    low, high = printed.interval()
+    return low <= count / 1e6 < high
+
+
+def param_records(cells: list[Cell], with_flops: bool = True) -> list[dict[str, Any]]:
+    """One record per cell; models are built on the meta device, so this costs no memory."""
+    import torch
+
+    from rkrepro.models import build_model, count_flops, input_size_for, spec_param_counts
+
+    originals: dict[tuple[str, str], int] = {}
+    records = []
+    for cell in cells:
+        paper, total = spec_param_counts(cell.spec)
+        if cell.model == "original":
+            originals[(cell.table, cell.row)] = paper
+        match: bool | None = None
+        claim = None
+        if cell.reported_params_m is not None:
+            match = within_rounding(paper, cell.reported_params_m)
+        elif cell.params_equal_original and (cell.table, cell.row) in originals:
+            claim = "equal to the original (caption)"
+            match = paper == originals[(cell.table, cell.row)]
+        flops = None
+        if with_flops:
+            with torch.device("meta"):
+                model = build_model(cell.spec)
+            flops = count_flops(model, input_size_for(cell.spec))
+        records.append(
+            {
+                "table": cell.table,
+                "row": cell.row,
+                "model": cell.model,
+                "printed_model": cell.printed_model,
+                "share": cell.share,
+                "params_paper": paper,
+                "params_total": total,
+                "reported_params_m": (
+                    None if cell.reported_params_m is None else float(cell.reported_params_m)
+                ),
+                "reported_decimals": (
+                    None if cell.reported_params_m is None else cell.reported_params_m.decimals
+                ),
+                "claim": claim,
+                "match": match,
+                "flops": flops,
+            }
+        )
+    return records
+
+
+def _reported(record: dict[str, Any]) -> str:
+    if record["reported_params_m"] is None:
+        return "= original" if record["claim"] else "-"
+    return f"{record['reported_params_m']:.{record['reported_decimals']}f}"
+
+
+def _match(record: dict[str, Any]) -> str:
+    return {True: "yes", False: "NO", None: ""}[record["match"]]
+
+
+def _flops(record: dict[str, Any]) -> str:
+    return "" if record["flops"] is None else f"{record['flops'] / 1e6:,.1f}"
+
+
+_HEADERS = (
+    "table",
+    "row",
+    "model",
+    "share",
+    "paper count",
+    "all params",
+    "reported (M)",
+    "match",
+    "MFLOPs",
+)
+
+
+def _cells(record: dict[str, Any]) -> tuple[str, ...]:
+    return (
+        record["table"],
+        record["row"],
+        record["printed_model"],
+        "yes" if record["share"] else "",
+        f"{record['params_paper']:,}",
+        f"{record['params_total']:,}",
+        _reported(record),
+        _match(record),
+        _flops(record),
+    )
+
+
+def to_markdown(records: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(_HEADERS) + " |", "|" + "---|" * len(_HEADERS)]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in records]
+    return "\n".join(lines)
+
+
+def to_rich(records: list[dict[str, Any]]):
+    from rich.table import Table
+
+    table = Table(title="Parameter counts (paper rule: conv + FC weights and biases)")
+    for index, header in enumerate(_HEADERS):
+        table.add_column(header, justify="right" if index >= 4 else "left")
+    for record in records:
+        style = "red" if record["match"] is False else None
+        table.add_row(*_cells(record), style=style)
+    checked = [r for r in records if r["match"] is not None]
+    good = sum(1 for r in checked if r["match"])
+    table.caption = f"{good} of {len(checked)} checked cells within the paper's rounding"
+    return table

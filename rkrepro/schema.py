@@ -1,0 +1,43 @@
+"""Names shared by the writer (``tracking``) and the readers (``report``, ``status``) of MLflow runs.
+
+Kept free of mlflow and torch so any module can import it cheaply.
+"""
+
+from __future__ import annotations
+
+# One MLflow experiment per table; its name is the table id prefixed.
+EXPERIMENT_PREFIX = "rkrepro/"
+
+# Tags identifying a run: one run per (table, row, model, share, seed).
+TAG_TABLE = "rkrepro.table"  # "table1"
+TAG_ROW = "rkrepro.row"  # "densenet-bc-k12"
+TAG_MODEL = "rkrepro.model"  # "original" or "RKNet-1x8_1x2_1x2"
+TAG_SHARE = "rkrepro.share"  # "true" / "false"
+TAG_SEED = "rkrepro.seed"  # "0"
+TAG_PROTOCOL = "rkrepro.protocol"  # PROTOCOL_PAPER or PROTOCOL_SHORTENED
+TAG_CONFIG_HASH = "rkrepro.config_hash"
+TAG_GIT_COMMIT = "rkrepro.git_commit"
+TAG_DEVICE = "rkrepro.device"
+TAG_FAILURE = "rkrepro.failure"  # reason, on FAILED runs
+
+PROTOCOL_PAPER = "paper"
+PROTOCOL_SHORTENED = "shortened"
+
+# Metrics. Per-epoch series use step = epoch (1-based).
+M_TRAIN_LOSS = "train_loss"
+M_TRAIN_ERROR = "train_error"
+M_TEST_ERROR = "test_error"  # % (top-1 on ImageNet)
+M_TEST_TOP5 = "test_top5_error"  # %, ImageNet only
+M_LR = "lr"
+M_EPOCH_SECONDS = "epoch_seconds"
+M_IMAGES_PER_S = "images_per_s"
+M_PEAK_MEMORY = "peak_memory_mb"
+M_FINAL_TEST_ERROR = "final_test_error"  # the paper's convention: last epoch
+M_FINAL_TEST_TOP5 = "final_test_top5_error"
+M_BEST_TEST_ERROR = "best_test_error"  # labelled as best, never reported as the paper's number
+M_PARAMS_PAPER = "params_paper"
+M_PARAMS_TOTAL = "params_total"
+
+
+def experiment_name(table_id: str) -> str:
+    return EXPERIMENT_PREFIX + table_id

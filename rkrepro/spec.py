@@ -1,0 +1,82 @@
+"""Plain, torch-free descriptions of what to build and how to train it.
+
+These dataclasses are the contract between the tables (``targets``), the model
+zoo (``models``) and training (``train``): the CLI can resolve and print them
+without importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Family = Literal["densenet", "densenet-bc", "resnet"]
+Dataset = Literal["cifar10", "cifar100", "imagenet"]
+
+NUM_CLASSES: dict[str, int] = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
+
+# Dense blocks of the ImageNet DenseNets of Huang et al. (torchvision's configs).
+IMAGENET_DENSENET_BLOCKS: dict[int, tuple[int, ...]] = {
+    121: (6, 12, 24, 16),
+    169: (6, 12, 32, 32),
+    201: (6, 12, 48, 32),
+    161: (6, 12, 36, 24),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of a table: an original network, or one RKNet variant of it.
+
+    ``periods`` is ``None`` for the original network; for an RKNet it holds one
+    ``(s, r)`` pair per period (``s`` Runge-Kutta stages, ``r`` time-steps).
+    ``m`` holds, per period, the state width in units of the growth rate
+    (``m[0]`` is m0 = 2, then the m1, m2, m3 columns); DenseNet variants only.
+    """
+
+    family: Family
+    dataset: Dataset
+    depth: int
+    growth_rate: int | None = None
+    periods: tuple[tuple[int, int], ...] | None = None
+    m: tuple[int, ...] | None = None
+    share: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return NUM_CLASSES[self.dataset]
+
+    @property
+    def is_rknet(self) -> bool:
+        return self.periods is not None
+
+    @property
+    def bottleneck(self) -> bool:
+        """DenseNet-BC and every ImageNet DenseNet use bottleneck + compression 0.5."""
+        return self.family == "densenet-bc" or (
+            self.family == "densenet" and self.dataset == "imagenet"
+        )
+
+    @property
+    def name(self) -> str:
+        """The printed model name with ASCII ``x`` (``RKNet-1x8_1x2_1x2``) or ``original``."""
+        if self.periods is None:
+            return "original"
+        return "RKNet-" + "_".join(f"{s}x{r}" for s, r in self.periods)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A table's training protocol (Section 4 of the paper)."""
+
+    dataset: Dataset
+    augmentation: str
+    batch_size: int
+    epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    lr_milestones: tuple[int, ...]
+    lr_gamma: float = 0.1
+    nesterov: bool = True
+    extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)

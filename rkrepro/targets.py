@@ -1,0 +1,737 @@
+"""The paper's tables as validated data: ``tables/*.yaml`` -> :class:`Table` -> :class:`Cell`.
+
+A *cell* is one thing that can be trained and compared with the paper: a row's original network
+or one RKNet variant, with or without weight sharing. Everything downstream (models, training,
+tracking, reports) works on cells, so this module is the single place that knows the YAML layout.
+
+Torch-free on purpose: ``rkrepro list`` must answer in well under a second.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rkrepro.errors import TargetError
+from rkrepro.spec import NUM_CLASSES, ModelSpec, Protocol
+
+TABLES_DIR_ENV = "RKREPRO_TABLES_DIR"
+SHARE_CHOICES = ("both", "share", "no-share")
+
+
+# --------------------------------------------------------------------------------------------
+# Printed numbers keep their precision: 0.75 is not 0.8, and 1.0 is not 1.00.
+
+
+class Printed(float):
+    """A reported number that remembers how many decimals the paper printed."""
+
+    decimals: int
+
+    def __new__(cls, value: float, decimals: int) -> Printed:
+        number = super().__new__(cls, value)
+        number.decimals = decimals
+        return number
+
+    def __repr__(self) -> str:
+        return f"{float(self):.{self.decimals}f}"
+
+    def interval(self) -> tuple[float, float]:
+        """Half-open interval of true values that print as this number."""
+        half = 0.5 * 10.0**-self.decimals
+        return float(self) - half, float(self) + half
+
+
+class _TableLoader(yaml.SafeLoader):
+    """SafeLoader whose numbers become :class:`Printed` and whose keys must be unique."""
+
+
+def _construct_number(loader: _TableLoader, node: yaml.ScalarNode) -> Printed:
+    text = loader.construct_scalar(node)
+    value = yaml.SafeLoader.construct_yaml_float(loader, node)
+    mantissa = str(text).lower().split("e")[0]
+    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    return Printed(value, decimals)
+
+
+def _construct_mapping(loader: _TableLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_TableLoader.add_constructor("tag:yaml.org,2002:float", _construct_number)
+_TableLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,  # type: ignore[arg-type]
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Variant names.
+
+_PART = re.compile(r"^(\d+)[x×*](\d+)$")
+
+
+def normalise_name(name: str) -> str:
+    """Canonical, typable spelling: ``RKNet-1×8_1×2_1×2`` -> ``RKNet-1x8_1x2_1x2``."""
+    return "RKNet-" + "_".join(f"{s}x{r}" for s, r in parse_variant_name(name))
+
+
+def parse_variant_name(name: str) -> tuple[tuple[int, int], ...]:
+    """``RKNet-3×2_4×1`` (either spelling, prefix optional) -> ``((3, 2), (4, 1))``."""
+    text = name.strip().replace(" ", "").replace("\u00d7", "x").replace("X", "x")
+    if text.lower().startswith("rknet-"):
+        text = text[len("rknet-") :]
+    parts = []
+    for part in text.split("_"):
+        match = _PART.match(part)
+        if not match:
+            raise TargetError(
+                f"cannot parse variant name {name!r}: expected RKNet-SxR_SxR_... "
+                "(e.g. RKNet-1x8_1x2_1x2)"
+            )
+        s, r = int(match.group(1)), int(match.group(2))
+        if s < 1 or r < 1:
+            raise TargetError(f"variant {name!r}: stages s and time-steps r must be >= 1")
+        parts.append((s, r))
+    return tuple(parts)
+
+
+def format_variant_name(periods: tuple[tuple[int, int], ...], ascii_x: bool = True) -> str:
+    times = "x" if ascii_x else "\u00d7"
+    return "RKNet-" + "_".join(f"{s}{times}{r}" for s, r in periods)
+
+
+# --------------------------------------------------------------------------------------------
+# The data model.
+
+
+@dataclass(frozen=True)
+class Reported:
+    """The numbers the paper printed for one model cell (``None`` where it printed "-")."""
+
+    params_m: Printed | None = None
+    error: Printed | None = None  # CIFAR error %, or ImageNet top-1 %
+    top5: Printed | None = None
+    bold: bool = False
+    star: bool = False
+
+    @property
+    def printed(self) -> bool:
+        return any(v is not None for v in (self.params_m, self.error, self.top5))
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # canonical ASCII spelling, RKNet-1x8_1x2_1x2
+    printed_name: str  # as in the YAML, usually with ×
+    periods: tuple[tuple[int, int], ...]
+    reported: Reported
+    share: Reported | None  # None: the paper has no "with share" cell for it
+    params_equal_original: bool = False
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    label: str
+    family: str
+    depth: int
+    growth_rate: int | None
+    bottleneck: bool
+    compression: float
+    m: tuple[int, ...] | None
+    original: Reported
+    variants: tuple[Variant, ...]
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        """Other ids that reach this row (the full ``family-kK-dD`` form for DenseNets)."""
+        if self.growth_rate is None:
+            return ()
+        full = f"{self.family}-k{self.growth_rate}-d{self.depth}"
+        return () if full == self.id else (full,)
+
+
+@dataclass(frozen=True)
+class Table:
+    id: str
+    title: str
+    caption: str
+    dataset: str
+    protocol: Protocol
+    star_protocol: Protocol | None
+    star_note: str | None
+    rows: tuple[Row, ...]
+    source: Path
+
+    @property
+    def metric_columns(self) -> tuple[str, ...]:
+        return ("top1", "top5") if self.dataset == "imagenet" else ("error",)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One trainable, comparable model: (table, row, model, share)."""
+
+    table: str
+    row: str
+    model: str  # "original" or canonical variant name
+    share: bool
+    spec: ModelSpec
+    protocol: Protocol
+    reported_params_m: Printed | None
+    reported_error: Printed | None
+    reported_top5: Printed | None
+    bold: bool = False
+    star: bool = False
+    printed_model: str = field(default="original", compare=False)
+    params_equal_original: bool = field(default=False, compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.table}/{self.row}/{self.model}/{'share' if self.share else 'noshare'}"
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: a tiny schema, one error line naming file, place and field.
+
+_PROTOCOL_KEYS: dict[str, tuple[type, ...]] = {
+    "dataset": (str,),
+    "augmentation": (str,),
+    "batch_size": (int,),
+    "epochs": (int,),
+    "lr": (float, int),
+    "momentum": (float, int),
+    "weight_decay": (float, int),
+    "lr_milestones": (list,),
+    "lr_gamma": (float, int),
+    "nesterov": (bool,),
+}
+_PROTOCOL_REQUIRED = (
+    "dataset",
+    "batch_size",
+    "epochs",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "lr_milestones",
+)
+_STAR_KEYS: dict[str, tuple[type, ...]] = {
+    "note": (str,),
+    "batch_size": (int,),
+    "epochs": (int,),
+    "lr_milestones": (list,),
+}
+_TABLE_KEYS: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "title": (str,),
+    "caption": (str,),
+    "dataset": (str,),
+    "protocol": (dict,),
+    "star_protocol": (dict,),
+    "rows": (list,),
+}
+_ROW_KEYS: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "label": (str,),
+    "family": (str,),
+    "depth": (int,),
+    "growth_rate": (int,),
+    "bottleneck": (bool,),
+    "compression": (float, int),
+    "m": (list,),
+    "original": (dict,),
+    "variants": (list,),
+}
+_REPORTED_KEYS: dict[str, tuple[type, ...]] = {
+    "params_m": (float, int),
+    "error": (float, int),
+    "top1": (float, int),
+    "top5": (float, int),
+    "bold": (bool,),
+    "star": (bool,),
+}
+_VARIANT_KEYS: dict[str, tuple[type, ...]] = {
+    **_REPORTED_KEYS,
+    "name": (str,),
+    "share": (dict,),
+    "params_equal_original": (bool,),
+}
+FAMILIES = ("densenet", "densenet-bc", "resnet")
+_ID = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+
+
+class _Where:
+    """Accumulates 'file, row X, variant Y' so every error says where it is."""
+
+    def __init__(self, source: Path, *parts: str) -> None:
+        self.source = source
+        self.parts = parts
+
+    def at(self, part: str) -> _Where:
+        return _Where(self.source, *self.parts, part)
+
+    def fail(self, message: str) -> TargetError:
+        place = ", ".join((str(self.source), *self.parts))
+        return TargetError(f"{place}: {message}")
+
+
+def _check_mapping(
+    data: Any,
+    keys: dict[str, tuple[type, ...]],
+    where: _Where,
+    required: tuple[str, ...] = (),
+    what: str = "entry",
+) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise where.fail(f"expected a mapping for {what}, got {type(data).__name__}")
+    for key, value in data.items():
+        if key not in keys:
+            close = difflib.get_close_matches(str(key), keys, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise where.fail(f"unknown field {key!r}{hint}")
+        if value is None:
+            continue
+        types = keys[key]
+        # bool is an int in Python; a number field must not accept true/false.
+        if isinstance(value, bool) and bool not in types:
+            raise where.fail(f"field {key!r} must be {_type_names(types)}, got a boolean")
+        if not isinstance(value, types):
+            raise where.fail(
+                f"field {key!r} must be {_type_names(types)}, got {type(value).__name__} {value!r}"
+            )
+    for key in required:
+        if data.get(key) is None:
+            raise where.fail(f"missing required field {key!r}")
+    return data
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    names = {float: "a number", int: "an integer", str: "a string", bool: "true/false"}
+    names.update({list: "a list", dict: "a mapping"})
+    if float in types:  # an integer is a number too
+        types = tuple(t for t in types if t is not int)
+    return " or ".join(dict.fromkeys(names[t] for t in types))
+
+
+def _get(data: dict[str, Any], key: str, default: Any) -> Any:
+    """``data[key]``, with an explicit null meaning "not given"."""
+    value = data.get(key)
+    return default if value is None else value
+
+
+def _positive_ints(value: Any, where: _Where, name: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value:
+        raise where.fail(f"field {name!r} must be a non-empty list of positive integers")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int) or item < 1:
+            raise where.fail(f"field {name!r} must hold positive integers, got {item!r}")
+    return tuple(value)
+
+
+def _printed(value: Any) -> Printed | None:
+    if value is None:
+        return None
+    if isinstance(value, Printed):
+        return value
+    return Printed(float(value), 0)
+
+
+def _parse_reported(data: Any, where: _Where, dataset: str) -> Reported:
+    data = _check_mapping(data, _REPORTED_KEYS, where, what="reported numbers")
+    imagenet = dataset == "imagenet"
+    wrong = "error" if imagenet else "top1"
+    if wrong in data:
+        right = "top1/top5" if imagenet else "error"
+        raise where.fail(f"field {wrong!r} does not apply to {dataset}; use {right}")
+    if not imagenet and "top5" in data:
+        raise where.fail(f"field 'top5' does not apply to {dataset}")
+    for key in ("params_m", "error", "top1", "top5"):
+        value = data.get(key)
+        if value is not None and (
+            not math.isfinite(value) or value < 0 or (key != "params_m" and value > 100)
+        ):
+            raise where.fail(f"field {key!r} is out of range: {value!r}")
+    return Reported(
+        params_m=_printed(data.get("params_m")),
+        error=_printed(data.get("top1" if imagenet else "error")),
+        top5=_printed(data.get("top5")),
+        bold=bool(data.get("bold", False)),
+        star=bool(data.get("star", False)),
+    )
+
+
+def _parse_protocol(data: Any, where: _Where) -> Protocol:
+    data = _check_mapping(data, _PROTOCOL_KEYS, where, _PROTOCOL_REQUIRED, "protocol")
+    if data["dataset"] not in NUM_CLASSES:
+        raise where.fail(f"unknown dataset {data['dataset']!r}; known: {', '.join(NUM_CLASSES)}")
+    for key in ("batch_size", "epochs"):
+        if data[key] < 1:
+            raise where.fail(f"field {key!r} must be >= 1, got {data[key]!r}")
+    for key in ("lr", "momentum", "weight_decay"):
+        if not math.isfinite(data[key]) or data[key] < 0:
+            raise where.fail(f"field {key!r} must be >= 0, got {data[key]!r}")
+    milestones = _milestones(data["lr_milestones"], data["epochs"], where)
+    return Protocol(
+        dataset=data["dataset"],
+        augmentation=data.get("augmentation") or "",
+        batch_size=data["batch_size"],
+        epochs=data["epochs"],
+        lr=float(data["lr"]),
+        momentum=float(data["momentum"]),
+        weight_decay=float(data["weight_decay"]),
+        lr_milestones=milestones,
+        lr_gamma=float(_get(data, "lr_gamma", 0.1)),
+        nesterov=bool(data.get("nesterov", True)),
+    )
+
+
+def _milestones(value: Any, epochs: int, where: _Where) -> tuple[int, ...]:
+    if value == []:
+        return ()
+    milestones = _positive_ints(value, where, "lr_milestones")
+    if list(milestones) != sorted(set(milestones)) or milestones[-1] > epochs:
+        raise where.fail(f"lr_milestones must increase and stay within {epochs} epochs")
+    return milestones
+
+
+def _periods_of(family: str, dataset: str) -> int:
+    return 4 if dataset == "imagenet" else 3
+
+
+def _parse_row(data: Any, table_where: _Where, index: int, dataset: str) -> Row:
+    where = table_where.at(f"row #{index + 1}")
+    if isinstance(data, dict) and isinstance(data.get("id"), str):
+        where = table_where.at(f"row {data['id']!r}")
+    data = _check_mapping(data, _ROW_KEYS, where, ("id", "family", "depth", "original"), "row")
+    row_id = data["id"]
+    if not _ID.match(row_id):
+        raise where.fail(f"row id {row_id!r} must be lower-case letters, digits, '-' or '.'")
+    family = data["family"]
+    if family not in FAMILIES:
+        raise where.fail(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+    depth = data["depth"]
+    if depth < 1:
+        raise where.fail(f"field 'depth' must be >= 1, got {depth!r}")
+    growth = data.get("growth_rate")
+    periods = _periods_of(family, dataset)
+    m: tuple[int, ...] | None = None
+    if family == "resnet":
+        if growth is not None or data.get("m") is not None:
+            raise where.fail("ResNet rows take neither 'growth_rate' nor 'm'")
+        if dataset == "imagenet":
+            raise where.fail("ResNet rows are CIFAR models; dataset imagenet is not supported")
+    else:
+        if growth is None or growth < 1:
+            raise where.fail("DenseNet rows need a positive 'growth_rate'")
+        if data.get("m") is None:
+            raise where.fail("DenseNet rows need 'm' (state widths per period, m0 = 2 first)")
+        m = _positive_ints(data["m"], where, "m")
+        if len(m) != periods:
+            raise where.fail(
+                f"'m' has {len(m)} entries but a {dataset} model has {periods} periods"
+            )
+    compression = _get(data, "compression", 0.5 if data.get("bottleneck") else 1.0)
+    if not 0 < compression <= 1:
+        raise where.fail(f"field 'compression' must be in (0, 1], got {compression!r}")
+
+    variants: list[Variant] = []
+    seen: dict[str, str] = {}
+    for index, raw in enumerate(data.get("variants") or []):
+        vwhere = where.at(f"variant #{index + 1}")
+        raw = _check_mapping(raw, _VARIANT_KEYS, vwhere, ("name",), "variant")
+        vwhere = where.at(f"variant {raw['name']!r}")
+        shape = parse_variant_name_at(raw["name"], vwhere)
+        if len(shape) != periods:
+            raise vwhere.fail(
+                f"has {len(shape)} s×r parts but a {dataset} model has {periods} periods"
+            )
+        name = format_variant_name(shape)
+        if name in seen:
+            raise vwhere.fail(f"duplicate variant (same as {seen[name]!r})")
+        seen[name] = raw["name"]
+        numbers = {k: v for k, v in raw.items() if k in _REPORTED_KEYS}
+        share = raw.get("share")
+        variants.append(
+            Variant(
+                name=name,
+                printed_name=raw["name"],
+                periods=shape,
+                reported=_parse_reported(numbers, vwhere, dataset),
+                share=None
+                if share is None
+                else _parse_reported(share, vwhere.at("share"), dataset),
+                params_equal_original=bool(raw.get("params_equal_original", False)),
+            )
+        )
+    return Row(
+        id=row_id,
+        label=data.get("label") or row_id,
+        family=family,
+        depth=depth,
+        growth_rate=growth,
+        bottleneck=bool(data.get("bottleneck", family == "densenet-bc")),
+        compression=compression,
+        m=m,
+        original=_parse_reported(data["original"], where.at("original"), dataset),
+        variants=tuple(variants),
+    )
+
+
+def parse_variant_name_at(name: str, where: _Where) -> tuple[tuple[int, int], ...]:
+    try:
+        return parse_variant_name(name)
+    except TargetError as error:
+        raise where.fail(str(error)) from None
+
+
+def parse_table(data: Any, source: Path) -> Table:
+    """Validate one loaded YAML document; raise :class:`TargetError` naming the bad field."""
+    where = _Where(source)
+    data = _check_mapping(
+        data, _TABLE_KEYS, where, ("id", "dataset", "protocol", "rows"), "the table"
+    )
+    if not _ID.match(data["id"]):
+        raise where.fail(f"table id {data['id']!r} must be lower-case letters, digits or '-'")
+    dataset = data["dataset"]
+    if dataset not in NUM_CLASSES:
+        raise where.fail(f"unknown dataset {dataset!r}; known: {', '.join(NUM_CLASSES)}")
+    protocol = _parse_protocol(data["protocol"], where.at("protocol"))
+    if protocol.dataset != dataset:
+        raise where.fail(f"protocol dataset {protocol.dataset!r} differs from table's {dataset!r}")
+    star_protocol, star_note = None, None
+    if data.get("star_protocol") is not None:
+        swhere = where.at("star_protocol")
+        star = _check_mapping(data["star_protocol"], _STAR_KEYS, swhere, what="star_protocol")
+        epochs = _get(star, "epochs", protocol.epochs)
+        batch_size = _get(star, "batch_size", protocol.batch_size)
+        if epochs < 1 or batch_size < 1:
+            raise swhere.fail("epochs and batch_size must be >= 1")
+        star_protocol = replace(
+            protocol,
+            batch_size=batch_size,
+            epochs=epochs,
+            lr_milestones=_milestones(
+                _get(star, "lr_milestones", list(protocol.lr_milestones)), epochs, swhere
+            ),
+        )
+        star_note = star.get("note")
+    if not data["rows"]:
+        raise where.fail("field 'rows' is empty: a table needs at least one row")
+    rows: list[Row] = []
+    ids: set[str] = set()
+    for index, raw in enumerate(data["rows"]):
+        row = _parse_row(raw, where, index, dataset)
+        for name in (row.id, *row.aliases):
+            if name in ids:
+                raise where.at(f"row {row.id!r}").fail(f"duplicate row id {name!r}")
+            ids.add(name)
+        rows.append(row)
+        cells = [row.original, *(v.reported for v in row.variants)]
+        cells += [v.share for v in row.variants if v.share is not None]
+        if star_protocol is None and any(c.star for c in cells):
+            raise where.at(f"row {row.id!r}").fail("a cell has star: true but no star_protocol")
+    return Table(
+        id=data["id"],
+        title=data.get("title") or data["id"],
+        caption=" ".join((data.get("caption") or "").split()),
+        dataset=dataset,
+        protocol=protocol,
+        star_protocol=star_protocol,
+        star_note=star_note,
+        rows=tuple(rows),
+        source=source,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and addressing.
+
+
+def default_tables_dir() -> Path:
+    """``$RKREPRO_TABLES_DIR``, else the tables shipped with the package."""
+    env = os.environ.get(TABLES_DIR_ENV)
+    if env:
+        return Path(env)
+    packaged = Path(__file__).resolve().parent / "tables"
+    if packaged.is_dir():  # non-editable install: tables are package data
+        return packaged
+    return Path(__file__).resolve().parent.parent / "tables"
+
+
+def load_tables(tables_dir: Path | str | None = None) -> dict[str, Table]:
+    """Every ``*.yaml`` of the tables directory, validated, in file-name order."""
+    directory = Path(tables_dir) if tables_dir is not None else default_tables_dir()
+    if not directory.is_dir():
+        raise TargetError(f"tables directory {directory} does not exist")
+    tables: dict[str, Table] = {}
+    for path in sorted(directory.glob("*.y*ml")):
+        table = load_table_file(path)
+        if table.id in tables:
+            raise TargetError(
+                f"{path}: duplicate table id {table.id!r} (also in {tables[table.id].source})"
+            )
+        tables[table.id] = table
+    if not tables:
+        raise TargetError(f"no tables (*.yaml) found in {directory}")
+    return tables
+
+
+def load_table_file(path: Path) -> Table:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise TargetError(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        data = yaml.load(text, Loader=_TableLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+        problem = error.problem or error.context or "invalid YAML"
+        raise TargetError(f"{path}:{line} YAML syntax error: {problem}") from None
+    except yaml.YAMLError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "invalid YAML"
+        raise TargetError(f"{path}: YAML error: {first_line}") from None
+    return parse_table(data, path)
+
+
+def _no_match(kind: str, wanted: str, known: list[str], context: str = "") -> TargetError:
+    close = difflib.get_close_matches(wanted, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"
+    return TargetError(f"unknown {kind} {wanted!r}{context}{hint}")
+
+
+def find_table(tables: dict[str, Table], table_id: str) -> Table:
+    key = table_id.strip().lower()
+    if key in tables:
+        return tables[key]
+    if key.isdigit() and f"table{key}" in tables:
+        return tables[f"table{key}"]
+    raise _no_match("table", table_id, list(tables))
+
+
+def find_row(table: Table, row_id: str) -> Row:
+    key = row_id.strip().lower()
+    for row in table.rows:
+        if key == row.id or key in row.aliases:
+            return row
+    known = [row.id for row in table.rows]
+    raise _no_match("row", row_id, known, f" in {table.id}")
+
+
+def find_variant(table: Table, row: Row, name: str) -> Variant:
+    try:
+        wanted = normalise_name(name)
+    except TargetError:
+        wanted = name
+    for variant in row.variants:
+        if variant.name.lower() == wanted.lower():
+            return variant
+    known = [v.name for v in row.variants]
+    raise _no_match("variant", name, known, f" in {table.id} row {row.id}")
+
+
+def _spec(table: Table, row: Row, periods: tuple[tuple[int, int], ...] | None, share: bool):
+    return ModelSpec(
+        family=row.family,  # type: ignore[arg-type]
+        dataset=table.dataset,  # type: ignore[arg-type]
+        depth=row.depth,
+        growth_rate=row.growth_rate,
+        periods=periods,
+        m=row.m if periods is not None else None,
+        share=share,
+    )
+
+
+def _cell(table: Table, row: Row, variant: Variant | None, share: bool) -> Cell:
+    if variant is None:
+        reported, model, printed = row.original, "original", "original"
+        periods = None
+    else:
+        reported = (variant.share or Reported()) if share else variant.reported
+        model, printed, periods = variant.name, variant.printed_name, variant.periods
+    protocol = table.star_protocol if reported.star and table.star_protocol else table.protocol
+    return Cell(
+        table=table.id,
+        row=row.id,
+        model=model,
+        share=share,
+        spec=_spec(table, row, periods, share),
+        protocol=protocol,
+        reported_params_m=reported.params_m,
+        reported_error=reported.error,
+        reported_top5=reported.top5,
+        bold=reported.bold,
+        star=reported.star,
+        printed_model=printed,
+        params_equal_original=bool(variant and variant.params_equal_original and not share),
+    )
+
+
+def row_cells(table: Table, row: Row) -> list[Cell]:
+    """The row's original, then each variant, each followed by its "with share" cell if printed."""
+    cells = [_cell(table, row, None, False)]
+    for variant in row.variants:
+        cells.append(_cell(table, row, variant, False))
+        if variant.share is not None:
+            cells.append(_cell(table, row, variant, True))
+    return cells
+
+
+def all_cells(tables: dict[str, Table], table_id: str | None = None) -> list[Cell]:
+    """Every cell of one table (or all tables) in the paper's order."""
+    chosen = [find_table(tables, table_id)] if table_id else list(tables.values())
+    return [cell for table in chosen for row in table.rows for cell in row_cells(table, row)]
+
+
+def resolve_cells(
+    tables: dict[str, Table],
+    table_id: str,
+    row_id: str,
+    variants: list[str] | None = None,
+    share: str = "both",
+) -> list[Cell]:
+    """The cells ``rkrepro run TABLE --row ROW [--variant …] [--share/--no-share/--both]`` means.
+
+    With no variants: the original and every variant, shared where the paper reports sharing.
+    ``--share`` asks for the shared cell of each chosen variant, also one the paper did not print.
+    """
+    if share not in SHARE_CHOICES:
+        raise TargetError(f"share must be one of {', '.join(SHARE_CHOICES)}, got {share!r}")
+    table = find_table(tables, table_id)
+    row = find_row(table, row_id)
+    if not variants:
+        cells = row_cells(table, row)
+        if share == "share":
+            return [c for c in cells if c.share]
+        if share == "no-share":
+            return [c for c in cells if not c.share]
+        return cells
+    cells: list[Cell] = []
+    for name in variants:
+        if name.strip().lower() == "original":
+            if share != "share":
+                cells.append(_cell(table, row, None, False))
+            continue
+        variant = find_variant(table, row, name)
+        if share in ("both", "no-share"):
+            cells.append(_cell(table, row, variant, False))
+        if share == "share" or (share == "both" and variant.share is not None):
+            cells.append(_cell(table, row, variant, True))
+    unique = list(dict.fromkeys(cells))
+    return unique
