@@ -1,3 +1,3 @@
-"""rkrepro: reproduce the tables of "Convolutional Neural Networks combined with Runge-Kutta Methods"."""
+"""rkrepro: reproduce the tables of the RKNet paper (Zhu, Chang & Fu) and track the reproduction."""
 
 __version__ = "0.1.0"

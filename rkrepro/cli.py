@@ -140,15 +140,64 @@ def params_command(
         raise typer.Exit(1)
 
 
+@app.command("plan")
+def plan_command(
+    table: Annotated[Optional[str], typer.Argument(help="Table id, e.g. table1.")] = None,
+    row: Annotated[Optional[str], typer.Option("--row", "-r", help="Row id.")] = None,
+    tflops: Annotated[
+        float,
+        typer.Option(min=0.001, help="Achieved training TFLOP/s assumed when nothing is measured."),
+    ] = 20.0,
+    max_images_per_s: Annotated[
+        float,
+        typer.Option(
+            min=1.0, help="Ceiling on training images/s assumed when nothing is measured."
+        ),
+    ] = 25_000.0,
+    probe: Annotated[
+        bool, typer.Option(help="Measure a few real training steps on the CUDA device, if any.")
+    ] = True,
+    probe_steps: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    format: Annotated[ListFormat, typer.Option("--format", "-f")] = ListFormat.rich,
+    tables_dir: TablesDir = None,
+) -> None:
+    """Estimated GPU-hours, FLOPs, params and peak memory per cell, row and table."""
+    from rkrepro import plan, targets
+
+    tables = targets.load_tables(tables_dir)
+    if row is not None and table is None:
+        raise typer.BadParameter("--row needs a TABLE argument", param_hint="--row")
+    if row is not None:
+        found = targets.find_table(tables, table)  # type: ignore[arg-type]
+        cells = targets.row_cells(found, targets.find_row(found, row))
+    else:
+        cells = targets.all_cells(tables, table)
+    import torch
+
+    device = "cuda" if probe and torch.cuda.is_available() else None
+    estimates = plan.estimate(
+        cells,
+        tflops=tflops,
+        max_images_per_s=max_images_per_s,
+        probe_device=device,
+        probe_steps=probe_steps,
+    )
+    if format is ListFormat.json:
+        payload = {
+            "cells": [e.record() for e in estimates],
+            "totals": plan.summarise(estimates),
+        }
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    _console().print(plan.to_rich(estimates))
+
+
 def _register_optional_commands() -> None:
     """Commands that live in their own modules (training, reports); each registers itself."""
-    import importlib
+    from rkrepro import cli_report, cli_run
 
-    for name in ("rkrepro.cli_run", "rkrepro.cli_report"):
-        try:  # TEMP during development
-            importlib.import_module(name).register(app)
-        except ModuleNotFoundError:
-            pass
+    cli_run.register(app)
+    cli_report.register(app)
 
 
 _register_optional_commands()

@@ -1,4 +1,4 @@
-"""User-facing errors: the CLI turns each into one line on stderr and a non-zero exit, no traceback."""
+"""User-facing errors: the CLI shows each as one line on stderr with a non-zero exit code."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Names shared by the writer (``tracking``) and the readers (``report``, ``status``) of MLflow runs.
+"""Names shared by the writer (``tracking``) and the readers (``report``, ``status``) of runs.
 
 Kept free of mlflow and torch so any module can import it cheaply.
 """
@@ -19,6 +19,11 @@ TAG_CONFIG_HASH = "rkrepro.config_hash"
 TAG_GIT_COMMIT = "rkrepro.git_commit"
 TAG_DEVICE = "rkrepro.device"
 TAG_FAILURE = "rkrepro.failure"  # reason, on FAILED runs
+TAG_TORCH = "rkrepro.torch_version"
+TAG_CUDA = "rkrepro.cuda_version"
+TAG_GIT_DIRTY = "rkrepro.git_dirty"
+# Set on a run replaced by a newer one (``--force``, or a lost checkpoint); readers skip it.
+TAG_SUPERSEDED = "rkrepro.superseded_by"
 
 PROTOCOL_PAPER = "paper"
 PROTOCOL_SHORTENED = "shortened"

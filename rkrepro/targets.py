@@ -204,7 +204,12 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return f"{self.table}/{self.row}/{self.model}/{'share' if self.share else 'noshare'}"
+        return cell_key(self.table, self.row, self.model, self.share)
+
+
+def cell_key(table: str, row: str, model: str, share: bool) -> str:
+    """The one spelling of a cell's identity: ``table1/densenet-bc-k12/original/noshare``."""
+    return f"{table}/{row}/{model}/{'share' if share else 'noshare'}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,198 @@
+"""``rkrepro report`` and ``rkrepro status``: parse options, call report/status, write output.
+
+Nothing heavy at import time: mlflow and torch load inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class ReportFormat(StrEnum):
+    rich = "rich"
+    markdown = "markdown"
+    csv = "csv"
+    json = "json"
+    latex = "latex"
+    html = "html"
+
+
+class StatusFormat(StrEnum):
+    rich = "rich"
+    json = "json"
+
+
+# --out's suffix picks the format when --format is not given.
+SUFFIX_FORMATS = {
+    ".md": ReportFormat.markdown,
+    ".markdown": ReportFormat.markdown,
+    ".csv": ReportFormat.csv,
+    ".json": ReportFormat.json,
+    ".tex": ReportFormat.latex,
+    ".html": ReportFormat.html,
+    ".htm": ReportFormat.html,
+}
+
+TableArg = Annotated[
+    Optional[str], typer.Argument(help="Table id (table1 or 1); default: every table.")
+]
+TrackingUriOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db).",
+        show_default=False,
+    ),
+]
+TablesDirOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--tables-dir",
+        envvar="RKREPRO_TABLES_DIR",
+        help="Folder of table YAML files (default: the shipped tables/).",
+        show_default=False,
+    ),
+]
+ShortenedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--include-shortened",
+        help="Also show shortened-protocol runs, marked \\[shortened] and never judged.",
+    ),
+]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``report`` and ``status`` to the rkrepro app."""
+    app.command("report")(report_command)
+    app.command("status")(status_command)
+
+
+def report_command(
+    table: TableArg = None,
+    format: Annotated[
+        Optional[ReportFormat],
+        typer.Option(
+            "--format", "-f", help="Output format (default: from --out's suffix, else rich)."
+        ),
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Write here instead of stdout.")
+    ] = None,
+    plots: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--plots",
+            help="Write PNG plots here and log them to MLflow (experiment rkrepro/reports).",
+        ),
+    ] = None,
+    tolerance: Annotated[
+        Optional[float],
+        typer.Option(
+            "--tolerance",
+            min=0.0,
+            help="Tolerance in percentage points for every table (default per dataset: "
+            "CIFAR-10 0.3, CIFAR-100 0.6, ImageNet 0.5 on top-1).",
+            show_default=False,
+        ),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 1 if a reproduced error is worse than tolerance.")
+    ] = False,
+    best: Annotated[
+        bool,
+        typer.Option("--best", help="Best-epoch error instead of the paper's final-epoch error."),
+    ] = False,
+    include_shortened: ShortenedOpt = False,
+    tracking_uri: TrackingUriOpt = None,
+    tables_dir: TablesDirOpt = None,
+) -> None:
+    """The paper's tables with reproduced numbers: reported / reproduced / difference."""
+    from rkrepro import report as reporting
+
+    chosen = format or SUFFIX_FORMATS.get(out.suffix.lower() if out else "", ReportFormat.rich)
+    result, _ = reporting.load_report(
+        tracking_uri,
+        table,
+        tables_dir,
+        best=best,
+        tolerance=tolerance,
+        include_shortened=include_shortened,
+    )
+    images: list[Path] = []
+    if plots is not None:
+        images = reporting.write_plots(result, plots, tracking_uri)
+        name = "report " + (table or "all")
+        run_id = reporting.log_plots(tracking_uri, result, images, name)
+        typer.echo(
+            f"Wrote {len(images)} plots to {plots}; logged to MLflow run {run_id} "
+            f"(experiment {reporting.REPORTS_EXPERIMENT}).",
+            err=True,
+        )
+    _emit(result, chosen, out, images)
+    if check:
+        worse = result.worse()
+        if worse:
+            keys = ", ".join(r.cell.key for r in worse)
+            typer.echo(f"Check failed: {len(worse)} cell(s) worse than tolerance: {keys}", err=True)
+            raise typer.Exit(1)
+        typer.echo("Check passed: no reproduced error is worse than tolerance.", err=True)
+
+
+def _emit(result, chosen: ReportFormat, out: Path | None, images: list[Path]) -> None:
+    from rkrepro import report as reporting
+
+    if chosen is ReportFormat.rich:
+        from rich.console import Console
+
+        if out is None:
+            console = Console()
+            for renderable in reporting.to_rich(result):
+                console.print(renderable)
+            return
+        with out.open("w", encoding="utf-8") as handle:
+            console = Console(file=handle, width=220, color_system=None)
+            for renderable in reporting.to_rich(result):
+                console.print(renderable)
+        return
+    if chosen is ReportFormat.html:
+        text = reporting.to_html(result, images)
+    else:
+        text = reporting.FORMATS[chosen.value](result)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+
+
+def status_command(
+    table: TableArg = None,
+    format: Annotated[StatusFormat, typer.Option("--format", "-f")] = StatusFormat.rich,
+    include_shortened: ShortenedOpt = False,
+    tracking_uri: TrackingUriOpt = None,
+    tables_dir: TablesDirOpt = None,
+) -> None:
+    """Which cells are done, running, failed or not started, with their MLflow run ids."""
+    from rkrepro import schema, status, targets
+
+    tables = targets.load_tables(tables_dir)
+    cells = targets.all_cells(tables, table)
+    table_ids = list(dict.fromkeys(cell.table for cell in cells))
+    records = status.fetch_runs(tracking_uri, table_ids)
+    protocols = [schema.PROTOCOL_PAPER]
+    if include_shortened:
+        protocols.append(schema.PROTOCOL_SHORTENED)
+    statuses = status.cell_statuses(records, cells, protocols)
+    if format is StatusFormat.json:
+        typer.echo(json.dumps(status.status_records(statuses), indent=2))
+        return
+    from rich.console import Console
+
+    console = Console()
+    for renderable in status.status_tables(statuses, cells):
+        console.print(renderable)

@@ -1,0 +1,455 @@
+"""Datasets and batch pipelines, faithful to fb.resnet.torch (the code the paper trained with).
+
+CIFAR lives in memory as uint8 (on the GPU when training there) and is augmented a whole
+batch at a time: per-image PIL transforms in DataLoader workers would starve a GPU on 32x32
+images. Every random choice of an epoch (order, crop offsets, flips) comes from a generator
+seeded by (seed, epoch), so a run resumed at any step sees exactly the batches it would have
+seen uninterrupted. ImageNet goes through torchvision's ImageFolder and worker processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rkrepro.errors import DataError
+
+DATA_DIR_ENV = "RKREPRO_DATA_DIR"
+VERIFY_ENV = "RKREPRO_VERIFY_CHECKSUMS"  # "0": accept re-packed CIFAR files (md5s differ)
+DOWNLOAD_ENV = "RKREPRO_DOWNLOAD"  # "0": never try to download (offline machines, tests)
+
+# fb.resnet.torch datasets/cifar10.lua (also used for CIFAR-100 by the DenseNet code).
+CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
+CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+CIFAR_PAD = 4
+
+# fb.resnet.torch datasets/imagenet.lua.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+IMAGENET_TRAIN_IMAGES = 1_281_167
+IMAGENET_VAL_IMAGES = 50_000
+IMAGENET_CLASSES = 1000
+
+# The --train-subset draw does not depend on the run's seed, so every model and seed of a
+# shortened sweep trains on the same images.
+SUBSET_SEED = 20180201
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV) or "data")
+
+
+def epoch_seed(seed: int, epoch: int, purpose: str = "train") -> int:
+    """A 63-bit seed from (seed, epoch): independent streams per epoch, same on every resume."""
+    digest = hashlib.sha256(f"rkrepro:{purpose}:{seed}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def subset_indices(n: int, size: int | None) -> Tensor | None:
+    """The fixed random subset of ``size`` training images, or None for the whole set."""
+    if size is None or size >= n:
+        return None
+    gen = torch.Generator().manual_seed(SUBSET_SEED)
+    return torch.randperm(n, generator=gen)[:size].sort().values
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR on disk.
+
+
+@dataclass
+class ArraySplit:
+    """Images as uint8 [N, 3, H, W] and labels as int64 [N], on one device."""
+
+    x: Tensor
+    y: Tensor
+
+    def to(self, device: torch.device) -> ArraySplit:
+        return ArraySplit(self.x.to(device), self.y.to(device))
+
+
+def _cifar_class(dataset: str, verify: bool) -> type:
+    from torchvision import datasets
+    from torchvision.datasets.utils import check_integrity
+
+    base = datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100
+
+    class _Cifar(base):  # type: ignore[misc, valid-type]
+        """torchvision's CIFAR with the md5 checks optional (re-packed files keep the format)."""
+
+        def _files(self) -> list[str]:
+            names = [n for n, _ in self.train_list + self.test_list] + [self.meta["filename"]]
+            return [os.path.join(self.root, self.base_folder, n) for n in names]
+
+        def _check_integrity(self) -> bool:
+            if verify:
+                meta = os.path.join(self.root, self.base_folder, self.meta["filename"])
+                return super()._check_integrity() and check_integrity(meta, self.meta["md5"])
+            return all(os.path.isfile(f) for f in self._files())
+
+        def _load_meta(self) -> None:
+            if verify:
+                super()._load_meta()
+                return
+            path = os.path.join(self.root, self.base_folder, self.meta["filename"])
+            with open(path, "rb") as infile:
+                self.classes = pickle.load(infile, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    return _Cifar
+
+
+def _env_flag(name: str, default: bool = True) -> bool:
+    value = os.environ.get(name)
+    return default if value is None else value.strip().lower() not in ("0", "false", "no", "")
+
+
+def load_cifar(dataset: str, root: Path) -> tuple[ArraySplit, ArraySplit]:
+    """(train, test) of CIFAR-10/100 from ``root``, downloading it there when missing.
+
+    Raises :class:`DataError` (one line, naming the folder) when the data is missing and
+    cannot be downloaded, or a file is truncated or malformed.
+    """
+    if dataset not in ("cifar10", "cifar100"):
+        raise DataError(f"{dataset} is not a CIFAR data set")
+    verify = _env_flag(VERIFY_ENV)
+    download = _env_flag(DOWNLOAD_ENV)
+    cls = _cifar_class(dataset, verify)
+    root = Path(root)
+    folder = root / cls.base_folder
+    probe = cls.__new__(cls)
+    probe.root, probe.train = str(root), True
+    if not probe._check_integrity():
+        state = "is corrupt (checksum mismatch)" if folder.is_dir() else "is missing"
+        if not download:
+            raise DataError(
+                f"{dataset} data {state}: expected {folder} ({cls.base_folder}); "
+                f"downloads are off ({DOWNLOAD_ENV}=0)"
+            )
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe.download()
+        except Exception as error:  # noqa: BLE001 - any network/archive failure is the same to the user
+            reason = str(getattr(error, "reason", None) or error).strip() or type(error).__name__
+            raise DataError(
+                f"{dataset} data {state} at {folder} and the download failed ({reason}); "
+                f"put the extracted '{cls.base_folder}' folder under {root} "
+                f"(or set --data-dir / {DATA_DIR_ENV})"
+            ) from None
+    splits = []
+    for train in (True, False):
+        try:
+            ds = cls(str(root), train=train, download=False)
+        except (
+            RuntimeError,
+            OSError,
+            EOFError,
+            pickle.UnpicklingError,
+            ValueError,
+            KeyError,
+            TypeError,
+            IndexError,
+            AttributeError,
+        ) as error:
+            raise DataError(_describe_bad_file(cls, folder, error)) from None
+        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        y = torch.as_tensor(ds.targets, dtype=torch.int64)
+        num_classes = 10 if dataset == "cifar10" else 100
+        if len(x) == 0 or len(x) != len(y) or int(y.min()) < 0 or int(y.max()) >= num_classes:
+            split = "train" if train else "test"
+            raise DataError(
+                f"{folder}: {split} split is malformed ({len(x)} images, {len(y)} labels, "
+                f"labels must be in 0..{num_classes - 1})"
+            )
+        splits.append(ArraySplit(x, y))
+    return splits[0], splits[1]
+
+
+def _describe_bad_file(cls: type, folder: Path, error: Exception) -> str:
+    """Name the first CIFAR file that does not unpickle into a batch dict."""
+    names = [n for n, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    for name in names:
+        try:
+            with open(folder / name, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+            if not isinstance(entry, dict):
+                raise ValueError("not a dict")
+            if name != cls.meta["filename"]:
+                entry["data"].reshape(-1, 3072)  # a KeyError/ValueError names the problem
+        except Exception as bad:  # noqa: BLE001
+            detail = str(bad).strip() or type(bad).__name__
+            return f"CIFAR file {folder / name} is truncated or corrupt ({detail})"
+    detail = str(error).strip() or type(error).__name__
+    return f"CIFAR data in {folder} is malformed ({detail})"
+
+
+# --------------------------------------------------------------------------------------------
+# Batched CIFAR pipeline.
+
+
+def normalise(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """uint8 [B,3,H,W] -> float32 normalised per channel."""
+    return (x.float().div_(255.0) - mean).div_(std)
+
+
+def augment(x: Tensor, offsets: Tensor, flips: Tensor, pad: int = CIFAR_PAD) -> Tensor:
+    """fb.resnet.torch's HorizontalFlip + RandomCrop(32, 4) for a normalised batch.
+
+    Zero padding happens after normalisation, as in Torch; each image gets its own offsets
+    ``(dy, dx)`` in ``0..2*pad`` and its own flip. One gather does crop and flip together.
+    """
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    ar_h = torch.arange(h, device=x.device)
+    ar_w = torch.arange(w, device=x.device)
+    rows = offsets[:, 0, None] + ar_h  # [B, H]
+    cols = offsets[:, 1, None] + ar_w  # [B, W]
+    cols = torch.where(flips[:, None], (w + 2 * pad - 1) - cols, cols)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # [B,H,W,C]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+class CifarBatches:
+    """Mini-batches of an in-memory split; the last partial batch is kept."""
+
+    def __init__(
+        self,
+        split: ArraySplit,
+        batch_size: int,
+        device: torch.device,
+        train: bool,
+        seed: int = 0,
+        channels_last: bool = False,
+    ) -> None:
+        self.split = split.to(device)
+        self.batch_size = batch_size
+        self.device = device
+        self.train = train
+        self.seed = seed
+        self.channels_last = channels_last
+        self.mean = torch.tensor(CIFAR_MEAN, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(CIFAR_STD, device=device).view(1, 3, 1, 1)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.split.y)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batches ``start..`` of ``epoch``; the epoch's random draws do not depend on ``start``."""
+        n = self.num_samples
+        if self.train:
+            gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+            order = torch.randperm(n, generator=gen)
+            offsets = torch.randint(0, 2 * CIFAR_PAD + 1, (n, 2), generator=gen)
+            flips = torch.rand(n, generator=gen) < 0.5
+            order, offsets, flips = (t.to(self.device) for t in (order, offsets, flips))
+        for i in range(start, len(self)):
+            lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
+            if self.train:
+                idx = order[lo:hi]
+                x = normalise(self.split.x[idx], self.mean, self.std)
+                x = augment(x, offsets[lo:hi], flips[lo:hi])
+                y = self.split.y[idx]
+            else:
+                x = normalise(self.split.x[lo:hi], self.mean, self.std)
+                y = self.split.y[lo:hi]
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y
+
+
+# --------------------------------------------------------------------------------------------
+# ImageNet.
+
+
+class Lighting:
+    """AlexNet-style PCA lighting noise on a [3,H,W] tensor in [0,1] (fb.resnet.torch)."""
+
+    def __init__(self, std: float = 0.1) -> None:
+        self.std = std
+        self.eigval = torch.tensor(PCA_EIGVAL)
+        self.eigvec = torch.tensor(PCA_EIGVEC)
+
+    def __call__(self, img: Tensor) -> Tensor:
+        if self.std == 0:
+            return img
+        alpha = torch.randn(3) * self.std
+        rgb = (self.eigvec * alpha * self.eigval).sum(dim=1)
+        return img + rgb.view(3, 1, 1)
+
+
+def validate_imagenet(root: Path) -> tuple[Path, Path]:
+    """Check ``root/train`` and ``root/val`` before hours of training depend on them."""
+    root = Path(root)
+    found: dict[str, list[str]] = {}
+    for split in ("train", "val"):
+        path = root / split
+        if not path.is_dir():
+            raise DataError(
+                f"ImageNet {split} folder {path} is missing: expected {root}/train/<wnid>/*.JPEG "
+                f"and {root}/val/<wnid>/*.JPEG (set --data-dir / {DATA_DIR_ENV})"
+            )
+        found[split] = sorted(e.name for e in os.scandir(path) if e.is_dir())
+        if len(found[split]) != IMAGENET_CLASSES:
+            raise DataError(
+                f"ImageNet {split} folder {path} has {len(found[split])} class folders, "
+                f"expected {IMAGENET_CLASSES}"
+            )
+    if found["train"] != found["val"]:
+        raise DataError(f"ImageNet class folders of {root}/train and {root}/val differ")
+    return root / "train", root / "val"
+
+
+def _count_images(dataset: object, path: Path, expected: int) -> None:
+    n = len(dataset.samples)  # type: ignore[attr-defined]
+    if n != expected:
+        raise DataError(f"ImageNet folder {path} holds {n} images, expected {expected}")
+
+
+class _Order(torch.utils.data.Sampler[int]):
+    def __init__(self, indices: list[int]) -> None:
+        self.indices = indices
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class LoaderBatches:
+    """Mini-batches from a map-style dataset through DataLoader workers (ImageNet)."""
+
+    def __init__(
+        self,
+        dataset: torch.utils.data.Dataset,
+        batch_size: int,
+        device: torch.device,
+        train: bool,
+        seed: int,
+        workers: int,
+        channels_last: bool = False,
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.device = device
+        self.train = train
+        self.seed = seed
+        self.workers = workers
+        self.channels_last = channels_last
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        n = self.num_samples
+        order = torch.randperm(n, generator=gen).tolist() if self.train else list(range(n))
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=_Order(order[start * self.batch_size :]),
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            generator=gen,
+            persistent_workers=False,
+        )
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        for x, y in loader:
+            x = x.to(self.device, non_blocking=True, memory_format=memory_format)
+            yield x, y.to(self.device, non_blocking=True)
+
+
+def imagenet_transforms() -> tuple[object, object]:
+    """(train, eval) transforms: scale/aspect crop, colour jitter 0.4, PCA lighting 0.1,
+    normalise, flip; eval resizes to 256 and takes the centre 224 crop."""
+    from torchvision import transforms
+
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train_tf = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(224),
+            transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
+            transforms.ToTensor(),
+            Lighting(0.1),
+            normalize,
+            transforms.RandomHorizontalFlip(),
+        ]
+    )
+    val_tf = transforms.Compose(
+        [transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), normalize]
+    )
+    return train_tf, val_tf
+
+
+def imagenet_batches(
+    root: Path,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    train_subset: int | None,
+    workers: int,
+    channels_last: bool = False,
+) -> tuple[LoaderBatches, LoaderBatches]:
+    """fb.resnet.torch's ImageNet pipeline: train and val batch sources."""
+    from torchvision import datasets
+
+    train_dir, val_dir = validate_imagenet(root)
+    train_tf, val_tf = imagenet_transforms()
+    try:
+        train_ds = datasets.ImageFolder(str(train_dir), train_tf)
+        val_ds = datasets.ImageFolder(str(val_dir), val_tf)
+    except (FileNotFoundError, OSError) as error:
+        raise DataError(f"ImageNet under {root} is unreadable: {error}") from None
+    _count_images(train_ds, train_dir, IMAGENET_TRAIN_IMAGES)
+    _count_images(val_ds, val_dir, IMAGENET_VAL_IMAGES)
+    subset = subset_indices(len(train_ds), train_subset)
+    train_source: torch.utils.data.Dataset = train_ds
+    if subset is not None:
+        train_source = torch.utils.data.Subset(train_ds, subset.tolist())
+    return (
+        LoaderBatches(train_source, batch_size, device, True, seed, workers, channels_last),
+        LoaderBatches(val_ds, batch_size, device, False, seed, workers, channels_last),
+    )
+
+
+def cifar_batches(
+    train: ArraySplit,
+    test: ArraySplit,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    train_subset: int | None,
+    channels_last: bool = False,
+) -> tuple[CifarBatches, CifarBatches]:
+    """Train and test batch sources for in-memory CIFAR (test batches are twice as large)."""
+    subset = subset_indices(len(train.y), train_subset)
+    if subset is not None:
+        train = ArraySplit(train.x[subset], train.y[subset])
+    return (
+        CifarBatches(train, batch_size, device, True, seed, channels_last),
+        CifarBatches(test, 2 * batch_size, device, False, seed, channels_last),
+    )

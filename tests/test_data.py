@@ -1,0 +1,188 @@
+"""Data loading and the batched CIFAR pipeline (fb.resnet.torch's augmentation, exactly)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import helpers_cifar as h
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rkrepro import data
+from rkrepro.errors import DataError
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(data.DOWNLOAD_ENV, "0")
+    monkeypatch.setenv(data.VERIFY_ENV, "0")
+
+
+def test_cifar10_round_trip_keeps_pixels_and_labels(tmp_path: Path) -> None:
+    x, y = h.random_images(50, 10, seed=3)
+    xt, yt = h.random_images(20, 10, seed=4)
+    h.write_cifar10(tmp_path, (x, y), (xt, yt))
+    train, test = data.load_cifar("cifar10", tmp_path)
+    assert train.x.dtype == torch.uint8 and train.x.shape == (50, 3, 32, 32)
+    # The five batches are concatenated in order, images come back CHW.
+    assert torch.equal(train.x, torch.from_numpy(x).permute(0, 3, 1, 2))
+    assert train.y.tolist() == y.tolist()
+    assert torch.equal(test.x, torch.from_numpy(xt).permute(0, 3, 1, 2))
+
+
+def test_cifar100_uses_fine_labels(tmp_path: Path) -> None:
+    h.write_random_cifar100(tmp_path, n_train=120, n_test=30)
+    train, test = data.load_cifar("cifar100", tmp_path)
+    assert len(train.y) == 120 and len(test.y) == 30
+    assert int(train.y.max()) > 19  # fine labels, not the 20 coarse ones
+
+
+def test_helper_pickles_look_like_python2_files(tmp_path: Path) -> None:
+    import pickle
+
+    folder = h.write_random_cifar10(tmp_path, 10, 10)
+    with open(folder / "data_batch_1", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    assert raw[b"data"].dtype == np.uint8 and raw[b"data"].shape[1] == 3072
+    assert b"labels" in raw
+
+
+def test_missing_data_names_the_expected_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as info:
+        data.load_cifar("cifar100", tmp_path)
+    message = str(info.value)
+    assert "cifar-100-python" in message and str(tmp_path) in message
+    assert "\n" not in message
+
+
+def test_failed_download_is_a_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision import datasets
+
+    monkeypatch.setenv(data.DOWNLOAD_ENV, "1")
+    # A port nothing listens on: the real download code fails at once, as offline.
+    monkeypatch.setattr(datasets.CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    with pytest.raises(DataError) as info:
+        data.load_cifar("cifar10", tmp_path / "nowhere")
+    assert "cifar-10-batches-py" in str(info.value) and "download failed" in str(info.value)
+
+
+def test_checksums_are_verified_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(data.VERIFY_ENV)
+    h.write_random_cifar10(tmp_path, 20, 10)
+    with pytest.raises(DataError, match="checksum"):
+        data.load_cifar("cifar10", tmp_path)
+
+
+def test_truncated_batch_is_a_data_error(tmp_path: Path) -> None:
+    folder = h.write_random_cifar10(tmp_path, 50, 10)
+    blob = (folder / "data_batch_3").read_bytes()
+    (folder / "data_batch_3").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataError, match="data_batch_3"):
+        data.load_cifar("cifar10", tmp_path)
+
+
+def _reference_augment(x: torch.Tensor, dy: int, dx: int, flip: bool) -> torch.Tensor:
+    """Torch7 order for one image: flip, zero-pad 4, crop 32x32 at (dy, dx)."""
+    if flip:
+        x = x.flip(-1)
+    padded = F.pad(x, (4, 4, 4, 4))
+    return padded[:, dy : dy + 32, dx : dx + 32]
+
+
+def test_batched_augmentation_matches_per_image_reference() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 3, 32, 32, generator=gen)
+    offsets = torch.randint(0, 9, (16, 2), generator=gen)
+    flips = torch.rand(16, generator=gen) < 0.5
+    out = data.augment(x, offsets, flips)
+    for i in range(16):
+        ref = _reference_augment(x[i], int(offsets[i, 0]), int(offsets[i, 1]), bool(flips[i]))
+        assert torch.equal(out[i], ref)
+
+
+def test_padding_is_zero_after_normalisation() -> None:
+    x = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)
+    mean = torch.tensor(data.CIFAR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(data.CIFAR_STD).view(1, 3, 1, 1)
+    out = data.augment(data.normalise(x, mean, std), torch.tensor([[0, 0]]), torch.tensor([False]))
+    assert torch.all(out[0, :, :4, :] == 0) and torch.all(out[0, :, 4:, 4:] > 0)
+
+
+def test_batches_keep_last_partial_batch_and_are_reproducible() -> None:
+    x, y = h.random_images(100, 10)
+    split = data.ArraySplit(
+        torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y)
+    )
+    source = data.CifarBatches(split, 64, torch.device("cpu"), train=True, seed=7)
+    sizes = [len(b[1]) for b in source.batches(1)]
+    assert sizes == [64, 36] and len(source) == 2
+    first = list(source.batches(1))
+    again = list(source.batches(1))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again, strict=True))
+    other = list(source.batches(2))
+    assert not torch.equal(first[0][0], other[0][0])
+    resumed = list(source.batches(1, start=1))
+    assert torch.equal(resumed[0][0], first[1][0]) and torch.equal(resumed[0][1], first[1][1])
+    # Every image appears once per epoch.
+    assert sorted(torch.cat([b[1] for b in first]).tolist()) == sorted(y.tolist())
+
+
+def test_test_batches_are_plain_normalised_images() -> None:
+    x, y = h.random_images(10, 10)
+    split = data.ArraySplit(
+        torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y)
+    )
+    source = data.CifarBatches(split, 4, torch.device("cpu"), train=False)
+    xb, yb = next(source.batches(0))
+    mean = torch.tensor(data.CIFAR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(data.CIFAR_STD).view(1, 3, 1, 1)
+    assert torch.allclose(xb, (split.x[:4].float() / 255 - mean) / std)
+    assert yb.tolist() == y[:4].tolist()
+
+
+def test_train_subset_is_fixed_and_seed_independent() -> None:
+    a = data.subset_indices(1000, 100)
+    b = data.subset_indices(1000, 100)
+    assert a is not None and torch.equal(a, b) and len(set(a.tolist())) == 100
+    assert data.subset_indices(1000, None) is None and data.subset_indices(10, 50) is None
+
+
+def test_imagenet_validation_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="train folder"):
+        data.validate_imagenet(tmp_path)
+    for split in ("train", "val"):
+        for i in range(3):
+            (tmp_path / split / f"n{i:08d}").mkdir(parents=True)
+    with pytest.raises(DataError, match="3 class folders, expected 1000"):
+        data.validate_imagenet(tmp_path)
+
+
+def test_lighting_shifts_colour_per_image() -> None:
+    torch.manual_seed(0)
+    img = torch.zeros(3, 4, 4)
+    out = data.Lighting(0.1)(img)
+    assert out.shape == img.shape and not torch.equal(out, img)
+    assert torch.allclose(out[:, 0, 0], out[:, 3, 3])  # one RGB offset for the whole image
+
+
+def test_imagenet_pipeline_on_a_tiny_image_folder(tmp_path: Path) -> None:
+    from PIL import Image
+    from torchvision import datasets
+
+    rng = np.random.default_rng(0)
+    for cls in ("n01", "n02"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            pixels = rng.integers(0, 255, size=(60, 80, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / cls / f"{i}.JPEG")
+    train_tf, val_tf = data.imagenet_transforms()
+    for tf, train in ((train_tf, True), (val_tf, False)):
+        folder = datasets.ImageFolder(str(tmp_path), tf)
+        source = data.LoaderBatches(folder, 4, torch.device("cpu"), train, seed=0, workers=0)
+        batches = list(source.batches(1))
+        assert [tuple(b[0].shape) for b in batches] == [(4, 3, 224, 224), (2, 3, 224, 224)]
+        assert sorted(torch.cat([b[1] for b in batches]).tolist()) == [0, 0, 0, 1, 1, 1]
+        resumed = list(source.batches(1, start=1))
+        assert torch.equal(resumed[0][1], batches[1][1])

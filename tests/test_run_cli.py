@@ -1,0 +1,326 @@
+"""``rkrepro run`` end to end: real CLI, real SQLite MLflow store, real (tiny) CIFAR files.
+
+The kill/resume test runs ``python -m rkrepro`` in subprocesses and kills them with SIGKILL
+and SIGTERM; the resumed run must end with exactly the metrics of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import helpers_cifar as h
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rkrepro import schema
+from rkrepro.cli import app
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY_TABLE = """\
+id: tiny
+title: Tiny
+caption: A DenseNet-BC of depth 10 and growth rate 4, for tests.
+dataset: cifar10
+protocol:
+  dataset: cifar10
+  augmentation: "zero-pad 4 + random 32x32 crop + horizontal flip; per-channel normalisation"
+  batch_size: 64
+  epochs: 300
+  lr: 0.1
+  momentum: 0.9
+  weight_decay: 1.0e-4
+  lr_milestones: [150, 225]
+  lr_gamma: 0.1
+  nesterov: true
+rows:
+  - id: bc-k4
+    label: DenseNet-BC (k = 4)
+    family: densenet-bc
+    depth: 10
+    growth_rate: 4
+    bottleneck: true
+    compression: 0.5
+    m: [2, 2, 2]
+    original: {params_m: 0.002, error: 50.0}
+    variants:
+      - name: RKNet-1×2_1×1_1×1
+        params_m: 0.006
+        error: 40.0
+        share: {params_m: 0.005, error: 45.0}
+"""
+VARIANT = "RKNet-1x2_1x1_1x1"
+
+
+@pytest.fixture(scope="module")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, migrated SQLite store; copying it saves each test the slow schema creation."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@dataclass
+class Workspace:
+    root: Path
+    runs: Path
+    data: Path
+    env: dict[str, str]
+
+    def client(self, runs: Path | None = None):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(f"sqlite:///{(runs or self.runs) / 'mlflow.db'}")
+
+    def runs_of(self, runs: Path | None = None) -> list:
+        client = self.client(runs)
+        exp = client.get_experiment_by_name(schema.experiment_name("tiny"))
+        if exp is None:
+            return []
+        return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def _new_store(template: Path, runs: Path) -> None:
+    runs.mkdir(parents=True, exist_ok=True)
+    shutil.copy(template, runs / "mlflow.db")
+
+
+@pytest.fixture
+def ws(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_template: Path
+) -> Iterator[Workspace]:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "tiny.yaml").write_text(TINY_TABLE, encoding="utf-8")
+    h.write_random_cifar10(tmp_path / "data", n_train=96, n_test=32)
+    _new_store(mlflow_template, tmp_path / "runs")
+    env = {
+        "RKREPRO_RUNS_DIR": str(tmp_path / "runs"),
+        "RKREPRO_DATA_DIR": str(tmp_path / "data"),
+        "RKREPRO_TABLES_DIR": str(tmp_path / "tables"),
+        "RKREPRO_VERIFY_CHECKSUMS": "0",
+        "RKREPRO_DOWNLOAD": "0",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RKREPRO_FAULT_NAN_AT_STEP", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield Workspace(tmp_path, tmp_path / "runs", tmp_path / "data", env)
+    torch.set_num_threads(before)
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, ["run", "tiny", "--row", "bc-k4", *args])
+
+
+def test_run_trains_every_cell_and_records_it(ws: Workspace) -> None:
+    result = invoke("--epochs", "2", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    runs = ws.runs_of()
+    assert len(runs) == 3
+    by_key = {(r.data.tags[schema.TAG_MODEL], r.data.tags[schema.TAG_SHARE]): r for r in runs}
+    assert set(by_key) == {("original", "false"), (VARIANT, "false"), (VARIANT, "true")}
+    run = by_key[(VARIANT, "true")]
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags[schema.TAG_TABLE] == "tiny" and tags[schema.TAG_ROW] == "bc-k4"
+    assert tags[schema.TAG_SEED] == "0" and tags[schema.TAG_PROTOCOL] == schema.PROTOCOL_SHORTENED
+    assert tags[schema.TAG_DEVICE] == "cpu" and tags[schema.TAG_GIT_COMMIT]
+    assert tags["rkrepro.torch_version"] == torch.__version__ and "rkrepro.cuda_version" in tags
+    config_hash = tags[schema.TAG_CONFIG_HASH]
+    params = run.data.params
+    assert params["protocol.epochs"] == "2" and params["protocol.paper_epochs"] == "300"
+    assert params["protocol.lr_milestones"] == "[1, 2]" and params["protocol.nesterov"] == "True"
+    assert params["spec.share"] == "True" and params["seed"] == "0"
+    metrics = run.data.metrics
+    for name in (
+        schema.M_TRAIN_LOSS,
+        schema.M_TRAIN_ERROR,
+        schema.M_TEST_ERROR,
+        schema.M_LR,
+        schema.M_EPOCH_SECONDS,
+        schema.M_IMAGES_PER_S,
+        schema.M_PEAK_MEMORY,
+        schema.M_FINAL_TEST_ERROR,
+        schema.M_BEST_TEST_ERROR,
+        schema.M_PARAMS_PAPER,
+        schema.M_PARAMS_TOTAL,
+    ):
+        assert name in metrics, name
+    history = ws.client().get_metric_history(run.info.run_id, schema.M_TEST_ERROR)
+    assert sorted(m.step for m in history) == [1, 2]
+    assert metrics[schema.M_FINAL_TEST_ERROR] == max(history, key=lambda m: m.step).value
+    assert metrics[schema.M_PARAMS_PAPER] < metrics[schema.M_PARAMS_TOTAL]
+    artifacts = {a.path for a in ws.client().list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "config.json", "model_summary.txt", "metrics.csv"} <= artifacts
+    assert (ws.runs / "artifacts" / "tiny" / run.info.run_id).is_dir()
+    checkpoint = ws.runs / "checkpoints" / config_hash
+    assert (checkpoint / "last.pt").exists() and (checkpoint / "prev.pt").exists()
+    assert not (ws.root / "mlruns").exists()
+
+    # Idempotent: the same command skips the finished runs.
+    again = invoke("--epochs", "2", "--device", "cpu")
+    assert again.exit_code == 0, again.output
+    assert again.output.count("skipped") == 3 and len(ws.runs_of()) == 3
+
+    dry = invoke("--epochs", "2", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert dry.output.count("status=done") == 3 and "nothing trained" in dry.output
+
+    forced = invoke("--epochs", "2", "--variant", "original", "--force", "--device", "cpu")
+    assert forced.exit_code == 0, forced.output
+    assert len(ws.runs_of()) == 4
+
+
+def test_dry_run_trains_nothing_and_creates_no_store(ws: Workspace) -> None:
+    (ws.runs / "mlflow.db").unlink()
+    result = invoke("--dry-run", "--seeds", "2")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "status=" in line]
+    assert len(lines) == 3
+    assert all("seeds=0,1" in line and "new" in line and "params=" in line for line in lines)
+    assert "protocol: paper, 300 epochs" in result.output
+    assert not (ws.runs / "mlflow.db").exists() and not (ws.runs / "checkpoints").exists()
+
+
+def test_missing_data_offline_is_one_line_exit_2(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchvision import datasets
+
+    shutil.rmtree(ws.data)
+    monkeypatch.setenv("RKREPRO_DOWNLOAD", "1")
+    monkeypatch.setattr(datasets.CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    result = invoke("--epochs", "1", "--device", "cpu")
+    assert result.exit_code == 2
+    error = result.stderr.strip()
+    assert error.startswith("Error: ") and "\n" not in error, result.output
+    assert "cifar-10-batches-py" in error and str(ws.data) in error
+    assert "Traceback" not in result.output
+    assert ws.runs_of() == []  # no run was created for data that is not there
+
+
+def test_unreachable_tracking_server_fails_fast(ws: Workspace) -> None:
+    started = time.monotonic()
+    result = invoke("--epochs", "1", "--tracking-uri", "http://127.0.0.1:9")
+    assert result.exit_code == 2
+    assert "unreachable" in result.stderr and time.monotonic() - started < 30
+
+
+def test_nan_fails_that_run_goes_on_and_resumes_later(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RKREPRO_FAULT_NAN_AT_STEP", "2")
+    args = ("--epochs", "1", "--variant", "original", "--variant", VARIANT, "--no-share")
+    result = invoke(*args, "--device", "cpu")
+    assert result.exit_code == 1, result.output
+    runs = ws.runs_of()
+    assert len(runs) == 2  # the second cell ran after the first failed
+    for run in runs:
+        assert run.info.status == "FAILED"
+        assert "non-finite training loss" in run.data.tags[schema.TAG_FAILURE]
+
+    monkeypatch.delenv("RKREPRO_FAULT_NAN_AT_STEP")
+    result = invoke(*args, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    resumed = ws.runs_of()
+    assert [r.info.run_id for r in resumed] == [r.info.run_id for r in runs]
+    assert all(r.info.status == "FINISHED" for r in resumed)
+    assert all(schema.TAG_FAILURE not in r.data.tags for r in resumed)
+
+
+def test_ui_refuses_a_server_uri(ws: Workspace) -> None:
+    result = CliRunner().invoke(app, ["ui", "--tracking-uri", "http://127.0.0.1:9"])
+    assert result.exit_code == 2 and "tracking server already" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# kill -9 and SIGTERM through real processes.
+
+
+def _spawn(ws: Workspace, runs: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, **ws.env, "RKREPRO_RUNS_DIR": str(runs), "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [sys.executable, "-m", "rkrepro", "run", "tiny", "--row", "bc-k4", *args]
+    return subprocess.Popen(
+        command, cwd=ws.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _wait_for_epoch(runs: Path, epoch: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for info in runs.glob("checkpoints/*/last.json"):
+            try:
+                if json.loads(info.read_text())["epoch"] >= epoch:
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before epoch {epoch}: {proc.communicate()[0]}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"no checkpoint of epoch {epoch} within {timeout}s")
+
+
+def _series(ws: Workspace, runs: Path, run_id: str, name: str) -> list[tuple[int, float]]:
+    history = ws.client(runs).get_metric_history(run_id, name)
+    return sorted((m.step, m.value) for m in history)
+
+
+def test_kill_and_sigterm_resume_to_the_uninterrupted_result(
+    ws: Workspace, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h.write_random_cifar10(ws.data, n_train=512, n_test=64)
+    args = ("--variant", "original", "--epochs", "4", "--device", "cpu")
+
+    reference = ws.root / "runs-ref"
+    _new_store(mlflow_template, reference)
+    monkeypatch.setenv("RKREPRO_RUNS_DIR", str(reference))
+    done = invoke(*args)  # in-process, one thread like the subprocesses
+    assert done.exit_code == 0, done.output
+
+    runs = ws.runs
+    killed = _spawn(ws, runs, *args)
+    _wait_for_epoch(runs, 1, killed)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=60) == -signal.SIGKILL
+    (run,) = ws.runs_of()
+    assert run.info.status == "RUNNING"  # kill -9 leaves no chance to say otherwise
+
+    stopped = _spawn(ws, runs, *args)
+    _wait_for_epoch(runs, 2, stopped)
+    stopped.send_signal(signal.SIGTERM)
+    output = stopped.communicate(timeout=60)[0]
+    assert stopped.returncode == 143, output
+    (run,) = ws.runs_of()
+    assert run.info.status == "KILLED"
+
+    finished = _spawn(ws, runs, *args)
+    output = finished.communicate(timeout=240)[0]
+    assert finished.returncode == 0, output
+    assert "resuming run" in output
+    (run,) = ws.runs_of()
+    (ref_run,) = ws.runs_of(reference)
+    assert run.info.status == "FINISHED"
+    for name in (schema.M_TRAIN_LOSS, schema.M_TEST_ERROR, schema.M_LR):
+        assert _series(ws, runs, run.info.run_id, name) == _series(
+            ws, reference, ref_run.info.run_id, name
+        ), name
+    for name in (schema.M_FINAL_TEST_ERROR, schema.M_BEST_TEST_ERROR):
+        assert run.data.metrics[name] == ref_run.data.metrics[name]

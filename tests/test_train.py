@@ -1,0 +1,178 @@
+"""The training loop: Section 4's optimiser, exact resume, failure handling, and that it learns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import helpers_cifar as h
+import pytest
+import torch
+
+from rkrepro import data, train
+from rkrepro.models import build_model
+from rkrepro.runner import RunOptions, make_plans, scale_milestones
+from rkrepro.spec import ModelSpec, Protocol
+
+CPU = torch.device("cpu")
+TINY = ModelSpec(family="densenet-bc", dataset="cifar10", depth=10, growth_rate=4)
+TINY_RK = replace(TINY, periods=((1, 2), (1, 1), (1, 1)), m=(2, 2, 2))
+PAPER = Protocol(
+    dataset="cifar10",
+    augmentation="pad 4 + crop + flip",
+    batch_size=64,
+    epochs=300,
+    lr=0.1,
+    momentum=0.9,
+    weight_decay=1e-4,
+    lr_milestones=(150, 225),
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Two CI cores shared by test workers: one thread each is faster and deterministic."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _split(n: int, seed: int) -> data.ArraySplit:
+    x, y = h.random_images(n, 10, seed)
+    return data.ArraySplit(
+        torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y)
+    )
+
+
+def _trainer(tmp: Path, protocol: Protocol, spec: ModelSpec = TINY, **kw) -> train.Trainer:
+    train.seed_everything(0)
+    model = build_model(spec)
+    tr, te = data.cifar_batches(_split(80, 0), _split(24, 1), protocol.batch_size, CPU, 0, None)
+    return train.Trainer(model, tr, te, protocol, CPU, train.Checkpoints(tmp), **kw)
+
+
+def test_optimizer_is_torch7_sgd_on_all_parameters() -> None:
+    model = build_model(TINY)
+    opt = train.build_optimizer(model, PAPER)
+    (group,) = opt.param_groups
+    assert group["nesterov"] and group["dampening"] == 0 and group["momentum"] == 0.9
+    assert group["weight_decay"] == 1e-4 and group["lr"] == 0.1
+    assert {id(p) for p in group["params"]} == {id(p) for p in model.parameters()}
+    bn_bias = next(m.bias for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert any(p is bn_bias for p in group["params"])  # BN and biases decay too
+
+
+def test_milestones_scale_with_shortened_runs() -> None:
+    assert scale_milestones((150, 225), 300, 300) == (150, 225)
+    assert scale_milestones((150, 225), 300, 30) == (15, 23)  # 22.5 rounds half up
+    assert scale_milestones((30, 60), 90, 9) == (3, 6)
+    assert scale_milestones((150, 225), 300, 1) == (1,)
+
+
+def test_scheduler_divides_lr_by_ten_at_milestones(tmp_path: Path) -> None:
+    protocol = replace(PAPER, epochs=3, lr_milestones=(1, 2), batch_size=40)
+    history = _trainer(tmp_path, protocol).fit()
+    assert [round(r.lr, 6) for r in history] == [0.1, 0.01, 0.001]
+
+
+def test_config_hash_separates_configurations() -> None:
+    from rkrepro.targets import Cell
+
+    cell = Cell("t", "r", "original", False, TINY, PAPER, None, None, None)
+    base = make_plans([cell], [0, 1], RunOptions())
+    assert base[0].config_hash != base[1].config_hash  # seed
+    assert base[0].config_hash == make_plans([cell], [0], RunOptions())[0].config_hash
+    short = make_plans([cell], [0], RunOptions(epochs=30))[0]
+    subset = make_plans([cell], [0], RunOptions(train_subset=100))[0]
+    mem = make_plans([cell], [0], RunOptions(memory_efficient=True))[0]
+    hashes = {base[0].config_hash, short.config_hash, subset.config_hash, mem.config_hash}
+    assert len(hashes) == 4
+    assert short.shortened and subset.shortened and not base[0].shortened
+    assert short.protocol.lr_milestones == (15, 23)
+
+
+def test_checkpoints_are_atomic_and_fall_back_to_prev(tmp_path: Path) -> None:
+    ck = train.Checkpoints(tmp_path)
+    state = {"format": train.CHECKPOINT_FORMAT, "epoch": 1, "run_id": "a"}
+    ck.save(state)
+    ck.save({**state, "epoch": 2})
+    assert ck.load()["epoch"] == 2 and ck.peek()["epoch"] == 2
+    ck.last.write_bytes(ck.last.read_bytes()[:10])  # torn write
+    assert ck.load()["epoch"] == 1
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_resume_mid_epoch_is_bit_identical(tmp_path: Path) -> None:
+    protocol = replace(PAPER, epochs=2, lr_milestones=(1,), batch_size=16)
+    reference = _trainer(tmp_path / "ref", protocol)
+    ref_history = reference.fit()
+
+    stop = train.StopSignal()
+
+    class StopAt:
+        """Progress hook that raises the stop flag at epoch 2, step 3 (as SIGTERM would)."""
+
+        epoch = 0
+
+        def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None:
+            self.epoch = epoch
+
+        def step(self, done: int, loss: float, error: float) -> None:
+            if self.epoch == 2 and done == 3:
+                stop.signum = 15
+
+        def epoch_end(self, record: train.EpochRecord) -> None:
+            pass
+
+    first = _trainer(tmp_path / "run", protocol, progress=StopAt(), stop=stop)
+    with pytest.raises(train.Interrupted) as info:
+        first.fit()
+    assert info.value.exit_code == 143
+    saved = train.Checkpoints(tmp_path / "run").load()
+    assert saved["epoch"] == 1 and saved["step_in_epoch"] == 3
+
+    torch.manual_seed(1234)  # a fresh process would have other RNG state: restore must fix it
+    second = _trainer(tmp_path / "run", protocol)
+    second.restore(saved)
+    history = second.fit()
+    assert [r.train_loss for r in history] == [r.train_loss for r in ref_history]
+    assert [r.test_error for r in history] == [r.test_error for r in ref_history]
+    for key, value in reference.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[key]), key
+
+
+def test_nan_loss_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(train.FAULT_NAN_ENV, "3")
+    trainer = _trainer(tmp_path, replace(PAPER, epochs=2, batch_size=16))
+    with pytest.raises(train.NonFiniteLoss, match="non-finite training loss"):
+        trainer.fit()
+    assert trainer.global_step == 3
+
+
+def test_resolve_device() -> None:
+    assert train.resolve_device("cpu") == CPU
+    assert train.resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(train.RkreproError):
+        train.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(train.RkreproError, match="CUDA is not available"):
+            train.resolve_device("cuda:0")
+
+
+def test_small_rknet_learns_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An RKNet (1x2_1x1_1x1, k=8) on scikit-learn's digits, in CIFAR format: far below chance."""
+    monkeypatch.setenv(data.VERIFY_ENV, "0")
+    monkeypatch.setenv(data.DOWNLOAD_ENV, "0")
+    h.write_digits_cifar10(tmp_path / "data")
+    tr_split, te_split = data.load_cifar("cifar10", tmp_path / "data")
+    protocol = replace(PAPER, epochs=4, lr_milestones=(3,), batch_size=32)
+    spec = replace(TINY_RK, growth_rate=8)
+    train.seed_everything(0)
+    model = build_model(spec)
+    tr, te = data.cifar_batches(tr_split, te_split, 32, CPU, 0, None)
+    trainer = train.Trainer(model, tr, te, protocol, CPU, train.Checkpoints(tmp_path / "ck"))
+    history = trainer.fit()
+    assert history[-1].test_error < 40.0, [r.test_error for r in history]  # chance: 90 %
+    assert history[-1].train_loss < history[0].train_loss
