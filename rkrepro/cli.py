@@ -11,21 +11,31 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
+
+try:  # Typer >= 0.20 carries its own copy of click
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover - older Typer on plain click
+    from click import UsageError
 
 from rkrepro.errors import RkreproError
 
 
 class _Group(TyperGroup):
-    """Turns every :class:`RkreproError` into one line on stderr and its exit code."""
+    """Turns every :class:`RkreproError`, and every bad option of a command, into one line on
+    stderr and a non-zero exit code: no traceback, no usage box to scroll through."""
 
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
+    def invoke(self, ctx: typer.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except RkreproError as error:
             typer.echo(f"Error: {error}", err=True)
+            raise typer.Exit(error.exit_code) from None
+        except UsageError as error:
+            where = error.ctx.command_path if error.ctx else ctx.command_path
+            message = " ".join(error.format_message().split())
+            typer.echo(f"Error: {message} (see '{where} --help')", err=True)
             raise typer.Exit(error.exit_code) from None
 
 

@@ -60,6 +60,25 @@ def epoch_seed(seed: int, epoch: int, purpose: str = "train") -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def shard_bounds(lo: int, hi: int, shard: tuple[int, int]) -> tuple[int, int]:
+    """A rank's part ``(rank, world)`` of the global batch ``[lo, hi)`` in data-parallel runs.
+
+    Every rank gets ``(hi - lo) // world`` images, so each rank's gradient has the same weight
+    in DDP's average; the last batch's remainder (fewer than ``world`` images) is left out.
+    """
+    rank, world = shard
+    per = (hi - lo) // world
+    return lo + rank * per, lo + (rank + 1) * per
+
+
+def sharded_len(n: int, batch_size: int, world: int) -> int:
+    """Steps per epoch: the global batches, less a last one too small to give every rank one."""
+    steps = math.ceil(n / batch_size)
+    if world > 1 and steps and n - (steps - 1) * batch_size < world:
+        steps -= 1
+    return steps
+
+
 def subset_indices(n: int, size: int | None) -> Tensor | None:
     """The fixed random subset of ``size`` training images, or None for the whole set."""
     if size is None or size >= n:
@@ -243,6 +262,8 @@ class CifarBatches:
         self.train = train
         self.seed = seed
         self.channels_last = channels_last
+        # (rank, world): this process's share of each global batch (rkrepro.distributed sets it).
+        self.shard = (0, 1)
         self.mean = torch.tensor(CIFAR_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(CIFAR_STD, device=device).view(1, 3, 1, 1)
 
@@ -251,7 +272,7 @@ class CifarBatches:
         return len(self.split.y)
 
     def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
+        return sharded_len(self.num_samples, self.batch_size, self.shard[1])
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """Batches ``start..`` of ``epoch``; the epoch's random draws do not depend on ``start``."""
@@ -264,6 +285,7 @@ class CifarBatches:
             order, offsets, flips = (t.to(self.device) for t in (order, offsets, flips))
         for i in range(start, len(self)):
             lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
+            lo, hi = shard_bounds(lo, hi, self.shard)
             if self.train:
                 idx = order[lo:hi]
                 x = normalise(self.split.x[idx], self.mean, self.std)
@@ -356,31 +378,65 @@ class LoaderBatches:
         self.seed = seed
         self.workers = workers
         self.channels_last = channels_last
+        self.shard = (0, 1)  # (rank, world), as for CifarBatches
 
     @property
     def num_samples(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
+        return sharded_len(self.num_samples, self.batch_size, self.shard[1])
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         n = self.num_samples
         order = torch.randperm(n, generator=gen).tolist() if self.train else list(range(n))
+        size, world = self.batch_size, self.shard[1]
+        if world > 1:  # this rank's part of each global batch, in order
+            bounds = (
+                shard_bounds(i * size, min((i + 1) * size, n), self.shard)
+                for i in range(start, len(self))
+            )
+            order = [j for lo, hi in bounds for j in order[lo:hi]]
+        else:
+            order = order[start * size :]
         loader = torch.utils.data.DataLoader(
             self.dataset,
-            batch_size=self.batch_size,
-            sampler=_Order(order[start * self.batch_size :]),
+            batch_size=size // world,
+            sampler=_Order(order),
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
             generator=gen,
             persistent_workers=False,
         )
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        for x, y in loader:
-            x = x.to(self.device, non_blocking=True, memory_format=memory_format)
-            yield x, y.to(self.device, non_blocking=True)
+        try:
+            for x, y in loader:
+                x = x.to(self.device, non_blocking=True, memory_format=memory_format)
+                yield x, y.to(self.device, non_blocking=True)
+        except DataError as error:
+            # A worker re-raises with its whole traceback in the message: keep the one line.
+            raise DataError(str(error).strip().splitlines()[-1].split("DataError: ")[-1]) from None
+
+
+def load_image(path: str):
+    """PIL loader for ImageFolder that names the file it cannot read.
+
+    An unreadable image stops the run (the last checkpoint stays, so fixing or removing the file
+    and rerunning resumes it) rather than being skipped: a silently smaller training set is not
+    the paper's protocol.
+    """
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as handle:
+            image = Image.open(handle)
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as error:
+        raise DataError(
+            f"unreadable image {path} ({type(error).__name__}: {error}); fix or remove it and "
+            "rerun the same command to resume from the last checkpoint"
+        ) from None
 
 
 def imagenet_transforms() -> tuple[object, object]:
@@ -420,8 +476,8 @@ def imagenet_batches(
     train_dir, val_dir = validate_imagenet(root)
     train_tf, val_tf = imagenet_transforms()
     try:
-        train_ds = datasets.ImageFolder(str(train_dir), train_tf)
-        val_ds = datasets.ImageFolder(str(val_dir), val_tf)
+        train_ds = datasets.ImageFolder(str(train_dir), train_tf, loader=load_image)
+        val_ds = datasets.ImageFolder(str(val_dir), val_tf, loader=load_image)
     except (FileNotFoundError, OSError) as error:
         raise DataError(f"ImageNet under {root} is unreadable: {error}") from None
     _count_images(train_ds, train_dir, IMAGENET_TRAIN_IMAGES)

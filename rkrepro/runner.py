@@ -7,6 +7,7 @@ configurations (a shortened protocol, --memory-efficient) never mix.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -53,6 +54,7 @@ class RunOptions:
     device: str = "auto"
     tracking_uri: str | None = None
     workers: int = 8
+    sync_bn: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Plan:
     train_subset: int | None
     memory_efficient: bool
     amp: bool
+    sync_bn: bool = False
 
     @property
     def label(self) -> str:
@@ -93,6 +96,9 @@ class Plan:
             },
             "memory_efficient": self.memory_efficient,
             "amp": self.amp,
+            # Only when on, so the hashes (and runs) of every earlier configuration stay valid.
+            # The number of GPUs is not identity: a run resumes on 1 GPU or on N.
+            **({"sync_bn": True} if self.sync_bn else {}),
         }
 
     @property
@@ -172,6 +178,7 @@ def make_plans(cells: list[Cell], seeds: list[int], options: RunOptions) -> list
                     options.train_subset,
                     options.memory_efficient,
                     options.amp,
+                    options.sync_bn,
                 )
             )
     return plans
@@ -289,15 +296,28 @@ def checkpoints_for(plan: Plan):
 
 
 class Runner:
-    """Executes plans one after another against one tracking store."""
+    """Executes plans one after another against one tracking store.
 
-    def __init__(self, options: RunOptions, console: Console | None = None) -> None:
+    With ``dist`` (inside torchrun) every rank runs this same sequence: rank 0 decides and
+    tracks, the others follow its decisions (:mod:`rkrepro.distributed`).
+    """
+
+    def __init__(
+        self, options: RunOptions, console: Console | None = None, dist: Any = None
+    ) -> None:
         self.options = options
+        self.dist = dist  # rkrepro.distributed.Context, or None for one process
+        if dist is not None and not dist.is_main:
+            console = Console(quiet=True)  # one voice: rank 0's
         self.console = console or Console()
         self.uri = tracking.resolve_tracking_uri(options.tracking_uri)
         self._client: Any = None
         self._experiments: dict[str, str | None] = {}
         self._arrays: dict[str, Any] = {}
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist is None or self.dist.is_main
 
     # -- store --------------------------------------------------------------------------
 
@@ -317,6 +337,25 @@ class Runner:
                 self._client, self.uri, table_id, create=create
             )
         return self._experiments[table_id]
+
+    def prepare(self, plans: list[Plan]) -> list[Plan]:
+        """Before launching parallel jobs: create the store and every experiment once (so that
+        no two jobs race to), and leave out the plans already done. Returns those to run."""
+        self.connect()
+        for table_id in dict.fromkeys(p.cell.table for p in plans):
+            self.experiment(table_id)
+        todo = []
+        for plan in plans:
+            status = self.status(plan)
+            if status.state == "done" and status.run is not None:
+                self.console.print(
+                    f"{plan.label}: done (run {status.run.run_id}); skipped (--force reruns it)",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            else:
+                todo.append(plan)
+        return todo
 
     def status(self, plan: Plan) -> PlanStatus:
         existing = None
@@ -345,14 +384,21 @@ class Runner:
 
     # -- dry run ------------------------------------------------------------------------
 
-    def dry_run(self, plans: list[Plan]) -> None:
+    def dry_run(self, plans: list[Plan], parallel: str | None = None) -> None:
+        """What would run, its status and its estimated cost (``rkrepro plan``'s estimate).
+
+        ``parallel`` describes the launcher (e.g. "4 GPU slots") for the wall-clock line.
+        """
+        from rkrepro import plan as cost
         from rkrepro.models import spec_param_counts
 
         self.connect(create=False)
         by_cell: dict[str, list[Plan]] = {}
         for plan in plans:
             by_cell.setdefault(plan.cell.key, []).append(plan)
+        estimates = {e.cell.key: e for e in cost.estimate([ps[0].cell for ps in by_cell.values()])}
         rows = []
+        gpu_hours = 0.0
         for cell_plans in by_cell.values():
             cell = cell_plans[0].cell
             paper_count, _ = spec_param_counts(cell.spec)
@@ -365,21 +411,51 @@ class Runner:
                     f"seed {seed}: {w}" for (seed, _), w in zip(statuses, words, strict=True)
                 )
             seeds = ",".join(str(p.seed) for p in cell_plans)
-            rows.append((cell.key, cell.model, f"{paper_count / 1e6:.3f}M", seeds, status_text))
+            est = estimates[cell.key]
+            # The estimate is for the paper's protocol; a shortened run costs its share.
+            hours = sum(
+                est.gpu_hours * p.protocol.epochs / cell.protocol.epochs for p in cell_plans
+            )
+            todo = sum(
+                est.gpu_hours * p.protocol.epochs / cell.protocol.epochs
+                for (p, (_, s)) in zip(cell_plans, statuses, strict=True)
+                if s.state != "done"
+            )
+            gpu_hours += todo
+            rows.append(
+                (
+                    cell.key,
+                    cell.model,
+                    f"{paper_count / 1e6:.3f}M",
+                    seeds,
+                    status_text,
+                    f"{hours:,.2f}",
+                    f"{est.peak_memory_gb:.1f}",
+                )
+            )
         protocol = plans[0].protocol if plans else None
         if self.console.is_terminal:
             from rich.table import Table
 
             table = Table(title="rkrepro run --dry-run", header_style="bold")
-            for name in ("cell", "model", "params (paper count)", "seeds", "status"):
+            for name in (
+                "cell",
+                "model",
+                "params (paper count)",
+                "seeds",
+                "status",
+                "GPU-h (est.)",
+                "peak GB (est.)",
+            ):
                 table.add_column(name)
             for row in rows:
                 table.add_row(*row)
             self.console.print(table)
         else:
-            for key, model, params, seeds, status_text in rows:
+            for key, model, params, seeds, status_text, hours, peak in rows:
                 self.console.print(
-                    f"{key}  model={model}  params={params}  seeds={seeds}  status={status_text}",
+                    f"{key}  model={model}  params={params}  seeds={seeds}  status={status_text}"
+                    f"  gpu_hours={hours}  peak_gb={peak}",
                     highlight=False,
                     soft_wrap=True,
                 )
@@ -392,6 +468,16 @@ class Runner:
                 highlight=False,
                 soft_wrap=True,
             )
+            sources = sorted({e.source for e in estimates.values()})
+            line = f"estimate: {gpu_hours:,.2f} GPU-hours still to train"
+            if parallel:
+                line += f" ({parallel})"
+            self.console.print(
+                f"{line}; {'; '.join(sources)}; peak memory per GPU at the full batch "
+                f"(see `rkrepro plan`)",
+                highlight=False,
+                soft_wrap=True,
+            )
 
     # -- execution ----------------------------------------------------------------------
 
@@ -399,11 +485,23 @@ class Runner:
         """Train every plan; returns the exit code (0, or 1 when any run failed)."""
         from rkrepro.train import Interrupted, StopSignal, resolve_device
 
-        self.device = resolve_device(self.options.device)
+        if self.dist is not None:
+            from rkrepro import distributed
+
+            self.device = self.dist.device
+            for plan in plans:
+                distributed.per_rank_batch(
+                    plan.protocol.batch_size, self.dist.world_size, plan.cell.key
+                )
+            self.stop: StopSignal = distributed.DistributedStop(self.dist)
+            self.dist.on_main(self.connect)
+        else:
+            self.device = resolve_device(self.options.device)
+            self.stop = StopSignal()
         if self.options.amp and self.device.type != "cuda":
             raise RkreproError("--amp needs a CUDA device")
-        self.connect()
-        self.stop = StopSignal()
+        if self.dist is None:
+            self.connect()
         failed = 0
         with self.stop.installed():
             for plan in plans:
@@ -425,7 +523,7 @@ class Runner:
         dataset = plan.protocol.dataset
         channels_last = self.device.type == "cuda"
         if dataset == "imagenet":
-            return data.imagenet_batches(
+            batches = data.imagenet_batches(
                 self.options.data_dir,
                 plan.protocol.batch_size,
                 self.device,
@@ -434,18 +532,26 @@ class Runner:
                 self.options.workers,
                 channels_last,
             )
-        if dataset not in self._arrays:
-            self._arrays[dataset] = data.load_cifar(dataset, self.options.data_dir)
-        train, test = self._arrays[dataset]
-        return data.cifar_batches(
-            train,
-            test,
-            plan.protocol.batch_size,
-            self.device,
-            plan.seed,
-            plan.train_subset,
-            channels_last,
-        )
+        else:
+            if dataset not in self._arrays:
+                self._arrays[dataset] = data.load_cifar(dataset, self.options.data_dir)
+            train, test = self._arrays[dataset]
+            batches = data.cifar_batches(
+                train,
+                test,
+                plan.protocol.batch_size,
+                self.device,
+                plan.seed,
+                plan.train_subset,
+                channels_last,
+            )
+        if self.dist is None:
+            return batches
+        from rkrepro import distributed
+
+        train_source = distributed.shard(batches[0], self.dist, self.stop)
+        test_source = batches[1] if self.dist.is_main else distributed.NoBatches()
+        return train_source, test_source
 
     def _env_tags(self) -> dict[str, str]:
         import torch
@@ -453,60 +559,61 @@ class Runner:
         device = str(self.device)
         if self.device.type == "cuda":
             device += f" ({torch.cuda.get_device_name(self.device)})"
+        world = self.dist.world_size if self.dist is not None else 1
+        if world > 1:
+            device = f"{world} x {device.replace(f'cuda:{self.device.index}', 'cuda')}"
         commit, dirty = tracking.git_commit()
-        return {
+        tags = {
             schema.TAG_DEVICE: device,
             schema.TAG_GIT_COMMIT: commit,
             tracking.TAG_GIT_DIRTY: str(dirty).lower(),
             tracking.TAG_TORCH: torch.__version__,
             tracking.TAG_CUDA: str(torch.version.cuda or "none"),
+            tracking.TAG_WORLD_SIZE: str(world),
         }
+        if world > 1:
+            tags[tracking.TAG_BATCHNORM] = "sync" if self.options.sync_bn else "per-gpu"
+        tags.update(tracking.launcher_tags())
+        return tags
 
     def _run_plan(self, plan: Plan) -> bool:
         """Skip, resume or start one plan. False when it failed (the command goes on)."""
         from rkrepro.train import CheckpointBusy
 
-        status = self.status(plan)
-        if status.state == "done":
-            assert status.run is not None
-            self.console.print(
-                f"{plan.label}: done (run {status.run.run_id}); skipped (--force reruns it)",
-                highlight=False,
-                soft_wrap=True,
-            )
-            return True
-        try:
-            with checkpoints_for(plan).lock():
-                return self._train(plan, self.status(plan))
-        except CheckpointBusy as error:
-            self.console.print(f"{plan.label}: {error}", style="red", highlight=False)
-            return False
+        with contextlib.ExitStack() as held:
 
-    def _train(self, plan: Plan, status: PlanStatus) -> bool:
-        import torch
+            def decide() -> PlanStatus:
+                status = self.status(plan)
+                if status.state == "done":
+                    assert status.run is not None
+                    self.console.print(
+                        f"{plan.label}: done (run {status.run.run_id}); skipped "
+                        f"(--force reruns it)",
+                        highlight=False,
+                        soft_wrap=True,
+                    )
+                    return status
+                held.enter_context(checkpoints_for(plan).lock())
+                return self.status(plan)
 
-        from rkrepro.models import build_model, count_params
-        from rkrepro.train import (
-            Interrupted,
-            RunFailure,
-            Trainer,
-            history_csv,
-            model_device_setup,
-            seed_everything,
-        )
+            try:
+                status = decide() if self.dist is None else self.dist.on_main(decide)
+            except CheckpointBusy as error:
+                self.console.print(f"{plan.label}: {error}", style="red", highlight=False)
+                return False
+            if status.state == "done":
+                return True
+            return self._train(plan, status)
 
-        batches = self._data(plan)  # data and model problems surface before a run exists
-        seed_everything(plan.seed)
-        try:
-            model = build_model(plan.cell.spec, memory_efficient=plan.memory_efficient)
-        except ValueError as error:
-            raise RkreproError(f"{plan.cell.key}: cannot build the model: {error}") from None
+    def _open_run(self, plan: Plan, status: PlanStatus) -> tuple[tracking.RunLog, Any, str]:
+        """Rank 0 / one process: the MLflow run to write (resumed or new) and its checkpoint."""
         exp = self.experiment(plan.cell.table)
         assert exp is not None
         checkpoints = checkpoints_for(plan)
         env_tags = self._env_tags()
         state = None
         log = None
+        how = ""
         with tracking.wrap_errors(self.uri):
             if status.state == "resume" and status.run is not None:
                 log = tracking.RunLog(self._client, status.run.run_id)
@@ -528,6 +635,7 @@ class Runner:
                 self._client.set_terminated(status.run.run_id, "KILLED")
             if log is None:
                 checkpoints.clear()
+                state = None
                 name = f"{plan.cell.row}/{plan.cell.model}{'/share' if plan.cell.share else ''}"
                 log = tracking.RunLog.create(
                     self._client,
@@ -537,35 +645,92 @@ class Runner:
                     tracking.flatten(plan.config()),
                 )
                 how = f"new run {log.run_id}"
+        return log, state, how
+
+    def _train(self, plan: Plan, status: PlanStatus) -> bool:
+        import torch
+
+        from rkrepro.models import build_model, count_params
+        from rkrepro.train import (
+            Interrupted,
+            RunFailure,
+            Trainer,
+            history_csv,
+            model_device_setup,
+            seed_everything,
+        )
+
+        batches = self._data(plan)  # data and model problems surface before a run exists
+        seed_everything(plan.seed)
+        try:
+            model = build_model(plan.cell.spec, memory_efficient=plan.memory_efficient)
+        except ValueError as error:
+            raise RkreproError(f"{plan.cell.key}: cannot build the model: {error}") from None
+        checkpoints = checkpoints_for(plan)
+        log: tracking.RunLog | None = None
+        if self.dist is None:
+            log, state, how = self._open_run(plan, status)
+            run_id = log.run_id
+        else:
+            from rkrepro import distributed
+
+            opened: dict[str, Any] = {}
+
+            def open_on_main() -> tuple[str, bool, str]:
+                opened["log"], opened["state"], how = self._open_run(plan, status)
+                return opened["log"].run_id, opened["state"] is not None, how
+
+            run_id, resume, how = self.dist.on_main(open_on_main)
+            log, state = opened.get("log"), opened.get("state")
+            if not self.dist.is_main:
+                checkpoints = distributed.NoCheckpoints(checkpoints.dir)
+                if resume:  # rank 0 is not writing yet: it waits in the barrier below
+                    state = checkpoints.load()
+                    if state is None or state.get("run_id") != run_id:
+                        raise RkreproError(f"{plan.label}: rank 0's checkpoint is not readable")
+            self.dist.barrier()
+        world = f" x {self.dist.world_size} processes" if self.dist is not None else ""
         self.console.print(
-            f"{plan.label}: {how}; config {plan.config_hash}, device {self.device}",
+            f"{plan.label}: {how}; config {plan.config_hash}, device {self.device}{world}",
             highlight=False,
             soft_wrap=True,
         )
 
         paper_count, total_count = count_params(model)
         config = plan.config()
-        with tracking.wrap_errors(self.uri):
-            log.log_metrics(
-                {schema.M_PARAMS_PAPER: paper_count, schema.M_PARAMS_TOTAL: total_count}
-            )
-            log.log_text(yaml.safe_dump(config, sort_keys=False), "config.yaml")
-            log.log_text(json.dumps(config, indent=2), "config.json")
-            log.log_text(str(model) + "\n", "model_summary.txt")
-
-        progress_cls = RichProgress if self.console.is_terminal else PlainProgress
-        progress = progress_cls(self.console, plan.label)
-        if isinstance(progress, RichProgress):
-            progress.batch = plan.protocol.batch_size
-
-        def on_epoch(record: EpochRecord) -> None:
+        if log is not None:
             with tracking.wrap_errors(self.uri):
-                log.log_epoch(record)
+                log.log_metrics(
+                    {schema.M_PARAMS_PAPER: paper_count, schema.M_PARAMS_TOTAL: total_count}
+                )
+                log.log_text(yaml.safe_dump(config, sort_keys=False), "config.yaml")
+                log.log_text(json.dumps(config, indent=2), "config.json")
+                log.log_text(str(model) + "\n", "model_summary.txt")
+
+        progress = None
+        if self.is_main:
+            progress_cls = RichProgress if self.console.is_terminal else PlainProgress
+            progress = progress_cls(self.console, plan.label)
+            if isinstance(progress, RichProgress):
+                progress.batch = plan.protocol.batch_size
+
+        on_epoch = None
+        if log is not None:
+            run_log = log
+
+            def on_epoch(record: EpochRecord) -> None:
+                with tracking.wrap_errors(self.uri):
+                    run_log.log_epoch(record)
 
         outcome, reason = "FAILED", "unexpected error"
         trainer = None
         try:
-            model = model_device_setup(model, self.device)
+            if self.dist is None:
+                model = model_device_setup(model, self.device)
+            else:
+                from rkrepro import distributed
+
+                model = distributed.wrap_model(model, self.dist, self.options.sync_bn)
             trainer = Trainer(
                 model,
                 batches[0],
@@ -573,19 +738,24 @@ class Runner:
                 plan.protocol,
                 self.device,
                 checkpoints,
-                run_id=log.run_id,
+                run_id=run_id,
                 amp=plan.amp,
                 top5=plan.protocol.dataset == "imagenet",
                 progress=progress,
                 stop=self.stop,
                 on_epoch=on_epoch,
                 extra_state={"config_hash": plan.config_hash},
+                reduce_sums=self.dist.sum if self.dist is not None else None,
             )
             if state is not None:
                 trainer.restore(state)
-                with tracking.wrap_errors(self.uri):
-                    for record in trainer.history:  # epochs done before a crash, if unlogged
-                        log.log_epoch(record)
+                if not self.is_main:
+                    # Rank 0's partial sums of an interrupted epoch are counted once, by it.
+                    trainer.partial = None
+                if log is not None:
+                    with tracking.wrap_errors(self.uri):
+                        for record in trainer.history:  # epochs done before a crash, if unlogged
+                            log.log_epoch(record)
             history = trainer.fit()
             outcome = "FINISHED"
         except RunFailure as failure:
@@ -612,7 +782,8 @@ class Runner:
         finally:
             if isinstance(progress, RichProgress):
                 progress.close()
-            self._close_run(log, outcome, reason, trainer)
+            if log is not None:
+                self._close_run(log, outcome, reason, trainer)
 
         final = history[-1]
         summary = {
@@ -621,10 +792,11 @@ class Runner:
         }
         if final.test_top5_error is not None:
             summary[schema.M_FINAL_TEST_TOP5] = final.test_top5_error
-        with tracking.wrap_errors(self.uri):
-            log.log_metrics(summary, step=final.epoch)
-            log.log_text(history_csv(history), "metrics.csv")
-            log.finish("FINISHED")
+        if log is not None:
+            with tracking.wrap_errors(self.uri):
+                log.log_metrics(summary, step=final.epoch)
+                log.log_text(history_csv(history), "metrics.csv")
+                log.finish("FINISHED")
         self.console.print(
             f"{plan.label}: finished; final test error {final.test_error:.2f}% "
             f"(best {summary[schema.M_BEST_TEST_ERROR]:.2f}%)",
@@ -653,12 +825,18 @@ def parse_seeds(seeds: int | None, seed: list[int] | None) -> list[int]:
     if seeds is not None and seed:
         raise RkreproError("use either --seeds N or --seed S, not both")
     if seed:
+        for value in seed:
+            if not 0 <= value < 2**32:  # what numpy and torch accept as a seed
+                raise RkreproError(f"--seed must be in [0, 2^32), got {value}")
         return list(dict.fromkeys(seed))
     if seeds is not None:
-        if seeds < 1:
-            raise RkreproError(f"--seeds must be >= 1, got {seeds}")
+        if not 1 <= seeds <= MAX_SEEDS:
+            raise RkreproError(f"--seeds must be between 1 and {MAX_SEEDS}, got {seeds}")
         return list(range(seeds))
     return [0]
+
+
+MAX_SEEDS = 100  # a typo like --seeds 1000000 must not queue a million runs
 
 
 __all__ = ["DataError", "Plan", "RunOptions", "Runner", "make_plans", "parse_seeds"]

@@ -6,7 +6,11 @@ side reads with. mlflow is imported lazily (it takes seconds), so ``--help`` sta
 
 from __future__ import annotations
 
+import functools
+import os
+import random
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +31,20 @@ TAG_TORCH = schema.TAG_TORCH
 TAG_CUDA = schema.TAG_CUDA
 TAG_GIT_DIRTY = schema.TAG_GIT_DIRTY
 TAG_SUPERSEDED = schema.TAG_SUPERSEDED
+# Where and how a run trained (environment tags, refreshed on every resume).
+TAG_WORLD_SIZE = "rkrepro.world_size"  # processes of a data-parallel run; "1" otherwise
+TAG_BATCHNORM = "rkrepro.batchnorm"  # "per-gpu" or "sync", data-parallel runs only
+TAG_SLURM_JOB = "rkrepro.slurm_job_id"  # "<array job>_<task>" under SLURM
+TAG_SLURM_RESTARTS = "rkrepro.slurm_restart_count"  # requeues after preemption / time limit
+
+# SQLite lets one writer in at a time; MLflow waits up to 20 s for the lock (busy_timeout), but
+# a transaction that read before writing gets "database is locked" at once when another writer
+# got in first. Such calls are retried with exponential backoff and jitter, about a minute in
+# all, before the error is shown.
+LOCK_RETRIES = 12
+LOCK_BACKOFF_S = 0.05
+LOCK_BACKOFF_MAX_S = 8.0
+_LOCK_MARKERS = ("database is locked", "database is busy", "database table is locked")
 
 RESUMABLE = ("RUNNING", "KILLED", "FAILED", "SCHEDULED")
 
@@ -65,9 +83,81 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 
 def client(uri: str) -> MlflowClient:
+    """An MLflow client whose calls survive SQLite lock contention (see :class:`RetryingClient`)."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    inner = MlflowClient(tracking_uri=uri)
+    if sqlite_path(uri) is None:
+        return inner
+    return RetryingClient(inner)  # type: ignore[return-value]
+
+
+def is_lock_error(error: BaseException) -> bool:
+    """True for SQLite's "database is locked"/"busy", however MLflow/SQLAlchemy wrapped it."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(getattr(current, "message", "") or current).lower()
+        if any(marker in text for marker in _LOCK_MARKERS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def retry_locked(fn, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn``; on an SQLite lock error wait (exponential backoff, jitter) and call again.
+
+    Safe to repeat: a locked SQLite transaction is rolled back whole, nothing of it was written.
+    """
+    for attempt in range(LOCK_RETRIES):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as error:
+            if not is_lock_error(error) or attempt == LOCK_RETRIES - 1:
+                raise
+            delay = min(LOCK_BACKOFF_MAX_S, LOCK_BACKOFF_S * 2**attempt)
+            time.sleep(delay * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+class RetryingClient:
+    """An ``MlflowClient`` whose every method goes through :func:`retry_locked`.
+
+    Several processes write to one local SQLite store (``rkrepro run --gpus``): each write
+    waits for the others instead of failing the run.
+    """
+
+    def __init__(self, inner: MlflowClient) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return retry_locked(attr, *args, **kwargs)
+
+        return call
+
+
+def launcher_tags() -> dict[str, str]:
+    """Tags naming the SLURM job a run trained in (empty outside SLURM)."""
+    env = os.environ
+    job = env.get("SLURM_ARRAY_JOB_ID") or env.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    task = env.get("SLURM_ARRAY_TASK_ID")
+    return {
+        TAG_SLURM_JOB: f"{job}_{task}" if task else job,
+        TAG_SLURM_RESTARTS: env.get("SLURM_RESTART_COUNT", "0"),
+    }
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _artifact_location(uri: str, table_id: str) -> str | None:

@@ -9,7 +9,6 @@ batch sources, which is what makes a resumed CPU run bit-identical to an uninter
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -19,7 +18,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -28,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rkrepro.checkpoints import CHECKPOINT_FORMAT, CheckpointBusy, Checkpoints  # noqa: F401
 from rkrepro.errors import RkreproError
 from rkrepro.spec import Protocol
 
-CHECKPOINT_FORMAT = 1
 # Test hook (documented in the README): make the loss of this global step (1-based) NaN.
 FAULT_NAN_ENV = "RKREPRO_FAULT_NAN_AT_STEP"
 # On CUDA, finiteness is checked every this many steps (a check is a host-device sync).
@@ -178,97 +176,6 @@ def peak_memory_mb(device: torch.device) -> float:
 # Checkpoints.
 
 
-class CheckpointBusy(RkreproError):
-    """Another process is training the same configuration."""
-
-
-class Checkpoints:
-    """``last.pt`` (and the one before as ``prev.pt``) of one configuration, written atomically.
-
-    A small ``last.json`` beside them tells ``--dry-run`` the epoch without loading tensors.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = Path(directory)
-        self.last = self.dir / "last.pt"
-        self.prev = self.dir / "prev.pt"
-        self.info = self.dir / "last.json"
-
-    def save(self, state: dict[str, Any]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".last.pt.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if self.last.exists():
-            os.replace(self.last, self.prev)
-        os.replace(tmp, self.last)
-        info = {k: state.get(k) for k in ("epoch", "step_in_epoch", "epochs", "run_id")}
-        tmp_info = self.dir / f".last.json.{os.getpid()}.tmp"
-        tmp_info.write_text(json.dumps(info))
-        os.replace(tmp_info, self.info)
-        _fsync_dir(self.dir)
-
-    def load(self) -> dict[str, Any] | None:
-        """The newest readable checkpoint (``prev.pt`` if ``last.pt`` is damaged), or None."""
-        for path in (self.last, self.prev):
-            if not path.exists():
-                continue
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=False)
-            except Exception as error:  # noqa: BLE001 - a torn file is skipped, not fatal
-                print(f"warning: ignoring unreadable checkpoint {path}: {error}", file=sys.stderr)
-                continue
-            if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
-                return state
-        return None
-
-    def peek(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.info.read_text())
-        except (OSError, ValueError):
-            return None
-
-    def clear(self) -> None:
-        for path in (self.last, self.prev, self.info):
-            path.unlink(missing_ok=True)
-
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold an exclusive lock on this configuration; the OS drops it if we are killed."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock
-            yield
-            return
-        with open(self.dir / "lock", "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise CheckpointBusy(
-                    f"another rkrepro process is training this configuration ({self.dir})"
-                ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 # --------------------------------------------------------------------------------------------
 # Signals.
 
@@ -334,6 +241,7 @@ class Trainer:
         on_epoch: Callable[[EpochRecord], None] | None = None,
         checkpoint_every_s: float = 900.0,
         extra_state: dict[str, Any] | None = None,
+        reduce_sums: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self.model = model
         self.train_batches = train_batches
@@ -349,6 +257,9 @@ class Trainer:
         self.on_epoch = on_epoch
         self.checkpoint_every_s = checkpoint_every_s
         self.extra_state = extra_state or {}
+        # Data-parallel runs (rkrepro.distributed): sums a tensor over every rank, so an epoch's
+        # train loss/error/images count the whole data set, not this rank's shard.
+        self.reduce_sums = reduce_sums
         self.optimizer = build_optimizer(model, protocol)
         self.scheduler = build_scheduler(self.optimizer, protocol)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
@@ -476,6 +387,10 @@ class Trainer:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_done = time.perf_counter() - started
+        if self.reduce_sums is not None:
+            counts = torch.stack([loss_sum, wrong.double(), loss_sum.new_tensor(float(seen))])
+            counts = self.reduce_sums(counts)
+            loss_sum, wrong, seen = counts[0], counts[1].long(), int(counts[2].item())
         if seen and not math.isfinite(float(loss_sum)):
             raise NonFiniteLoss(self._nan_reason(epoch, step, float("nan")))
         try:

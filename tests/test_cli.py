@@ -80,6 +80,7 @@ def test_show_prints_the_period_structure(runner):
         (["params", "table4", "--row", "resnet-57"], "did you mean resnet-56"),
     ],
 )
+@pytest.mark.bad_input
 def test_unknown_names_exit_2_with_one_line(runner, args, expected):
     result = runner.invoke(app, args)
     assert result.exit_code == 2
@@ -88,6 +89,7 @@ def test_unknown_names_exit_2_with_one_line(runner, args, expected):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.bad_input
 def test_bad_tables_dir_gives_one_line(runner, tmp_path):
     data = yaml.safe_load((SHIPPED / "table1.yaml").read_text(encoding="utf-8"))
     data["rows"][0]["m"] = [2, 14]

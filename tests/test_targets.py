@@ -152,6 +152,7 @@ def test_variant_names_parse_both_spellings(text, parts):
     assert normalise_name(text) == format_variant_name(parts)
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("bad", ["RKNet-", "RKNet-1x", "RKNet-0x2_1x1_1x1", "DenseNet-121", "1-8"])
 def test_bad_variant_names_are_rejected(bad):
     with pytest.raises(TargetError):
@@ -270,6 +271,7 @@ MALFORMED = {
 }
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_malformed_tables_give_one_clear_error(tmp_path, case):
     mutate, expected = MALFORMED[case]
@@ -281,12 +283,14 @@ def test_malformed_tables_give_one_clear_error(tmp_path, case):
     assert "\n" not in message
 
 
+@pytest.mark.bad_input
 def test_yaml_syntax_error_names_the_line(tmp_path):
     (tmp_path / "t.yaml").write_text("id: t\nrows: [\n  - id: a\n", encoding="utf-8")
     with pytest.raises(TargetError, match=r"t\.yaml: line \d+, column \d+: YAML syntax error"):
         load_tables(tmp_path)
 
 
+@pytest.mark.bad_input
 def test_duplicate_yaml_keys_are_errors(tmp_path):
     text = (
         (SHIPPED / "table1.yaml")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rkrepro.errors import TargetError
 from rkrepro.targets import parse_table
+
+pytestmark = pytest.mark.bad_input
 
 SHIPPED = Path(__file__).resolve().parent.parent / "tables"
 BASE = yaml.safe_load((SHIPPED / "table3.yaml").read_text(encoding="utf-8"))

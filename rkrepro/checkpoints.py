@@ -1,0 +1,178 @@
+"""Checkpoints of one training configuration: written atomically, read defensively.
+
+A reproduction runs for days, so this file decides whether a crash costs minutes or the run:
+- ``last.pt`` is replaced only by a complete, fsynced file (temp file + ``os.replace``); the one
+  before it is kept as ``prev.pt``, so a torn or corrupt ``last.pt`` falls back one epoch;
+- when checkpoint files exist but none can be read, loading stops with a clear error instead of
+  letting the caller train from scratch;
+- a write that fails (disk full, quota) removes its temp file, leaves both older checkpoints
+  untouched and raises one clear :class:`CheckpointWriteError`;
+- an exclusive lock per configuration keeps two processes from training the same cell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rkrepro.errors import RkreproError
+
+CHECKPOINT_FORMAT = 1
+# Test hook (documented in the README): SIGKILL this process halfway through writing its N-th
+# checkpoint, to prove that a kill during a write loses nothing.
+FAULT_KILL_IN_CHECKPOINT_ENV = "RKREPRO_FAULT_KILL_IN_CHECKPOINT"
+
+
+class CheckpointBusy(RkreproError):
+    """Another process is training the same configuration."""
+
+
+class CheckpointCorrupt(RkreproError):
+    """Checkpoint files exist but none can be read: training from scratch would hide it."""
+
+
+class CheckpointWriteError(RkreproError):
+    """A checkpoint could not be written (disk full, ...); the older ones are intact."""
+
+    exit_code = 1
+
+
+class Checkpoints:
+    """``last.pt`` (and the one before as ``prev.pt``) of one configuration, written atomically.
+
+    A small ``last.json`` beside them tells ``--dry-run`` the epoch without loading tensors.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+        self.last = self.dir / "last.pt"
+        self.prev = self.dir / "prev.pt"
+        self.info = self.dir / "last.json"
+        self._saves = 0
+
+    def save(self, state: dict[str, Any]) -> None:
+        self._saves += 1
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.dir / f".last.pt.{os.getpid()}.tmp"
+            try:
+                self._write(tmp, state)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            if self.last.exists():
+                os.replace(self.last, self.prev)
+            os.replace(tmp, self.last)
+            info = {k: state.get(k) for k in ("epoch", "step_in_epoch", "epochs", "run_id")}
+            tmp_info = self.dir / f".last.json.{os.getpid()}.tmp"
+            try:
+                tmp_info.write_text(json.dumps(info))
+                os.replace(tmp_info, self.info)
+            except OSError:
+                tmp_info.unlink(missing_ok=True)
+                self.info.unlink(missing_ok=True)  # a stale summary is worse than none
+                raise
+            _fsync_dir(self.dir)
+        except OSError as error:
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            hint = " free some space and" if error.errno in _NO_SPACE else ""
+            raise CheckpointWriteError(
+                f"cannot write checkpoint in {self.dir}: {reason}; the previous checkpoint is "
+                f"intact:{hint} rerun the same command to resume"
+            ) from None
+
+    def _write(self, path: Path, state: dict[str, Any]) -> None:
+        with open(path, "wb") as handle:
+            if self._fault_kill_now():
+                # Half a file on disk, then the hardest possible stop.
+                handle.write(b"\x80" * 4096)
+                handle.flush()
+                os.fsync(handle.fileno())
+                os.kill(os.getpid(), signal.SIGKILL)
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _fault_kill_now(self) -> bool:
+        wanted = os.environ.get(FAULT_KILL_IN_CHECKPOINT_ENV, "").strip()
+        return wanted.isdigit() and int(wanted) == self._saves
+
+    def load(self) -> dict[str, Any] | None:
+        """The newest readable checkpoint (``prev.pt`` if ``last.pt`` is damaged), or None when
+        there is none at all. Files that exist but cannot be read raise
+        :class:`CheckpointCorrupt`: silently training from scratch would lose the run."""
+        unreadable = []
+        for path in (self.last, self.prev):
+            if not path.exists():
+                continue
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as error:  # noqa: BLE001 - any damage means "try the older one"
+                unreadable.append(f"{path.name} ({type(error).__name__})")
+                print(f"warning: ignoring unreadable checkpoint {path}: {error}", file=sys.stderr)
+                continue
+            if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
+                return state
+            unreadable.append(f"{path.name} (not an rkrepro checkpoint)")
+        if unreadable:
+            raise CheckpointCorrupt(
+                f"checkpoints in {self.dir} are unreadable: {', '.join(unreadable)}; "
+                "move them away to start this configuration again from scratch"
+            )
+        return None
+
+    def peek(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.info.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def clear(self) -> None:
+        for path in (self.last, self.prev, self.info):
+            path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on this configuration; the OS drops it if we are killed."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            yield
+            return
+        with open(self.dir / "lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise CheckpointBusy(
+                    f"another rkrepro process is training this configuration ({self.dir})"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

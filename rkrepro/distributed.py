@@ -1,0 +1,250 @@
+"""One run trained data-parallel over several processes started by torchrun (DDP).
+
+What stays the paper's: the global batch and the learning rate (each rank trains on
+``batch / world`` images of every global batch, and DDP averages the gradients, so one step is
+the step of one process on the whole batch); BatchNorm normalises per GPU, as the original
+multi-GPU Torch training did, unless ``--sync-bn``. What changes: nothing else. Rank 0 alone
+talks to MLflow and writes checkpoints; a checkpoint holds the plain model's state, so a run
+resumes on any number of GPUs, or on one.
+
+Every decision that only rank 0 can take (is this run done, which MLflow run, is there a
+checkpoint) is taken there and broadcast (:meth:`Context.on_main`); a signal is acted on at the
+same step on every rank (:class:`DistributedStop`), so no rank waits forever in a collective.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from rkrepro.errors import RkreproError
+from rkrepro.launch import in_torchrun, per_rank_batch
+from rkrepro.train import Checkpoints, StopSignal, model_device_setup
+
+# A rank stuck in a collective (another rank died) fails after this instead of hanging.
+COLLECTIVE_TIMEOUT = timedelta(minutes=30)
+
+T = TypeVar("T")
+
+
+@dataclass
+class Context:
+    """This process's place in the group, and the collectives the runner needs."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    cpu_group: Any  # gloo group for host-side collectives (flags, small objects)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, tensor: Tensor) -> Tensor:
+        """Sum over ranks (on the training device; the Trainer's ``reduce_sums`` hook)."""
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def max_int(self, value: int) -> int:
+        flag = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.cpu_group)
+        return int(flag.item())
+
+    def broadcast(self, obj: T) -> T:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.cpu_group)
+        return box[0]
+
+    def on_main(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on rank 0 and hand its result, or its error, to every rank."""
+        outcome: tuple[bool, Any] = (True, None)
+        if self.is_main:
+            try:
+                outcome = (True, fn())
+            except BaseException as error:  # noqa: BLE001 - re-raised on every rank below
+                outcome = (False, error)
+        ok, value = self.broadcast(outcome)
+        if ok:
+            return value
+        if self.is_main:
+            raise value
+        if isinstance(value, RkreproError):
+            raise type(value)(str(value))
+        raise RkreproError(f"rank 0 failed: {type(value).__name__}: {value}")
+
+    def barrier(self) -> None:
+        dist.barrier(group=self.cpu_group)
+
+
+def init(device_name: str = "auto") -> Context:
+    """Join the group torchrun set up: NCCL on CUDA (GPU = LOCAL_RANK), gloo on the CPU."""
+    rank = int(os.environ["RANK"])
+    world = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    name = (device_name or "auto").strip().lower()
+    use_cuda = name != "cpu" and torch.cuda.is_available()
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RkreproError(f"device {name} asked for, but CUDA is not available here")
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise RkreproError(
+                f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} visible, "
+                f"lower --nproc-per-node"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    if not dist.is_initialized():
+        kwargs: dict[str, Any] = {"backend": backend, "timeout": COLLECTIVE_TIMEOUT}
+        if backend == "nccl":
+            kwargs["device_id"] = device
+        dist.init_process_group(**kwargs)
+    cpu_group = dist.new_group(backend="gloo") if backend != "gloo" else None
+    return Context(rank, world, local_rank, device, backend, cpu_group)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------
+# Stopping together.
+
+
+class DistributedStop(StopSignal):
+    """SIGINT/SIGTERM on any rank stops every rank after the same step.
+
+    The handler only notes the signal; :meth:`sync` (called by :class:`SyncedBatches` each time
+    a training batch is fetched, which every rank does equally often) all-reduces it, and only
+    then does ``signum`` change. So every rank reads the same ``signum`` at the same point of
+    the loop, saves (rank 0) and raises ``Interrupted`` together.
+    """
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.pending: int | None = None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.pending is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.pending = signum
+
+    def sync(self) -> None:
+        agreed = self.ctx.max_int(self.pending or 0)
+        if agreed and self.signum is None:
+            self.signum = agreed
+
+
+class SyncedBatches:
+    """A rank's training batches, with a stop check that is collective on every fetch."""
+
+    def __init__(self, source: Any, stop: DistributedStop) -> None:
+        self.source = source
+        self.stop = stop
+
+    @property
+    def num_samples(self) -> int:
+        return self.source.num_samples
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        for batch in self.source.batches(epoch, start):
+            self.stop.sync()
+            yield batch
+        self.stop.sync()
+
+
+class NoBatches:
+    """The test split of ranks other than 0: rank 0 alone evaluates (and logs) the model."""
+
+    num_samples = 0
+
+    def __len__(self) -> int:
+        return 0
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        return iter(())
+
+
+def shard(source: Any, ctx: Context, stop: DistributedStop) -> SyncedBatches:
+    """This rank's share of every global batch of ``source`` (same order on every rank)."""
+    source.shard = (ctx.rank, ctx.world_size)
+    return SyncedBatches(source, stop)
+
+
+class NoCheckpoints(Checkpoints):
+    """Ranks other than 0 read rank 0's checkpoints but never write or delete them."""
+
+    def save(self, state: dict[str, Any]) -> None:
+        return None
+
+    def clear(self) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# The model.
+
+
+class DataParallel(DistributedDataParallel):
+    """DDP whose state is the plain model's (checkpoints load on one GPU or many), and whose
+    evaluation skips DDP (rank 0 evaluates alone: no collective may run there)."""
+
+    def forward(self, *inputs: Any, **kwargs: Any) -> Any:
+        if not self.training:
+            return self.module(*inputs, **kwargs)
+        return super().forward(*inputs, **kwargs)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return self.module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return self.module.load_state_dict(*args, **kwargs)
+
+
+def wrap_model(model: nn.Module, ctx: Context, sync_bn: bool = False) -> nn.Module:
+    """Device placement as on one GPU, then DDP. Rank 0's weights and BatchNorm statistics are
+    broadcast at the start and its running statistics before every forward (what the test-time
+    model of the multi-GPU Torch code was: the first GPU's)."""
+    if sync_bn:
+        if ctx.device.type != "cuda":
+            raise RkreproError("--sync-bn needs CUDA GPUs (torch's SyncBatchNorm is GPU-only)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model_device_setup(model, ctx.device)
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DataParallel(model, device_ids=device_ids)
+
+
+__all__ = [
+    "Context",
+    "DataParallel",
+    "DistributedStop",
+    "NoBatches",
+    "NoCheckpoints",
+    "SyncedBatches",
+    "in_torchrun",
+    "init",
+    "per_rank_batch",
+    "shard",
+    "shutdown",
+    "wrap_model",
+]

@@ -1,0 +1,310 @@
+"""Injected faults with real processes and files; afterwards the store and checkpoints are whole.
+
+Each test trains a tiny DenseNet-BC on a tiny CIFAR folder through ``python -m rkrepro`` and
+compares the final metrics with an uninterrupted reference run: a fault may cost time, never
+results.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import helpers_cifar as h
+import pytest
+
+from rkrepro import schema
+from rkrepro.checkpoints import CHECKPOINT_FORMAT, Checkpoints
+
+pytestmark = pytest.mark.fault
+
+REPO = Path(__file__).resolve().parent.parent
+TABLE = """\
+id: tiny
+dataset: cifar10
+protocol: {dataset: cifar10, batch_size: 32, epochs: 300, lr: 0.1, momentum: 0.9,
+           weight_decay: 1.0e-4, lr_milestones: [150, 225]}
+rows:
+  - id: bc-k4
+    family: densenet-bc
+    depth: 10
+    growth_rate: 4
+    bottleneck: true
+    compression: 0.5
+    m: [2, 2, 2]
+    original: {params_m: null, error: null}
+"""
+ARGS = ("run", "tiny", "--row", "bc-k4", "--variant", "original", "--epochs", "3")
+
+
+class Space:
+    """A folder with tables, data and one or more run stores; runs ``python -m rkrepro``."""
+
+    def __init__(self, root: Path, template: Path) -> None:
+        self.root = root
+        self.template = template
+        (root / "tables").mkdir()
+        (root / "tables" / "tiny.yaml").write_text(TABLE, encoding="utf-8")
+        h.write_random_cifar10(root / "data", n_train=96, n_test=32)
+
+    def store(self, name: str) -> Path:
+        runs = self.root / name
+        runs.mkdir(parents=True, exist_ok=True)
+        if not (runs / "mlflow.db").exists():
+            shutil.copy(self.template, runs / "mlflow.db")
+        return runs
+
+    def env(self, runs: Path, **extra: str) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "RKREPRO_RUNS_DIR": str(runs),
+            "RKREPRO_DATA_DIR": str(self.root / "data"),
+            "RKREPRO_TABLES_DIR": str(self.root / "tables"),
+            "RKREPRO_VERIFY_CHECKSUMS": "0",
+            "RKREPRO_DOWNLOAD": "0",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            **extra,
+        }
+        env.pop("MLFLOW_TRACKING_URI", None)
+        return env
+
+    def spawn(self, runs: Path, *args: str, **extra: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "rkrepro", *(args or ARGS), "--device", "cpu"],
+            cwd=self.root,
+            env=self.env(runs, **extra),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def run(self, runs: Path, *args: str, **extra: str) -> tuple[int, str]:
+        proc = self.spawn(runs, *args, **extra)
+        output = proc.communicate(timeout=300)[0]
+        return proc.returncode, output
+
+    def runs_of(self, runs: Path) -> list:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+        exp = client.get_experiment_by_name(schema.experiment_name("tiny"))
+        if exp is None:
+            return []
+        return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+    def series(self, runs: Path, run_id: str, name: str) -> list[tuple[int, float]]:
+        from mlflow.tracking import MlflowClient
+
+        history = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}").get_metric_history(run_id, name)
+        return sorted((m.step, m.value) for m in history)
+
+    def checkpoints(self, runs: Path) -> Checkpoints:
+        (folder,) = [p for p in (runs / "checkpoints").iterdir() if p.is_dir()]
+        return Checkpoints(folder)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, template: Path):
+    """One uninterrupted run: what every faulty run must end up equal to."""
+    space = Space(tmp_path_factory.mktemp("reference"), template)
+    runs = space.store("runs")
+    code, output = space.run(runs)
+    assert code == 0, output
+    (run,) = space.runs_of(runs)
+    return space, runs, run
+
+
+@pytest.fixture
+def space(tmp_path: Path, template: Path) -> Space:
+    return Space(tmp_path, template)
+
+
+def assert_same_results(space: Space, runs: Path, reference) -> None:
+    ref_space, ref_runs, ref_run = reference
+    (run,) = [r for r in space.runs_of(runs) if r.info.status == "FINISHED"]
+    for name in (schema.M_TRAIN_LOSS, schema.M_TEST_ERROR, schema.M_LR):
+        assert space.series(runs, run.info.run_id, name) == ref_space.series(
+            ref_runs, ref_run.info.run_id, name
+        ), name
+    for name in (schema.M_FINAL_TEST_ERROR, schema.M_BEST_TEST_ERROR):
+        assert run.data.metrics[name] == ref_run.data.metrics[name]
+
+
+def test_kill_9_during_a_checkpoint_write_resumes_exactly(space: Space, reference) -> None:
+    runs = space.store("runs")
+    code, output = space.run(runs, RKREPRO_FAULT_KILL_IN_CHECKPOINT="2")
+    assert code == -signal.SIGKILL, output
+    checkpoints = space.checkpoints(runs)
+    torn = list(checkpoints.dir.glob(".last.pt.*.tmp"))
+    assert len(torn) == 1 and torn[0].stat().st_size == 4096  # half-written, never renamed
+    assert checkpoints.load()["epoch"] == 1  # the last complete one
+    (run,) = space.runs_of(runs)
+    assert run.info.status == "RUNNING"
+
+    code, output = space.run(runs)
+    assert code == 0, output
+    assert f"resuming run {run.info.run_id}" in output
+    assert_same_results(space, runs, reference)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(space: Space, reference) -> None:
+    runs = space.store("runs")
+    code, output = space.run(runs, RKREPRO_FAULT_KILL_IN_CHECKPOINT="3")
+    assert code == -signal.SIGKILL, output
+    checkpoints = space.checkpoints(runs)
+    assert checkpoints.load()["epoch"] == 2
+    checkpoints.last.write_bytes(checkpoints.last.read_bytes()[:1000])  # torn on disk
+
+    code, output = space.run(runs)
+    assert code == 0, output
+    assert "ignoring unreadable checkpoint" in output and "resuming run" in output
+    assert len(space.runs_of(runs)) == 1  # the same run, not a fresh one
+    assert_same_results(space, runs, reference)
+
+
+def test_all_checkpoints_corrupt_is_a_clear_stop_not_a_fresh_start(space: Space) -> None:
+    runs = space.store("runs")
+    code, output = space.run(runs, RKREPRO_FAULT_KILL_IN_CHECKPOINT="3")
+    assert code == -signal.SIGKILL, output
+    checkpoints = space.checkpoints(runs)
+    for path in (checkpoints.last, checkpoints.prev):
+        path.write_bytes(b"not a checkpoint")
+    (before,) = space.runs_of(runs)
+
+    code, output = space.run(runs)
+    assert code == 2, output
+    error_lines = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1 and "unreadable" in error_lines[0], output
+    assert "Traceback" not in output
+    (after,) = space.runs_of(runs)  # no new run, nothing trained
+    assert after.info.run_id == before.info.run_id
+    assert space.series(runs, after.info.run_id, schema.M_TEST_ERROR) == space.series(
+        runs, before.info.run_id, schema.M_TEST_ERROR
+    )
+    assert checkpoints.last.read_bytes() == b"not a checkpoint"  # left for the user to inspect
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    if sys.platform != "linux" or os.geteuid() != 0:
+        return False
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+def _unmount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def test_disk_full_while_checkpointing_stops_cleanly_and_keeps_older(
+    space: Space, reference
+) -> None:
+    runs = space.store("runs")
+    folder = runs / "checkpoints"
+    # A tiny model's checkpoint is ~60 KiB: 160 KiB holds last + prev but not a third copy.
+    if not _mount_tmpfs(folder, "160k"):
+        pytest.skip("needs root and tmpfs to make a small real filesystem")
+    try:
+        code, output = space.run(runs)
+        assert code == 1, output
+        error_lines = [line for line in output.splitlines() if line.startswith("Error:")]
+        assert len(error_lines) == 1, output
+        assert "No space left on device" in error_lines[0]
+        assert "previous checkpoint is intact" in error_lines[0]
+        assert "Traceback" not in output
+        checkpoints = space.checkpoints(runs)
+        assert not list(checkpoints.dir.glob(".last.pt.*.tmp"))  # no torn file left behind
+        state = checkpoints.load()
+        assert state is not None and state["format"] == CHECKPOINT_FORMAT
+        (run,) = space.runs_of(runs)
+        assert run.info.status == "FAILED"
+        assert "No space left" in run.data.tags[schema.TAG_FAILURE]
+
+        subprocess.run(["mount", "-o", "remount,size=8m", str(folder)], check=True)
+        code, output = space.run(runs)
+        assert code == 0, output
+        assert "resuming run" in output
+        assert_same_results(space, runs, reference)
+    finally:
+        _unmount(folder)
+
+
+def test_the_same_cell_started_twice_at_once_trains_once(space: Space) -> None:
+    runs = space.store("runs")
+    args = (*ARGS[:-1], "6")  # long enough for the two to overlap
+    first = space.spawn(runs, *args)
+    time.sleep(0.5)
+    second = space.spawn(runs, *args)
+    outputs = [p.communicate(timeout=300)[0] for p in (first, second)]
+    codes = sorted(p.returncode for p in (first, second))
+    assert codes == [0, 1], outputs
+    busy = [o for o in outputs if "another rkrepro process is training" in o]
+    assert len(busy) == 1, outputs
+    finished = [r for r in space.runs_of(runs) if r.info.status == "FINISHED"]
+    assert len(finished) == 1
+    assert len(space.series(runs, finished[0].info.run_id, schema.M_TEST_ERROR)) == 6
+
+
+def test_a_store_from_another_mlflow_version_is_reported_clearly(space: Space) -> None:
+    runs = space.store("runs")
+    with sqlite3.connect(runs / "mlflow.db") as con:
+        con.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+    before = (runs / "mlflow.db").read_bytes()
+    code, output = space.run(runs)
+    assert code == 2, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:"), output
+    assert "mlflow" in lines[0].lower() and "version" in lines[0].lower()
+    assert (runs / "mlflow.db").read_bytes() == before
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_unreadable_image_mid_epoch_is_one_clear_stop(tmp_path: Path, workers: int) -> None:
+    """ImageNet through ImageFolder: a corrupt JPEG in the middle of an epoch names the file."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torchvision import datasets
+
+    from rkrepro import data
+    from rkrepro.errors import DataError
+
+    rng = np.random.default_rng(0)
+    for cls in ("n01", "n02"):
+        (tmp_path / cls).mkdir()
+        for i in range(4):
+            pixels = rng.integers(0, 255, size=(40, 50, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / cls / f"{i}.JPEG")
+    bad = tmp_path / "n02" / "2.JPEG"
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated on disk
+    _, val_tf = data.imagenet_transforms()
+    folder = datasets.ImageFolder(str(tmp_path), val_tf, loader=data.load_image)
+    source = data.LoaderBatches(folder, 2, torch.device("cpu"), False, seed=0, workers=workers)
+    seen = []
+    with pytest.raises(DataError) as caught:
+        for _, labels in source.batches(1):
+            seen.append(labels)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"unreadable image {bad}") and "resume" in message
+    assert len(seen) == 3  # the batches before the bad one were delivered

@@ -1,0 +1,387 @@
+"""Parallel and cluster launches on the CPU: the local queue, DDP on gloo, submitit's local
+executor, and several writers on one SQLite store.
+
+What needs GPUs (NCCL, SyncBatchNorm, CUDA_VISIBLE_DEVICES pinning on real devices) and a real
+SLURM cluster is not exercised here; the code paths they share with these tests are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import helpers_cifar as h
+import pytest
+import test_run_cli as base
+import torch
+
+from rkrepro import launch, schema, tracking
+
+# The workspace of the run tests: a tiny table, tiny CIFAR files, an SQLite store (fixtures).
+mlflow_template = base.mlflow_template
+ws = base.ws
+REPO, VARIANT, Workspace, invoke, _new_store = (
+    base.REPO,
+    base.VARIANT,
+    base.Workspace,
+    base.invoke,
+    base._new_store,
+)
+
+# DDP vs one process at the same global batch, BatchNorm-free model: the only difference is the
+# order of float32 sums (two half-batch gradients averaged vs one batch), so the per-epoch train
+# loss agrees to this relative tolerance after every epoch.
+DDP_RTOL = 1e-5
+
+
+def _env(ws: Workspace, runs: Path | None = None, **extra: str) -> dict[str, str]:
+    env = {**os.environ, **ws.env, "OMP_NUM_THREADS": "1", **extra}
+    if runs is not None:
+        env["RKREPRO_RUNS_DIR"] = str(runs)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _rkrepro(ws: Workspace, *args: str, **popen: object) -> subprocess.Popen:
+    command = [sys.executable, "-m", "rkrepro", "run", "tiny", "--row", "bc-k4", *args]
+    return subprocess.Popen(
+        command,
+        cwd=ws.root,
+        env=_env(ws),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,  # type: ignore[arg-type]
+    )
+
+
+def _series(ws: Workspace, run_id: str, name: str, runs: Path | None = None) -> list:
+    return sorted((m.step, m.value) for m in ws.client(runs).get_metric_history(run_id, name))
+
+
+def _wait_for_epoch(runs: Path, epoch: int, alive, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for info in runs.glob("checkpoints/*/last.json"):
+            try:
+                if json.loads(info.read_text())["epoch"] >= epoch:
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+        if not alive():
+            pytest.fail(f"the job ended before epoch {epoch}")
+        time.sleep(0.05)
+    pytest.fail(f"no checkpoint of epoch {epoch} within {timeout}s")
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: one line, exit 2, before anything starts.
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--gpus", "0,1"], "--gpus 0,1: no CUDA GPU is visible on this machine"),
+        (["--gpus", "0,x"], "expected GPU indices like 0,1,2,3"),
+        (["--gpus", "0", "--cpu-jobs", "2"], "use either --gpus or --cpu-jobs"),
+        (["--jobs-per-gpu", "2"], "--jobs-per-gpu needs --gpus"),
+        (["--launcher", "mpi"], "unknown --launcher 'mpi'"),
+        (["--launcher", "torchrun"], "no CUDA GPU is visible here"),
+        (
+            ["--launcher", "torchrun", "--nproc-per-node", "3", "--device", "cpu"],
+            "the batch size 64 of tiny/bc-k4/original/noshare does not divide over 3 processes",
+        ),
+        (["--nproc-per-node", "2"], "--nproc-per-node needs --launcher torchrun"),
+    ],
+)
+def test_launch_options_fail_in_one_line(ws: Workspace, args: list[str], message: str) -> None:
+    result = invoke("--epochs", "1", *args)
+    assert result.exit_code == 2, result.output
+    error = result.stderr.strip()
+    assert error.startswith("Error: ") and "\n" not in error, result.output
+    assert message in error, error
+    assert ws.runs_of() == []
+
+
+def test_dry_run_shows_the_plan_estimate(ws: Workspace) -> None:
+    result = invoke("--dry-run", "--cpu-jobs", "2")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "status=" in line]
+    assert len(lines) == 3 and all("gpu_hours=" in x and "peak_gb=" in x for x in lines)
+    assert "GPU-hours still to train (2 parallel slots)" in result.output
+    assert "FLOPs @ 20 TFLOP/s" in result.output
+
+
+def test_slots_pin_one_gpu_each_through_the_visible_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    slots = launch.gpu_slots([0, 2], jobs_per_gpu=2)
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["4", "4", "6", "6"]
+    assert {s.device for s in slots} == {"cuda:0"}
+    groups = launch.gpu_slots([0, 1, 2, 3], nproc=2)
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in groups] == ["4,5", "6,7"]
+    launch.check_gpus([0, 3], count=4)
+    with pytest.raises(launch.RkreproError, match="GPU 4 does not exist; 4 visible"):
+        launch.check_gpus([4], count=4)
+
+
+# --------------------------------------------------------------------------------------------
+# SQLite: lock contention is waited out, not lost.
+
+
+def test_locked_calls_are_retried_then_succeed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setattr(tracking, "LOCK_BACKOFF_S", 0.001)
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            try:
+                raise sqlite3.OperationalError("database is locked")
+            except sqlite3.OperationalError as cause:
+                raise MlflowException("(sqlite3.OperationalError) database is locked") from cause
+        return "ok"
+
+    assert tracking.retry_locked(flaky) == "ok" and len(calls) == 3
+    with pytest.raises(ValueError):  # anything else is not retried
+        tracking.retry_locked(lambda: (_ for _ in ()).throw(ValueError("no")))
+
+
+def test_a_writer_waits_for_a_held_lock(ws: Workspace) -> None:
+    db = ws.runs / "mlflow.db"
+    client = tracking.client(f"sqlite:///{db}")
+    client.search_experiments()  # the store is open before another process locks it
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    threading.Timer(1.0, lambda: holder.execute("COMMIT")).start()
+    started = time.monotonic()
+    exp = client.create_experiment("locked-out")
+    assert time.monotonic() - started >= 0.9 and client.get_experiment(exp).name == "locked-out"
+    holder.close()
+
+
+def test_four_concurrent_jobs_lose_nothing(ws: Workspace) -> None:
+    """4 real subprocesses write 4 runs to one SQLite store at the same time."""
+    h.write_random_cifar10(ws.data, n_train=384, n_test=64)
+    epochs = 4
+    proc = _rkrepro(
+        ws,
+        *("--variant", "original", "--variant", VARIANT, "--no-share", "--seeds", "2"),
+        *("--epochs", str(epochs), "--cpu-jobs", "4"),
+    )
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output
+    assert "4/4 jobs done" in output
+    runs = ws.runs_of()
+    assert len(runs) == 4
+    for run in runs:
+        assert run.info.status == "FINISHED", run.info
+        for name in (schema.M_TRAIN_LOSS, schema.M_TEST_ERROR, schema.M_LR, schema.M_TRAIN_ERROR):
+            steps = [s for s, _ in _series(ws, run.info.run_id, name)]
+            assert steps == list(range(1, epochs + 1)), (name, steps)
+        assert schema.M_FINAL_TEST_ERROR in run.data.metrics
+        assert run.data.params["protocol.epochs"] == str(epochs)
+    # They did overlap: every run started before any of them ended.
+    assert max(r.info.start_time for r in runs) < min(r.info.end_time for r in runs)
+    logs = sorted(p.name for p in (ws.runs / "logs" / "tiny" / "bc-k4").glob("*.log"))
+    assert len(logs) == 4 and all(
+        "finished" in (ws.runs / "logs" / "tiny" / "bc-k4" / n).read_text() for n in logs
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# DDP on gloo.
+
+
+class _NoBatchNorm(torch.nn.Module):
+    """A BatchNorm-free stand-in for the model, so one process and two agree exactly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1, bias=False),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(16, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _train_tiny(env: dict[str, str], world: int, rank: int, epochs: int) -> int:
+    """Train the tiny table's original cell with the BN-free model; DDP when ``world > 1``."""
+    os.environ.update(env)
+    torch.set_num_threads(1)
+    from rich.console import Console
+
+    import rkrepro.models
+    from rkrepro import runner, targets
+
+    rkrepro.models.build_model = lambda spec, memory_efficient=False: _NoBatchNorm()
+    cells = targets.resolve_cells(targets.load_tables(), "tiny", "bc-k4", ["original"], "no-share")
+    options = runner.RunOptions(epochs=epochs, data_dir=Path(env["RKREPRO_DATA_DIR"]), device="cpu")
+    plans = runner.make_plans(cells, [0], options)
+    if world == 1:
+        return runner.Runner(options, Console(quiet=True)).run(plans)
+    from rkrepro import distributed
+
+    ctx = distributed.init("cpu")
+    try:
+        assert ctx.backend == "gloo" and ctx.world_size == world and ctx.rank == rank
+        return runner.Runner(options, Console(quiet=True), dist=ctx).run(plans)
+    finally:
+        distributed.shutdown()
+
+
+def _ddp_rank(rank: int, world: int, port: int, env: dict[str, str], epochs: int) -> None:
+    dist_env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)}
+    dist_env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    assert _train_tiny({**env, **dist_env}, world, rank, epochs) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_match_one_process(
+    ws: Workspace, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same global batch, lr and data: 2 gloo ranks = 1 process (BN-free model, DDP_RTOL)."""
+    h.write_random_cifar10(ws.data, n_train=200, n_test=64)  # 200 = 3 x 64 + 8: a short batch
+    epochs = 3
+    single = ws.root / "runs-single"
+    _new_store(mlflow_template, single)
+    env = {**ws.env, "RKREPRO_RUNS_DIR": str(single)}
+    import rkrepro.models
+
+    # _train_tiny patches it; monkeypatch puts the real one back afterwards.
+    monkeypatch.setattr(rkrepro.models, "build_model", rkrepro.models.build_model)
+    assert _train_tiny(env, 1, 0, epochs) == 0
+
+    env = {**ws.env, "RKREPRO_RUNS_DIR": str(ws.runs)}
+    torch.multiprocessing.spawn(_ddp_rank, args=(2, _free_port(), env, epochs), nprocs=2)
+
+    (one,) = ws.runs_of(single)
+    (ddp,) = ws.runs_of()
+    assert one.info.status == ddp.info.status == "FINISHED"
+    assert ddp.data.tags[tracking.TAG_WORLD_SIZE] == "2"
+    assert ddp.data.tags[tracking.TAG_BATCHNORM] == "per-gpu"
+    for name in (schema.M_TRAIN_LOSS, schema.M_TRAIN_ERROR, schema.M_TEST_ERROR):
+        a = _series(ws, one.info.run_id, name, single)
+        b = _series(ws, ddp.info.run_id, name)
+        assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3]
+        for (_, x), (_, y) in zip(a, b, strict=True):
+            assert y == pytest.approx(x, rel=DDP_RTOL, abs=1e-6), name
+    # Rank 0's checkpoint is the plain model's state, equal to the single process's weights.
+    config_hash = one.data.tags[schema.TAG_CONFIG_HASH]
+    assert ddp.data.tags[schema.TAG_CONFIG_HASH] == config_hash
+    w1 = torch.load(single / "checkpoints" / config_hash / "last.pt", weights_only=False)
+    w2 = torch.load(ws.runs / "checkpoints" / config_hash / "last.pt", weights_only=False)
+    assert w1["model"].keys() == w2["model"].keys()
+    assert not any(k.startswith("module.") for k in w2["model"])
+    for key in w1["model"]:
+        torch.testing.assert_close(w2["model"][key], w1["model"][key], rtol=1e-4, atol=1e-6)
+
+
+def test_torchrun_job_stops_on_sigterm_and_resumes_the_same_run(ws: Workspace) -> None:
+    """Real torchrun (2 gloo ranks, the real DenseNet, per-GPU BatchNorm) under the queue."""
+    h.write_random_cifar10(ws.data, n_train=512, n_test=64)
+    args = ("--variant", "original", "--no-share", "--epochs", "6")
+    args += ("--launcher", "torchrun", "--nproc-per-node", "2", "--device", "cpu")
+    proc = _rkrepro(ws, *args)
+    _wait_for_epoch(ws.runs, 1, lambda: proc.poll() is None, timeout=180)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, output
+    (stopped,) = ws.runs_of()
+    assert stopped.info.status == "KILLED", output
+    log = next((ws.runs / "logs").rglob("*.log")).read_text()
+    assert "stopped; checkpoint saved" in log and "x 2 processes" in log
+
+    again = _rkrepro(ws, *args)
+    output = again.communicate(timeout=240)[0]
+    assert again.returncode == 0, output
+    (run,) = ws.runs_of()
+    assert run.info.run_id == stopped.info.run_id and run.info.status == "FINISHED"
+    assert "resuming run" in next((ws.runs / "logs").rglob("*.log")).read_text()
+    assert run.data.tags[tracking.TAG_WORLD_SIZE] == "2"
+    for name in (schema.M_TRAIN_LOSS, schema.M_TEST_ERROR):
+        assert [s for s, _ in _series(ws, run.info.run_id, name)] == list(range(1, 7))
+
+
+# --------------------------------------------------------------------------------------------
+# SLURM's mechanics through submitit's local executor.
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds processes via /proc")
+def test_slurm_task_preempted_requeues_and_resumes_the_same_run(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("submitit")
+    from submitit.core.utils import pickle_load
+
+    h.write_random_cifar10(ws.data, n_train=512, n_test=64)
+    monkeypatch.setenv(launch.SUBMITIT_CLUSTER_ENV, "local")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    args = ("--variant", "original", "--no-share", "--epochs", "5", "--launcher", "slurm")
+    result = invoke(*args, "--time", "30", "--force")
+    assert result.exit_code == 0, result.output
+    assert "local SQLite store" in result.stderr  # slurm with sqlite: warned
+    line = next(x for x in result.stdout.splitlines() if "array job" in x)
+    controller = int(line.split("array job ")[1].split()[0])
+    folder = ws.runs / "slurm" / str(controller)
+
+    _wait_for_epoch(ws.runs, 1, lambda: _alive(controller), timeout=180)
+    (running,) = ws.runs_of()
+    assert running.info.status == "RUNNING"
+    (task,) = _children(controller)
+    os.kill(task, signal.SIGUSR2)  # what SLURM sends before the time limit (or preemption)
+
+    result_file = folder / f"{controller}_0_result.pkl"
+    deadline = time.monotonic() + 240
+    while not result_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    out = "".join(p.read_text() for p in sorted(folder.glob("*.out")))
+    err = "".join(p.read_text() for p in sorted(folder.glob("*.err")))
+    assert result_file.exists(), out + err
+    outcome, value = pickle_load(result_file)
+    assert outcome == "success", (value, out, err)
+    assert "Requeued" in err or "requeue" in (out + err).lower()
+    assert "resuming run " + running.info.run_id in out, out
+    (run,) = ws.runs_of()
+    assert run.info.run_id == running.info.run_id and run.info.status == "FINISHED"
+    for name in (schema.M_TRAIN_LOSS, schema.M_TEST_ERROR):
+        assert [s for s, _ in _series(ws, run.info.run_id, name)] == list(range(1, 6))
