@@ -1,391 +1,48 @@
-"""``rkrepro report``: the paper's tables with reproduced numbers next to the printed ones.
-
-Pipeline: MLflow runs (:func:`rkrepro.status.fetch_runs`, ``mlflow.search_runs`` per table) ->
-:func:`build_report` (seed statistics, verdicts, bold claims) -> one renderer per format, plus
-plots. The model itself is imported lazily, only to count parameters that are not cached yet.
-
-Tolerances (:data:`DEFAULT_TOLERANCE_PP`) are about two seed standard deviations of the
-reproduced quantity: seed-to-seed spread of CIFAR-10 error for these networks is ~0.15 pp (He et
-al. 2016 report ResNet-110 at 6.61 +/- 0.16 over 5 runs), CIFAR-100 error spreads about twice as
-much (~0.3 pp), and ImageNet top-1 spreads ~0.1-0.2 pp but its pipeline (Torch augmentations,
-batch 128 vs 256) cannot be matched exactly, so 0.5 pp. ImageNet verdicts use top-1; top-5 is
-shown but not judged.
+"""Renderers of a :class:`~rkrepro.report.model.Report`: records (CSV, JSON), the paper's layout,
+Markdown for GitHub, LaTeX with booktabs, one self-contained HTML file, and rich for terminals.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import csv
-import hashlib
 import html
 import io
 import json
-import os
-import statistics
-import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rkrepro import schema
-from rkrepro.errors import TrackingError
-from rkrepro.spec import ModelSpec
+from rkrepro.report.model import (
+    BETTER,
+    DATASET_NAMES,
+    FAILED_VERDICT,
+    MISSING,
+    RUNNING,
+    SHORTENED,
+    UNREPORTED,
+    VERDICTS,
+    WITHIN,
+    WORSE,
+    CellResult,
+    Claim,
+    Report,
+    Reproduced,
+    Stat,
+    TableReport,
+    difference,
+    verdict_of,
+)
 from rkrepro.status import (
     ACTIVE,
     FAILED,
-    FINISHED,
     KILLED,
-    Reader,
-    RunRecord,
-    cell_id_of,
-    fetch_runs,
-    seed_order,
 )
 
 if TYPE_CHECKING:
-    from rkrepro.targets import Cell, Row, Table
-
-DEFAULT_TOLERANCE_PP: dict[str, float] = {"cifar10": 0.3, "cifar100": 0.6, "imagenet": 0.5}
-DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
-REPORTS_EXPERIMENT = schema.EXPERIMENT_PREFIX + "reports"
-CACHE_DIR_ENV = "RKREPRO_CACHE_DIR"
-
-WITHIN, BETTER, WORSE = "within", "better", "worse"
-MISSING, RUNNING, FAILED_VERDICT = "missing", "running", "failed"
-UNREPORTED = "unreported"  # reproduced, but the paper printed "-": nothing to compare with
-SHORTENED = "shortened"  # shortened-protocol numbers are shown, never judged
-VERDICTS = (WITHIN, BETTER, WORSE, MISSING, RUNNING, FAILED_VERDICT, UNREPORTED)
-
-ParamCounter = Callable[[ModelSpec], tuple[int, int]]
-
-
-# --------------------------------------------------------------------------------------------
-# Data model.
-
-
-@dataclass(frozen=True)
-class Stat:
-    """A metric over seeds: one value per seed (its latest finished run)."""
-
-    values: tuple[float, ...]
-    seeds: tuple[str, ...]
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.values)
-
-    @property
-    def std(self) -> float | None:
-        """Sample standard deviation; undefined for a single seed."""
-        return statistics.stdev(self.values) if self.n > 1 else None
-
-
-@dataclass(frozen=True)
-class Reproduced:
-    """The runs of one cell under one protocol, reduced to statistics."""
-
-    protocol: str
-    runs: tuple[RunRecord, ...]  # every run of the cell, rerun or not
-    error: Stat | None
-    top5: Stat | None
-    counted: tuple[RunRecord, ...] = ()  # the latest finished run of each seed behind ``error``
-
-    def count(self, *statuses: str) -> int:
-        return sum(r.status in statuses for r in self.runs)
-
-
-@dataclass(frozen=True)
-class CellResult:
-    """One cell of a table: printed numbers, counted parameters and reproduced statistics."""
-
-    cell: Cell
-    params_paper: int
-    params_total: int
-    tolerance: float
-    paper: Reproduced
-    shortened: Reproduced | None = None
-
-    @property
-    def params_m(self) -> float:
-        return self.params_paper / 1e6
-
-    @property
-    def diff(self) -> float | None:
-        return _diff(self.paper.error, self.cell.reported_error)
-
-    @property
-    def top5_diff(self) -> float | None:
-        return _diff(self.paper.top5, self.cell.reported_top5)
-
-    @property
-    def verdict(self) -> str:
-        return _verdict(self.paper, self.cell.reported_error, self.tolerance)
-
-
-def _diff(stat: Stat | None, reported: float | None) -> float | None:
-    if stat is None or reported is None:
-        return None
-    return stat.mean - float(reported)
-
-
-def _verdict(reproduced: Reproduced, reported: float | None, tolerance: float) -> str:
-    """Compare the seed mean with the printed error; without a mean, say why there is none."""
-    if reproduced.error is None:
-        if reproduced.count(*ACTIVE):
-            return RUNNING
-        if reproduced.count(FAILED, KILLED):
-            return FAILED_VERDICT
-        return MISSING
-    if reported is None:
-        return UNREPORTED
-    diff = reproduced.error.mean - float(reported)
-    # A hair of slack so that a difference printed as the tolerance counts as within it.
-    if abs(diff) <= tolerance + 1e-9:
-        return WITHIN
-    return BETTER if diff < 0 else WORSE
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The caption's bold rule for one variant: fewer parameters and lower error than the
-    row's original. ``None`` means undecided (a number is missing)."""
-
-    result: CellResult
-    paper_bold: bool
-    on_paper: bool | None
-    on_reproduced: bool | None
-
-
-@dataclass(frozen=True)
-class TableReport:
-    table: Table
-    tolerance: float
-    results: tuple[CellResult, ...]
-    claims: tuple[Claim, ...]
-
-    def summary(self) -> dict[str, int]:
-        counts = dict.fromkeys(VERDICTS, 0)
-        for result in self.results:
-            counts[result.verdict] += 1
-        return counts
-
-
-@dataclass(frozen=True)
-class Report:
-    tables: tuple[TableReport, ...]
-    best: bool = False
-    include_shortened: bool = False
-    tolerance_override: float | None = None
-
-    @property
-    def metric(self) -> str:
-        return schema.M_BEST_TEST_ERROR if self.best else schema.M_FINAL_TEST_ERROR
-
-    @property
-    def metric_label(self) -> str:
-        if self.best:
-            return "best-epoch test error (lowest over epochs; NOT the paper's convention)"
-        return "final-epoch test error (the paper's convention)"
-
-    def worse(self) -> list[CellResult]:
-        """Paper-protocol cells outside tolerance on the bad side: what ``--check`` fails on."""
-        return [r for t in self.tables for r in t.results if r.verdict == WORSE]
-
-
-# --------------------------------------------------------------------------------------------
-# Building.
-
-
-def load_report(
-    tracking_uri: str | None = None,
-    table_id: str | None = None,
-    tables_dir: Path | None = None,
-    *,
-    best: bool = False,
-    tolerance: float | None = None,
-    include_shortened: bool = False,
-    counter: ParamCounter | None = None,
-    reader: Reader = "auto",
-) -> tuple[Report, list[RunRecord]]:
-    """Read the tables and the store: one ``mlflow.search_runs`` per table for a server, a
-    read-only sqlite3 query for a local store (``reader="auto"``; both give the same records)."""
-    from rkrepro import targets
-
-    tables = targets.load_tables(tables_dir)
-    chosen = [targets.find_table(tables, table_id)] if table_id else list(tables.values())
-    records = fetch_runs(tracking_uri, [t.id for t in chosen], reader=reader)
-    report = build_report(
-        chosen,
-        records,
-        best=best,
-        tolerance=tolerance,
-        include_shortened=include_shortened,
-        counter=counter,
-    )
-    return report, records
-
-
-def build_report(
-    tables: Sequence[Table],
-    records: Iterable[RunRecord],
-    *,
-    best: bool = False,
-    tolerance: float | None = None,
-    include_shortened: bool = False,
-    counter: ParamCounter | None = None,
-) -> Report:
-    """Pure: tables + run records -> :class:`Report` (no I/O besides parameter counting)."""
-    from rkrepro.targets import row_cells
-
-    metric = schema.M_BEST_TEST_ERROR if best else schema.M_FINAL_TEST_ERROR
-    by_cell: dict[tuple, list[RunRecord]] = {}
-    for record in records:
-        by_cell.setdefault((*record.cell_id, record.protocol), []).append(record)
-    cells = [cell for table in tables for row in table.rows for cell in row_cells(table, row)]
-    counts = param_counts([cell.spec for cell in cells], counter)
-    reports = []
-    for table in tables:
-        tol = tolerance if tolerance is not None else DEFAULT_TOLERANCE_PP[table.dataset]
-        results = []
-        for row in table.rows:
-            for cell in row_cells(table, row):
-                runs = {
-                    protocol: by_cell.get((*cell_id_of(cell), protocol), [])
-                    for protocol in (schema.PROTOCOL_PAPER, schema.PROTOCOL_SHORTENED)
-                }
-                paper_count, total = counts[cell.spec]
-                shortened = _reduce(
-                    schema.PROTOCOL_SHORTENED, runs[schema.PROTOCOL_SHORTENED], metric
-                )
-                results.append(
-                    CellResult(
-                        cell=cell,
-                        params_paper=paper_count,
-                        params_total=total,
-                        tolerance=tol,
-                        paper=_reduce(schema.PROTOCOL_PAPER, runs[schema.PROTOCOL_PAPER], metric),
-                        shortened=shortened if include_shortened else None,
-                    )
-                )
-        reports.append(TableReport(table, tol, tuple(results), tuple(_claims(results))))
-    return Report(tuple(reports), best, include_shortened, tolerance)
-
-
-def _reduce(protocol: str, runs: list[RunRecord], metric: str) -> Reproduced:
-    """Latest finished run per seed; a seed counts once even if it was rerun."""
-    latest: dict[str, RunRecord] = {}
-    for run in sorted(runs, key=lambda r: (r.start_time, r.run_id)):
-        if run.status == FINISHED and run.metric(metric) is not None:
-            latest[run.seed] = run
-    counted = tuple(latest[seed] for seed in sorted(latest, key=seed_order))
-    error, top5 = _stat(counted, metric), _stat(counted, schema.M_FINAL_TEST_TOP5)
-    return Reproduced(protocol, tuple(runs), error, top5, counted)
-
-
-def _stat(runs: Sequence[RunRecord], metric: str) -> Stat | None:
-    pairs = [(run.seed, value) for run in runs if (value := run.metric(metric)) is not None]
-    if not pairs:
-        return None
-    return Stat(tuple(value for _, value in pairs), tuple(seed for seed, _ in pairs))
-
-
-def _claims(results: list[CellResult]) -> list[Claim]:
-    """Every variant the paper made bold, or that the rule makes bold on either set of numbers."""
-    originals = {r.cell.row: r for r in results if r.cell.model == "original"}
-    claims = []
-    for result in results:
-        original = originals.get(result.cell.row)
-        if result.cell.model == "original" or original is None:
-            continue
-        cell, base = result.cell, original.cell
-        printed_params = cell.reported_params_m
-        if printed_params is None and cell.params_equal_original:
-            printed_params = base.reported_params_m  # "same number of parameters" (caption)
-        on_paper = _rule(printed_params, base.reported_params_m, cell.reported_error,
-                         base.reported_error)  # fmt: skip
-        mean = result.paper.error.mean if result.paper.error else None
-        base_mean = original.paper.error.mean if original.paper.error else None
-        on_reproduced = _rule(result.params_paper, original.params_paper, mean, base_mean)
-        if cell.bold or on_paper or on_reproduced:
-            claims.append(Claim(result, cell.bold, on_paper, on_reproduced))
-    return claims
-
-
-def _rule(params, base_params, error, base_error) -> bool | None:
-    if params is None or base_params is None:
-        return None
-    if params >= base_params:
-        return False  # decided without the errors
-    if error is None or base_error is None:
-        return None
-    return float(error) < float(base_error)
-
-
-# --------------------------------------------------------------------------------------------
-# Parameter counts: from the models, cached on disk because building ~80 models costs seconds.
-
-
-def param_counts(
-    specs: Iterable[ModelSpec], counter: ParamCounter | None = None
-) -> dict[ModelSpec, tuple[int, int]]:
-    """(paper count, total) per spec via ``rkrepro.models.spec_param_counts``.
-
-    Cached in ``$RKREPRO_CACHE_DIR`` (default ``~/.cache/rkrepro``) under a fingerprint of the
-    model code, so a changed model is recounted. ``counter`` replaces the models (tests).
-    """
-    unique = list(dict.fromkeys(specs))
-    if counter is not None:
-        return {spec: counter(spec) for spec in unique}
-    path = _cache_dir() / "param_counts.json"
-    fingerprint = _models_fingerprint()
-    cached: dict[str, list[int]] = {}
-    try:
-        data = json.loads(path.read_text())
-        if data.get("fingerprint") == fingerprint:
-            cached = data["counts"]
-    except (OSError, ValueError, KeyError, AttributeError):
-        pass
-    missing = [spec for spec in unique if repr(spec) not in cached]
-    if missing:
-        from rkrepro.models import spec_param_counts
-
-        for spec in missing:
-            cached[repr(spec)] = list(spec_param_counts(spec))
-        _write_cache(path, {"fingerprint": fingerprint, "counts": cached})
-    return {spec: (int(cached[repr(spec)][0]), int(cached[repr(spec)][1])) for spec in unique}
-
-
-def _cache_dir() -> Path:
-    if os.environ.get(CACHE_DIR_ENV):
-        return Path(os.environ[CACHE_DIR_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "rkrepro"
-
-
-def _models_fingerprint() -> str:
-    package = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted([package / "spec.py", *(package / "models").rglob("*.py")]):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _write_cache(path: Path, data: dict[str, Any]) -> None:
-    """Best effort: a read-only home only makes the next report slower."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(data, sort_keys=True))
-        os.replace(temporary, path)
-    except OSError:
-        pass
+    from rkrepro.targets import Row, Table
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,14 +117,14 @@ def _record(report: Report, result: CellResult, rep: Reproduced, label: str) -> 
         "error_std": error.std if error else None,
         "n": error.n if error else 0,
         "seeds": list(error.seeds) if error else [],
-        "diff": _diff(error, cell.reported_error),
+        "diff": difference(error, cell.reported_error),
         "tolerance_pp": result.tolerance,
-        "verdict": _verdict(rep, cell.reported_error, result.tolerance) if paper else SHORTENED,
+        "verdict": verdict_of(rep, cell.reported_error, result.tolerance) if paper else SHORTENED,
         "reported_top5": _float(cell.reported_top5),
         "top5_mean": top5.mean if top5 else None,
         "top5_std": top5.std if top5 else None,
         "top5_n": top5.n if top5 else 0,
-        "top5_diff": _diff(top5, cell.reported_top5),
+        "top5_diff": difference(top5, cell.reported_top5),
         "bold": cell.bold,
         "star": cell.star,
         "running": rep.count(*ACTIVE),
@@ -645,7 +302,7 @@ def _error_entry(result: CellResult) -> Entry:
     if result.shortened is not None and result.shortened.runs:
         short = result.shortened
         text = _stat_text(short.error) if short.error else _state_text(short)
-        diff = _signed(_diff(short.error, cell.reported_error))
+        diff = _signed(difference(short.error, cell.reported_error))
         notes = (f"[shortened] {text}" + (f" / {diff}" if diff else ""),)
     verdict = result.verdict
     reproduced = _stat_text(result.paper.error) if result.paper.error else "-"
@@ -681,7 +338,7 @@ def _stat_text(stat: Stat | None) -> str:
 
 
 def _state_text(reproduced: Reproduced) -> str:
-    return _verdict(reproduced, None, 0.0) if reproduced.error is None else "-"
+    return verdict_of(reproduced, None, 0.0) if reproduced.error is None else "-"
 
 
 def entry_text(entry: Entry, separator: str = " / ") -> str:
@@ -1013,181 +670,3 @@ FORMATS: dict[str, Callable[[Report], str]] = {
     "latex": to_latex,
     "html": to_html,
 }
-
-
-# --------------------------------------------------------------------------------------------
-# Plots (matplotlib, Agg) and their logging to MLflow.
-
-
-def write_plots(
-    report: Report,
-    out_dir: Path,
-    tracking_uri: str | None = None,
-    history: Callable[[str], list[tuple[int, float]]] | None = None,
-) -> list[Path]:
-    """Params vs error per table, and test error vs epoch per row; returns the PNG paths.
-
-    ``history(run_id)`` gives (epoch, test error) pairs; by default from MLflow.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if history is None:
-        history = _mlflow_history(tracking_uri)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for table_report in report.tables:
-        paths.append(_plot_params(plt, report, table_report, out_dir))
-        for row in table_report.table.rows:
-            path = _plot_curves(plt, table_report, row, out_dir, history)
-            if path is not None:
-                paths.append(path)
-    return paths
-
-
-def _mlflow_history(tracking_uri: str | None) -> Callable[[str], list[tuple[int, float]]]:
-    from mlflow import MlflowClient
-
-    from rkrepro.status import default_tracking_uri
-
-    client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
-
-    def history(run_id: str) -> list[tuple[int, float]]:
-        metrics = client.get_metric_history(run_id, schema.M_TEST_ERROR)
-        return sorted((m.step, m.value) for m in metrics)
-
-    return history
-
-
-_KIND_COLOR = {"original": "black", "variant": "tab:blue", "share": "tab:orange"}
-
-
-def _kind(cell: Cell) -> str:
-    return "original" if cell.model == "original" else ("share" if cell.share else "variant")
-
-
-def _plot_params(plt, report: Report, table_report: TableReport, out_dir: Path) -> Path:
-    table = table_report.table
-    figure, axes = plt.subplots(figsize=(7, 5))
-    seen: set[str] = set()
-    for result in table_report.results:
-        cell, kind = result.cell, _kind(result.cell)
-        color = _KIND_COLOR[kind]
-        if cell.reported_error is not None:
-            x = float(cell.reported_params_m) if cell.reported_params_m else result.params_m
-            label = f"paper, {kind}" if f"p{kind}" not in seen else None
-            seen.add(f"p{kind}")
-            axes.scatter([x], [float(cell.reported_error)], facecolors="none", edgecolors=color,
-                         label=label)  # fmt: skip
-            if result.paper.error is not None:
-                axes.plot([x, result.params_m], [float(cell.reported_error),
-                          result.paper.error.mean], color="0.8", lw=0.8, zorder=0)  # fmt: skip
-        if result.paper.error is not None:
-            stat = result.paper.error
-            label = f"reproduced, {kind}" if f"r{kind}" not in seen else None
-            seen.add(f"r{kind}")
-            axes.errorbar([result.params_m], [stat.mean], yerr=[stat.std or 0.0], fmt="s",
-                          color=color, capsize=3, label=label)  # fmt: skip
-    metric = "top-1 error" if table.dataset == "imagenet" else "error"
-    axes.set_xlabel("parameters (M)")
-    axes.set_ylabel(f"test {metric} (%), {'best' if report.best else 'final'} epoch")
-    axes.set_title(f"{table.title} ({DATASET_NAMES[table.dataset]}): parameters vs error")
-    axes.grid(alpha=0.3)
-    if seen:
-        axes.legend(fontsize=8)
-    path = out_dir / f"{table.id}_params_vs_error.png"
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
-
-
-def _plot_curves(plt, table_report, row, out_dir, history) -> Path | None:
-    """Mean test error per epoch over seeds (band: min-max) for each model of the row."""
-    from matplotlib.ticker import MaxNLocator
-
-    figure, axes = plt.subplots(figsize=(7, 5))
-    drawn = False
-    for result in table_report.results:
-        if result.cell.row != row.id:
-            continue
-        for reproduced, style in ((result.paper, "-"), (result.shortened, "--")):
-            if reproduced is None:
-                continue
-            # The runs behind the statistics, plus those still in progress.
-            shown = [*reproduced.counted, *(r for r in reproduced.runs if r.status in ACTIVE)]
-            curves = [history(run.run_id) for run in shown]
-            curves = [c for c in curves if c]
-            if not curves:
-                continue
-            epochs = sorted({epoch for curve in curves for epoch, _ in curve})
-            by_epoch = [[v for c in curves for e, v in c if e == epoch] for epoch in epochs]
-            label = result.cell.printed_model + (" (share)" if result.cell.share else "")
-            if reproduced.protocol == schema.PROTOCOL_SHORTENED:
-                label += " [shortened]"
-            means = [statistics.fmean(vs) for vs in by_epoch]
-            line = axes.plot(epochs, means, style, lw=1.2, label=f"{label} (n={len(curves)})")
-            if len(curves) > 1:
-                axes.fill_between(epochs, [min(v) for v in by_epoch], [max(v) for v in by_epoch],
-                                  color=line[0].get_color(), alpha=0.15)  # fmt: skip
-            drawn = True
-    if not drawn:
-        plt.close(figure)
-        return None
-    axes.set_xlabel("epoch")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_ylabel("test error (%)")
-    axes.set_title(f"{table_report.table.title}, {row.label}: test error per epoch")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=7)
-    path = out_dir / f"{table_report.table.id}_{row.id}_curves.png"
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
-
-
-def log_plots(tracking_uri: str | None, report: Report, paths: Sequence[Path], name: str) -> str:
-    """Log the PNGs (and the JSON report) as artifacts of a new run in ``rkrepro/reports``.
-
-    For a local SQLite store the experiment keeps its artifacts next to the database, not in the
-    current directory. Returns the run id.
-    """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from rkrepro.status import default_tracking_uri
-
-    uri = tracking_uri or default_tracking_uri()
-    try:
-        # mlflow prints "View run ... at" on stdout for servers; stdout may carry the report.
-        with contextlib.redirect_stdout(sys.stderr):
-            return _log_run(mlflow.MlflowClient(tracking_uri=uri), uri, report, paths, name)
-    except (MlflowException, OSError) as error:
-        raise TrackingError(f"cannot log the plots to {uri}: {error}") from None
-
-
-def _log_run(client, uri: str, report: Report, paths: Sequence[Path], name: str) -> str:
-    """The run, its parameters and artifacts; artifacts of a local store sit beside its file."""
-    from rkrepro.status import sqlite_path
-
-    experiment = client.get_experiment_by_name(REPORTS_EXPERIMENT)
-    if experiment is None:
-        db = sqlite_path(uri)
-        location = (db.resolve().parent / "artifacts").as_uri() if db else None
-        experiment_id = client.create_experiment(REPORTS_EXPERIMENT, location)
-    else:
-        experiment_id = experiment.experiment_id
-    run = client.create_run(experiment_id, run_name=name, tags={"rkrepro.report": name})
-    run_id = run.info.run_id
-    client.log_param(run_id, "metric", report.metric)
-    client.log_param(run_id, "include_shortened", str(report.include_shortened).lower())
-    if report.tolerance_override is not None:
-        client.log_param(run_id, "tolerance_pp", report.tolerance_override)
-    for path in paths:
-        client.log_artifact(run_id, str(path), artifact_path="plots")
-    client.log_text(run_id, to_json(report), "report.json")
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
