@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -19,6 +18,7 @@ try:  # Typer >= 0.20 carries its own copy of click
 except ImportError:  # pragma: no cover - older Typer on plain click
     from click import UsageError
 
+from rkrepro.cli_options import RowOpt, TableArg, TablesDir, TrackingUri
 from rkrepro.errors import RkreproError
 
 
@@ -49,25 +49,6 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-TablesDir = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--tables-dir",
-        envvar="RKREPRO_TABLES_DIR",
-        help="Folder of table YAML files (default: the shipped tables/).",
-        show_default=False,
-    ),
-]
-TrackingUri = Annotated[
-    Optional[str],
-    typer.Option(
-        "--tracking-uri",
-        envvar="MLFLOW_TRACKING_URI",
-        help="MLflow tracking URI (default: the local SQLite store under runs/).",
-        show_default=False,
-    ),
-]
-
 
 class ListFormat(StrEnum):
     rich = "rich"
@@ -88,7 +69,7 @@ def _console():
 
 @app.command("list")
 def list_command(
-    table: Annotated[Optional[str], typer.Argument(help="Table id, e.g. table1.")] = None,
+    table: TableArg = None,
     format: Annotated[ListFormat, typer.Option("--format", "-f")] = ListFormat.rich,
     tables_dir: TablesDir = None,
     tracking_uri: TrackingUri = None,
@@ -122,8 +103,8 @@ def show_command(
 
 @app.command("params")
 def params_command(
-    table: Annotated[Optional[str], typer.Argument(help="Table id, e.g. table1.")] = None,
-    row: Annotated[Optional[str], typer.Option("--row", "-r", help="Row id.")] = None,
+    table: TableArg = None,
+    row: RowOpt = None,
     format: Annotated[ParamsFormat, typer.Option("--format", "-f")] = ParamsFormat.rich,
     flops: Annotated[bool, typer.Option(help="Also count forward FLOPs per image.")] = True,
     tables_dir: TablesDir = None,
@@ -131,14 +112,7 @@ def params_command(
     """Parameter counts of every model against the paper's printed values, and FLOPs."""
     from rkrepro import params, targets
 
-    tables = targets.load_tables(tables_dir)
-    if row is not None and table is None:
-        raise typer.BadParameter("--row needs a TABLE argument", param_hint="--row")
-    if row is not None:
-        found = targets.find_table(tables, table)  # type: ignore[arg-type]
-        cells = targets.row_cells(found, targets.find_row(found, row))
-    else:
-        cells = targets.all_cells(tables, table)
+    cells = targets.select_cells(targets.load_tables(tables_dir), table, row)
     records = params.param_records(cells, with_flops=flops)
     if format is ParamsFormat.json:
         typer.echo(json.dumps(records, indent=2))
@@ -152,8 +126,8 @@ def params_command(
 
 @app.command("plan")
 def plan_command(
-    table: Annotated[Optional[str], typer.Argument(help="Table id, e.g. table1.")] = None,
-    row: Annotated[Optional[str], typer.Option("--row", "-r", help="Row id.")] = None,
+    table: TableArg = None,
+    row: RowOpt = None,
     tflops: Annotated[
         float,
         typer.Option(min=0.001, help="Achieved training TFLOP/s assumed when nothing is measured."),
@@ -174,14 +148,7 @@ def plan_command(
     """Estimated GPU-hours, FLOPs, params and peak memory per cell, row and table."""
     from rkrepro import plan, targets
 
-    tables = targets.load_tables(tables_dir)
-    if row is not None and table is None:
-        raise typer.BadParameter("--row needs a TABLE argument", param_hint="--row")
-    if row is not None:
-        found = targets.find_table(tables, table)  # type: ignore[arg-type]
-        cells = targets.row_cells(found, targets.find_row(found, row))
-    else:
-        cells = targets.all_cells(tables, table)
+    cells = targets.select_cells(targets.load_tables(tables_dir), table, row)
     import torch
 
     device = "cuda" if probe and torch.cuda.is_available() else None

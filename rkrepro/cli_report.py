@@ -12,6 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from rkrepro.cli_options import TableArg, TablesDir, TrackingUri
+
 
 class ReportFormat(StrEnum):
     rich = "rich"
@@ -38,26 +40,6 @@ SUFFIX_FORMATS = {
     ".htm": ReportFormat.html,
 }
 
-TableArg = Annotated[
-    Optional[str], typer.Argument(help="Table id (table1 or 1); default: every table.")
-]
-TrackingUriOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--tracking-uri",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db).",
-        show_default=False,
-    ),
-]
-TablesDirOpt = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--tables-dir",
-        envvar="RKREPRO_TABLES_DIR",
-        help="Folder of table YAML files (default: the shipped tables/).",
-        show_default=False,
-    ),
-]
 ShortenedOpt = Annotated[
     bool,
     typer.Option(
@@ -109,8 +91,8 @@ def report_command(
         typer.Option("--best", help="Best-epoch error instead of the paper's final-epoch error."),
     ] = False,
     include_shortened: ShortenedOpt = False,
-    tracking_uri: TrackingUriOpt = None,
-    tables_dir: TablesDirOpt = None,
+    tracking_uri: TrackingUri = None,
+    tables_dir: TablesDir = None,
 ) -> None:
     """The paper's tables with reproduced numbers: reported / reproduced / difference."""
     from rkrepro import report as reporting
@@ -174,8 +156,8 @@ def status_command(
     table: TableArg = None,
     format: Annotated[StatusFormat, typer.Option("--format", "-f")] = StatusFormat.rich,
     include_shortened: ShortenedOpt = False,
-    tracking_uri: TrackingUriOpt = None,
-    tables_dir: TablesDirOpt = None,
+    tracking_uri: TrackingUri = None,
+    tables_dir: TablesDir = None,
 ) -> None:
     """Which cells are done, running, failed or not started, with their MLflow run ids."""
     from rkrepro import schema, status, targets

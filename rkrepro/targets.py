@@ -704,6 +704,18 @@ def all_cells(tables: dict[str, Table], table_id: str | None = None) -> list[Cel
     return [cell for table in chosen for row in table.rows for cell in row_cells(table, row)]
 
 
+def select_cells(
+    tables: dict[str, Table], table_id: str | None = None, row_id: str | None = None
+) -> list[Cell]:
+    """``[TABLE] [--row ROW]`` of the listing commands: everything, one table, or one row."""
+    if row_id is None:
+        return all_cells(tables, table_id)
+    if table_id is None:
+        raise TargetError("--row needs a TABLE argument (e.g. table1 --row densenet-bc-k12)")
+    table = find_table(tables, table_id)
+    return row_cells(table, find_row(table, row_id))
+
+
 def resolve_cells(
     tables: dict[str, Table],
     table_id: str,

@@ -1,0 +1,34 @@
+"""Options shared by several commands, defined once so they read and behave the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+TableArg = Annotated[
+    Optional[str], typer.Argument(help="Table id (table1 or 1); default: every table.")
+]
+RowOpt = Annotated[
+    Optional[str], typer.Option("--row", "-r", help="Row id, e.g. densenet-bc-k12 (needs TABLE).")
+]
+TablesDir = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--tables-dir",
+        envvar="RKREPRO_TABLES_DIR",
+        help="Folder of table YAML files (default: the shipped tables/).",
+        show_default=False,
+    ),
+]
+TrackingUri = Annotated[
+    Optional[str],
+    typer.Option(
+        "--tracking-uri",
+        envvar="MLFLOW_TRACKING_URI",
+        help="MLflow tracking URI (default: the SQLite store runs/mlflow.db, or under "
+        "$RKREPRO_RUNS_DIR).",
+        show_default=False,
+    ),
+]
