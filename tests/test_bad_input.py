@@ -5,29 +5,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import helpers_cifar as h
+import helpers_workspace as ws
 import pytest
 from typer.testing import CliRunner
 
 from rkrepro.cli import app
 
-TABLE = """\
-id: tiny
-dataset: cifar10
-protocol: {dataset: cifar10, batch_size: 32, epochs: 300, lr: 0.1, momentum: 0.9,
-           weight_decay: 1.0e-4, lr_milestones: [150, 225]}
-rows:
-  - id: bc-k4
-    family: densenet-bc
-    depth: 10
-    growth_rate: 4
-    bottleneck: true
-    compression: 0.5
-    m: [2, 2, 2]
-    original: {params_m: null, error: null}
-    variants:
-      - {name: RKNet-1x2_1x1_1x1, share: {}}
-"""
 RUN = ["run", "tiny", "--row", "bc-k4"]
 
 BAD_COMMANDS = {
@@ -73,21 +56,11 @@ def _dump(db: Path) -> list[tuple]:
 def store(tmp_path_factory: pytest.TempPathFactory):
     """A workspace whose store already holds one finished run."""
     root = tmp_path_factory.mktemp("bad-input")
-    (root / "tables").mkdir()
-    (root / "tables" / "tiny.yaml").write_text(TABLE, encoding="utf-8")
-    h.write_random_cifar10(root / "data", n_train=64, n_test=32)
-    env = {
-        "RKREPRO_RUNS_DIR": str(root / "runs"),
-        "RKREPRO_DATA_DIR": str(root / "data"),
-        "RKREPRO_TABLES_DIR": str(root / "tables"),
-        "RKREPRO_VERIFY_CHECKSUMS": "0",
-        "RKREPRO_DOWNLOAD": "0",
-        "MLFLOW_TRACKING_URI": "",
-    }
+    env = ws.make_workspace(root, n_train=64)
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
             patch.setenv(key, value)
-        patch.delenv("MLFLOW_TRACKING_URI")
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         done = CliRunner().invoke(app, [*RUN, "--variant", "original", "--epochs", "1"])
     assert done.exit_code == 0, done.output
     return root, env
@@ -99,7 +72,7 @@ def test_bad_command_lines_give_one_line_and_exit_2(store, monkeypatch, case):
     root, env = store
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(root)
     db = root / "runs" / "mlflow.db"
     before = _dump(db)

@@ -8,7 +8,6 @@ results.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -16,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-import helpers_cifar as h
+import helpers_workspace as ws
 import pytest
 
 from rkrepro import schema
@@ -25,21 +24,6 @@ from rkrepro.checkpoints import CHECKPOINT_FORMAT, Checkpoints
 pytestmark = pytest.mark.fault
 
 REPO = Path(__file__).resolve().parent.parent
-TABLE = """\
-id: tiny
-dataset: cifar10
-protocol: {dataset: cifar10, batch_size: 32, epochs: 300, lr: 0.1, momentum: 0.9,
-           weight_decay: 1.0e-4, lr_milestones: [150, 225]}
-rows:
-  - id: bc-k4
-    family: densenet-bc
-    depth: 10
-    growth_rate: 4
-    bottleneck: true
-    compression: 0.5
-    m: [2, 2, 2]
-    original: {params_m: null, error: null}
-"""
 ARGS = ("run", "tiny", "--row", "bc-k4", "--variant", "original", "--epochs", "3")
 
 
@@ -49,25 +33,16 @@ class Space:
     def __init__(self, root: Path, template: Path) -> None:
         self.root = root
         self.template = template
-        (root / "tables").mkdir()
-        (root / "tables" / "tiny.yaml").write_text(TABLE, encoding="utf-8")
-        h.write_random_cifar10(root / "data", n_train=96, n_test=32)
+        self.base_env = ws.make_workspace(root)
 
     def store(self, name: str) -> Path:
-        runs = self.root / name
-        runs.mkdir(parents=True, exist_ok=True)
-        if not (runs / "mlflow.db").exists():
-            shutil.copy(self.template, runs / "mlflow.db")
-        return runs
+        return ws.new_store(self.template, self.root / name)
 
     def env(self, runs: Path, **extra: str) -> dict[str, str]:
         env = {
             **os.environ,
+            **self.base_env,
             "RKREPRO_RUNS_DIR": str(runs),
-            "RKREPRO_DATA_DIR": str(self.root / "data"),
-            "RKREPRO_TABLES_DIR": str(self.root / "tables"),
-            "RKREPRO_VERIFY_CHECKSUMS": "0",
-            "RKREPRO_DOWNLOAD": "0",
             "OMP_NUM_THREADS": "1",
             "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
             **extra,

@@ -1,0 +1,50 @@
+"""A tiny, complete rkrepro workspace for tests: a table, CIFAR-format data, a run store."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import helpers_cifar as h
+
+# A DenseNet-BC of depth 10 and growth rate 4 with one RKNet variant: trains in seconds on CPU.
+TINY_TABLE = """\
+id: tiny
+dataset: cifar10
+protocol: {dataset: cifar10, batch_size: 32, epochs: 300, lr: 0.1, momentum: 0.9,
+           weight_decay: 1.0e-4, lr_milestones: [150, 225]}
+rows:
+  - id: bc-k4
+    family: densenet-bc
+    depth: 10
+    growth_rate: 4
+    bottleneck: true
+    compression: 0.5
+    m: [2, 2, 2]
+    original: {params_m: null, error: null}
+    variants:
+      - {name: RKNet-1x2_1x1_1x1, share: {}}
+"""
+
+
+def make_workspace(root: Path, n_train: int = 96, n_test: int = 32) -> dict[str, str]:
+    """Write tables/ and data/ under ``root``; return the environment that points rkrepro there
+    (runs under ``root/runs``, no checksum check, never a download)."""
+    (root / "tables").mkdir(parents=True, exist_ok=True)
+    (root / "tables" / "tiny.yaml").write_text(TINY_TABLE, encoding="utf-8")
+    h.write_random_cifar10(root / "data", n_train=n_train, n_test=n_test)
+    return {
+        "RKREPRO_RUNS_DIR": str(root / "runs"),
+        "RKREPRO_DATA_DIR": str(root / "data"),
+        "RKREPRO_TABLES_DIR": str(root / "tables"),
+        "RKREPRO_VERIFY_CHECKSUMS": "0",
+        "RKREPRO_DOWNLOAD": "0",
+    }
+
+
+def new_store(template: Path, runs: Path) -> Path:
+    """A copy of an empty, migrated MLflow SQLite store (creating the schema takes seconds)."""
+    runs.mkdir(parents=True, exist_ok=True)
+    if not (runs / "mlflow.db").exists():
+        shutil.copy(template, runs / "mlflow.db")
+    return runs
