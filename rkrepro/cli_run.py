@@ -423,13 +423,14 @@ def _stopped(signum):
 def _submit_slurm(run, plans, common, launch_plan: _LaunchPlan, settings, console) -> None:
     from rkrepro import launch
 
+    executor = launch.make_executor(settings)  # no SLURM here: one line before anything
     _warn_sqlite(run.uri, 0, "slurm")
     todo = run.prepare(plans)
     if not todo:
         console.print(f"nothing to submit: {len(plans)} runs done", highlight=False)
         return
     jobs = [launch.job_for(p, common, "auto", launch_plan.nproc) for p in todo]
-    handles = launch.submit_slurm(jobs, settings)
+    handles = launch.submit_slurm(jobs, executor)
     first = handles[0].job_id.split("_")[0]
     console.print(
         f"submitted {len(handles)} tasks as {settings.cluster} array job {first} "

@@ -31,6 +31,8 @@ DOWNLOAD_ENV = "RKREPRO_DOWNLOAD"  # "0": never try to download (offline machine
 CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
 CIFAR_PAD = 4
+# Test-set batch on a GPU (divides CIFAR's 10,000 test images).
+CUDA_EVAL_BATCH = 1000
 
 # fb.resnet.torch datasets/imagenet.lua.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -358,6 +360,87 @@ class _Order(torch.utils.data.Sampler[int]):
         return len(self.indices)
 
 
+class _SeededOrder(torch.utils.data.Sampler[tuple[int, int]]):
+    """``(index, seed)`` pairs; the epoch's order is set before each pass (persistent workers
+    keep one DataLoader, and so one sampler, for the whole run)."""
+
+    def __init__(self) -> None:
+        self.indices: list[int] = []
+        self.epoch_seed = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((i, (self.epoch_seed + 1_000_003 * i) % 2**63) for i in self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """Each sample's random augmentation drawn from its own seed (epoch, index): the same
+    batches whichever worker, and however long-lived the worker, loads them."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> object:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+class EncodedImages(torch.utils.data.Dataset):
+    """(JPEG bytes as a uint8 tensor, label) of an ImageFolder: workers only read files and
+    the GPU decodes (``torchvision.io.decode_jpeg(device="cuda")``)."""
+
+    def __init__(self, folder: object) -> None:
+        self.samples = folder.samples  # type: ignore[attr-defined]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        from torchvision.io import read_file
+
+        path, label = self.samples[index]
+        return read_file(path), label
+
+
+def _encoded_collate(batch: list[tuple[Tensor, int]]) -> tuple[list[Tensor], Tensor]:
+    return [b[0] for b in batch], torch.tensor([b[1] for b in batch], dtype=torch.int64)
+
+
+def gpu_imagenet_transform(train: bool, device: torch.device):
+    """Per-image transforms of decoded uint8 CUDA images, the same steps as
+    :func:`imagenet_transforms` (tensor versions of torchvision's, colour jitter included)."""
+    from torchvision.transforms import v2
+
+    lighting = Lighting(0.1)
+    lighting.eigval, lighting.eigvec = lighting.eigval.to(device), lighting.eigvec.to(device)
+
+    def light(img: Tensor) -> Tensor:
+        alpha = torch.randn(3, device=device) * lighting.std
+        return img + (lighting.eigvec * alpha * lighting.eigval).sum(dim=1).view(3, 1, 1)
+
+    to_float = v2.ToDtype(torch.float32, scale=True)
+    normalize = v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    if train:
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(224, antialias=True),
+                v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
+                to_float,
+                light,
+                normalize,
+                v2.RandomHorizontalFlip(),
+            ]
+        )
+    return v2.Compose([v2.Resize(256, antialias=True), v2.CenterCrop(224), to_float, normalize])
+
+
 class LoaderBatches:
     """Mini-batches from a map-style dataset through DataLoader workers (ImageNet)."""
 
@@ -370,6 +453,8 @@ class LoaderBatches:
         seed: int,
         workers: int,
         channels_last: bool = False,
+        persistent_workers: bool = True,
+        gpu_decode: bool = False,
     ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
@@ -379,6 +464,39 @@ class LoaderBatches:
         self.workers = workers
         self.channels_last = channels_last
         self.shard = (0, 1)  # (rank, world), as for CifarBatches
+        # Workers that live for the whole run (no per-epoch fork and import); per-sample seeds
+        # keep the augmentation reproducible with them.
+        self.persistent = persistent_workers and workers > 0
+        self.gpu_decode = gpu_decode
+        if gpu_decode and device.type != "cuda":
+            raise DataError("GPU JPEG decoding needs a CUDA device")
+        self._sampler = _SeededOrder()
+        self._loader: torch.utils.data.DataLoader | None = None
+        self._gpu_tf = gpu_imagenet_transform(train, device) if gpu_decode else None
+
+    def _persistent_loader(self, size: int) -> torch.utils.data.DataLoader:
+        if self._loader is None or self._loader.batch_size != size:
+            self._loader = torch.utils.data.DataLoader(
+                SeededSamples(self.dataset),
+                batch_size=size,
+                sampler=self._sampler,
+                num_workers=self.workers,
+                pin_memory=self.device.type == "cuda" and not self.gpu_decode,
+                persistent_workers=True,
+                prefetch_factor=4,
+                collate_fn=_encoded_collate if self.gpu_decode else None,
+            )
+        return self._loader
+
+    def _decode(self, images: list[Tensor], epoch: int, batch: int) -> Tensor:
+        """Decode a batch of JPEGs on the GPU and augment each image there."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        assert self._gpu_tf is not None
+        decoded = decode_jpeg(images, mode=ImageReadMode.RGB, device=self.device)
+        with torch.random.fork_rng(devices=[self.device]):
+            torch.manual_seed(epoch_seed(self.seed, epoch, f"gpu:{batch}"))
+            return torch.stack([self._gpu_tf(img) for img in decoded])
 
     @property
     def num_samples(self) -> int:
@@ -400,6 +518,9 @@ class LoaderBatches:
             order = [j for lo, hi in bounds for j in order[lo:hi]]
         else:
             order = order[start * size :]
+        if self.persistent or self.gpu_decode:
+            yield from self._batches_persistent(order, epoch, start, size // world)
+            return
         loader = torch.utils.data.DataLoader(
             self.dataset,
             batch_size=size // world,
@@ -416,6 +537,21 @@ class LoaderBatches:
                 yield x, y.to(self.device, non_blocking=True)
         except DataError as error:
             # A worker re-raises with its whole traceback in the message: keep the one line.
+            raise DataError(str(error).strip().splitlines()[-1].split("DataError: ")[-1]) from None
+
+    def _batches_persistent(
+        self, order: list[int], epoch: int, start: int, size: int
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        self._sampler.indices = order
+        self._sampler.epoch_seed = epoch_seed(self.seed, epoch, "samples")
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        try:
+            for i, (x, y) in enumerate(self._persistent_loader(size), start=start):
+                if self.gpu_decode:
+                    x = self._decode(x, epoch, i)
+                x = x.to(self.device, non_blocking=True, memory_format=memory_format)
+                yield x, y.to(self.device, non_blocking=True)
+        except DataError as error:
             raise DataError(str(error).strip().splitlines()[-1].split("DataError: ")[-1]) from None
 
 
@@ -469,8 +605,14 @@ def imagenet_batches(
     train_subset: int | None,
     workers: int,
     channels_last: bool = False,
+    persistent_workers: bool = True,
+    gpu_decode: bool = False,
 ) -> tuple[LoaderBatches, LoaderBatches]:
-    """fb.resnet.torch's ImageNet pipeline: train and val batch sources."""
+    """fb.resnet.torch's ImageNet pipeline: train and val batch sources.
+
+    ``persistent_workers`` keeps the worker processes for the whole run; ``gpu_decode`` has
+    the workers only read the JPEG files and decodes and augments them on the GPU.
+    """
     from torchvision import datasets
 
     train_dir, val_dir = validate_imagenet(root)
@@ -483,12 +625,15 @@ def imagenet_batches(
     _count_images(train_ds, train_dir, IMAGENET_TRAIN_IMAGES)
     _count_images(val_ds, val_dir, IMAGENET_VAL_IMAGES)
     subset = subset_indices(len(train_ds), train_subset)
-    train_source: torch.utils.data.Dataset = train_ds
+    train_source: torch.utils.data.Dataset = EncodedImages(train_ds) if gpu_decode else train_ds
+    val_source: torch.utils.data.Dataset = EncodedImages(val_ds) if gpu_decode else val_ds
     if subset is not None:
-        train_source = torch.utils.data.Subset(train_ds, subset.tolist())
+        train_source = torch.utils.data.Subset(train_source, subset.tolist())
+    common = (batch_size, device)
+    opts = (seed, workers, channels_last, persistent_workers, gpu_decode)
     return (
-        LoaderBatches(train_source, batch_size, device, True, seed, workers, channels_last),
-        LoaderBatches(val_ds, batch_size, device, False, seed, workers, channels_last),
+        LoaderBatches(train_source, *common, True, *opts),
+        LoaderBatches(val_source, *common, False, *opts),
     )
 
 
@@ -500,12 +645,20 @@ def cifar_batches(
     seed: int,
     train_subset: int | None,
     channels_last: bool = False,
+    eval_batch_size: int | None = None,
 ) -> tuple[CifarBatches, CifarBatches]:
-    """Train and test batch sources for in-memory CIFAR (test batches are twice as large)."""
+    """Train and test batch sources for in-memory CIFAR.
+
+    Test batches (no_grad, eval-mode BatchNorm: the batch size cannot change a prediction) hold
+    ``eval_batch_size`` images: by default twice the training batch on the CPU and
+    :data:`CUDA_EVAL_BATCH` on a GPU, where small batches are all launch overhead.
+    """
     subset = subset_indices(len(train.y), train_subset)
     if subset is not None:
         train = ArraySplit(train.x[subset], train.y[subset])
+    if eval_batch_size is None:
+        eval_batch_size = CUDA_EVAL_BATCH if device.type == "cuda" else 2 * batch_size
     return (
         CifarBatches(train, batch_size, device, True, seed, channels_last),
-        CifarBatches(test, 2 * batch_size, device, False, seed, channels_last),
+        CifarBatches(test, eval_batch_size, device, False, seed, channels_last),
     )

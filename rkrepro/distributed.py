@@ -81,7 +81,7 @@ class Context:
         if self.is_main:
             raise value
         if isinstance(value, RkreproError):
-            raise type(value)(str(value))
+            raise value  # the same one-line message and exit code on every rank
         raise RkreproError(f"rank 0 failed: {type(value).__name__}: {value}")
 
     def barrier(self) -> None:

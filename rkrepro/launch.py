@@ -244,10 +244,11 @@ def job_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env[RUNS_DIR_ENV] = str(runs_dir())
     env["PYTHONUNBUFFERED"] = "1"
-    package_root = str(Path(rkrepro.__file__).resolve().parent.parent)
+    root = Path(rkrepro.__file__).resolve().parent.parent
     path = env.get("PYTHONPATH", "")
-    if package_root not in path.split(os.pathsep):
-        env["PYTHONPATH"] = package_root + (os.pathsep + path if path else "")
+    installed = root.name in ("site-packages", "dist-packages")  # importable there already
+    if not installed and str(root) not in path.split(os.pathsep):
+        env["PYTHONPATH"] = str(root) + (os.pathsep + path if path else "")
     env.update(extra or {})
     return env
 
@@ -506,8 +507,8 @@ class SlurmSettings:
     folder: Path | None = None
 
 
-def submit_slurm(jobs: list[Job], settings: SlurmSettings) -> list[Any]:
-    """One submitit array (one task per job); returns submitit's job handles."""
+def make_executor(settings: SlurmSettings) -> Any:
+    """submitit's executor for these settings (SLURM, or "local" to rehearse on this machine)."""
     try:
         import submitit
     except ImportError:
@@ -515,12 +516,18 @@ def submit_slurm(jobs: list[Job], settings: SlurmSettings) -> list[Any]:
             "--launcher slurm needs submitit: pip install 'rkrepro[slurm]' (or submitit)"
         ) from None
     folder = settings.folder or runs_dir() / "slurm" / "%j"
-    executor = submitit.AutoExecutor(
-        folder=folder,
-        cluster=settings.cluster,
-        slurm_max_num_timeout=SLURM_MAX_TIMEOUTS,
-        local_max_num_timeout=SLURM_MAX_TIMEOUTS,
-    )
+    try:
+        executor = submitit.AutoExecutor(
+            folder=folder,
+            cluster=settings.cluster,
+            slurm_max_num_timeout=SLURM_MAX_TIMEOUTS,
+            local_max_num_timeout=SLURM_MAX_TIMEOUTS,
+        )
+    except (RuntimeError, ValueError) as error:  # no srun here, or an unknown cluster name
+        raise RkreproError(
+            f"--launcher slurm: {error} (run it on a SLURM login node, or set "
+            f"{SUBMITIT_CLUSTER_ENV}=local to rehearse the jobs on this machine)"
+        ) from None
     params: dict[str, Any] = {
         "name": "rkrepro",
         "timeout_min": settings.time_min,
@@ -535,6 +542,11 @@ def submit_slurm(jobs: list[Job], settings: SlurmSettings) -> list[Any]:
     if settings.account:
         params["slurm_account"] = settings.account
     executor.update_parameters(**params)
+    return executor
+
+
+def submit_slurm(jobs: list[Job], executor: Any) -> list[Any]:
+    """One submitit array (one task per job); returns submitit's job handles."""
     tasks = [CellTask(job.args, _task_env(), job.label) for job in jobs]
     return executor.submit_array(tasks)
 
@@ -559,6 +571,7 @@ __all__ = [
     "cpu_slots",
     "gpu_slots",
     "job_for",
+    "make_executor",
     "parse_gpus",
     "submit_slurm",
     "summary",

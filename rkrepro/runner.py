@@ -396,7 +396,17 @@ class Runner:
         by_cell: dict[str, list[Plan]] = {}
         for plan in plans:
             by_cell.setdefault(plan.cell.key, []).append(plan)
-        estimates = {e.cell.key: e for e in cost.estimate([ps[0].cell for ps in by_cell.values()])}
+        try:
+            estimates = {
+                e.cell.key: e for e in cost.estimate([ps[0].cell for ps in by_cell.values()])
+            }
+        except Exception as error:  # noqa: BLE001 - the plan is still worth showing
+            self.console.print(
+                f"warning: no cost estimate ({type(error).__name__}: {error})",
+                style="red",
+                highlight=False,
+            )
+            estimates = {}
         rows = []
         gpu_hours = 0.0
         for cell_plans in by_cell.values():
@@ -411,17 +421,14 @@ class Runner:
                     f"seed {seed}: {w}" for (seed, _), w in zip(statuses, words, strict=True)
                 )
             seeds = ",".join(str(p.seed) for p in cell_plans)
-            est = estimates[cell.key]
-            # The estimate is for the paper's protocol; a shortened run costs its share.
-            hours = sum(
-                est.gpu_hours * p.protocol.epochs / cell.protocol.epochs for p in cell_plans
-            )
-            todo = sum(
-                est.gpu_hours * p.protocol.epochs / cell.protocol.epochs
+            est = estimates.get(cell.key)
+            est_hours = est.gpu_hours if est is not None else float("nan")
+            hours = sum(_share_of_paper(p) * est_hours for p in cell_plans)
+            gpu_hours += sum(
+                _share_of_paper(p) * est_hours
                 for (p, (_, s)) in zip(cell_plans, statuses, strict=True)
                 if s.state != "done"
             )
-            gpu_hours += todo
             rows.append(
                 (
                     cell.key,
@@ -429,8 +436,8 @@ class Runner:
                     f"{paper_count / 1e6:.3f}M",
                     seeds,
                     status_text,
-                    f"{hours:,.2f}",
-                    f"{est.peak_memory_gb:.1f}",
+                    _hours(hours),
+                    f"{est.peak_memory_gb:.1f}" if est is not None else "?",
                 )
             )
         protocol = plans[0].protocol if plans else None
@@ -469,7 +476,7 @@ class Runner:
                 soft_wrap=True,
             )
             sources = sorted({e.source for e in estimates.values()})
-            line = f"estimate: {gpu_hours:,.2f} GPU-hours still to train"
+            line = f"estimate: {_hours(gpu_hours)} GPU-hours still to train"
             if parallel:
                 line += f" ({parallel})"
             self.console.print(
@@ -505,6 +512,8 @@ class Runner:
         failed = 0
         with self.stop.installed():
             for plan in plans:
+                if self.dist is not None:
+                    self.stop.sync()  # type: ignore[attr-defined] # a signal between runs
                 if self.stop.signum is not None:
                     raise Interrupted(self.stop.signum)
                 if not self._run_plan(plan):
@@ -818,6 +827,22 @@ class Runner:
             log.finish(outcome)
         except Exception as error:  # noqa: BLE001
             self.console.print(f"warning: could not mark the run {outcome}: {error}", style="red")
+
+
+def _share_of_paper(plan: Plan) -> float:
+    """The fraction of the paper protocol's cost a (possibly shortened) plan trains."""
+    from rkrepro.plan import DATASET_SIZES
+
+    share = plan.protocol.epochs / plan.cell.protocol.epochs
+    if plan.train_subset is not None:
+        share *= min(1.0, plan.train_subset / DATASET_SIZES[plan.protocol.dataset][0])
+    return share
+
+
+def _hours(hours: float) -> str:
+    if hours != hours:  # NaN: no estimate
+        return "?"
+    return f"{hours:,.2f}" if hours >= 0.01 or hours == 0 else f"{hours:.1g}"
 
 
 def parse_seeds(seeds: int | None, seed: list[int] | None) -> list[int]:

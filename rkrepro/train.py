@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -32,8 +32,14 @@ from rkrepro.spec import Protocol
 
 # Test hook (documented in the README): make the loss of this global step (1-based) NaN.
 FAULT_NAN_ENV = "RKREPRO_FAULT_NAN_AT_STEP"
-# On CUDA, finiteness is checked every this many steps (a check is a host-device sync).
+# On CUDA, finiteness is checked every this many steps (a check is a host-device sync); with a
+# captured step it is checked once per epoch instead.
 CUDA_CHECK_EVERY = 50
+# "off", or switches such as "-cuda_graph,-bf16" (see FastPath.parse).
+FAST_PATH_ENV = "RKREPRO_FAST_PATH"
+# Real training steps run eagerly (on a side stream) before the step is captured: cuDNN
+# autotuning, optimizer state and autograd's lazy set-up must exist before capture.
+GRAPH_WARMUP_STEPS = 3
 MEMORY_EFFICIENT_HINT = "rerun with --memory-efficient (checkpointed dense layers)"
 
 
@@ -93,6 +99,124 @@ class EpochRecord:
 
 
 # --------------------------------------------------------------------------------------------
+# The fast path.
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """Overhead removal that leaves the protocol alone (batch size, SGD, augmentation).
+
+    Each field switches one part; :meth:`off` is the plain, exact-protocol path. The fields
+    marked CUDA are ignored on the CPU (:meth:`for_device`).
+
+    - ``channels_last``: NHWC activations and weights (faster convolutions on cuDNN and, for
+      these networks, oneDNN on the CPU: measured by ``bench/throughput.py``).
+    - ``feature_buffer``: dense blocks write into one preallocated buffer (bit-identical).
+    - ``bf16`` (CUDA): bf16 autocast; weights, BatchNorm and the optimizer stay fp32.
+    - ``cudnn_benchmark`` (CUDA): cuDNN autotunes each convolution shape once.
+    - ``fused_sgd`` (CUDA): one fused SGD kernel, the learning rate a device tensor.
+    - ``cuda_graph`` (CUDA): forward, backward, SGD and the running loss captured as one CUDA
+      graph and replayed per batch; no host synchronisation inside a step.
+    """
+
+    channels_last: bool = True
+    feature_buffer: bool = True
+    bf16: bool = True
+    cudnn_benchmark: bool = True
+    fused_sgd: bool = True
+    cuda_graph: bool = True
+
+    @classmethod
+    def off(cls) -> FastPath:
+        return cls(**{f.name: False for f in fields(cls)})
+
+    @classmethod
+    def parse(cls, text: str | None) -> FastPath:
+        """``""``/``on`` (all), ``off`` (none), then ``+name``/``-name`` items, comma-separated:
+        ``-cuda_graph,-bf16`` or ``off,+channels_last``."""
+        fast = cls()
+        names = {f.name for f in fields(cls)}
+        for item in (text or "").replace(" ", "").lower().split(","):
+            if item in ("", "on", "all", "1", "true"):
+                continue
+            if item in ("off", "none", "0", "false"):
+                fast = cls.off()
+                continue
+            name = item.lstrip("+-").replace("-", "_")
+            if item[0] not in "+-" or name not in names:
+                raise RkreproError(
+                    f"bad fast-path switch {item!r}: use on, off, +NAME or -NAME with NAME in "
+                    + ", ".join(sorted(names))
+                )
+            fast = replace(fast, **{name: item[0] == "+"})
+        return fast
+
+    @classmethod
+    def from_env(cls) -> FastPath:
+        return cls.parse(os.environ.get(FAST_PATH_ENV))
+
+    def for_device(self, device: torch.device) -> FastPath:
+        """The parts that apply on ``device`` (the CUDA-only ones are off elsewhere)."""
+        if device.type == "cuda":
+            return self
+        return replace(self, bf16=False, cudnn_benchmark=False, fused_sgd=False, cuda_graph=False)
+
+    def describe(self) -> str:
+        on = [f.name for f in fields(self) if getattr(self, f.name)]
+        return ",".join(on) if on else "off"
+
+
+class CudaGraphStep:
+    """A captured training step: a replay copies a batch into static inputs and relaunches
+    every kernel of ``body`` at once (no per-op launch overhead, no host synchronisation).
+
+    Parameters, gradients, optimizer state, BatchNorm buffers and running sums are updated in
+    place by every replay; one capture serves one batch shape.
+    """
+
+    def __init__(self, body: Callable[[Tensor, Tensor], None], x: Tensor, y: Tensor) -> None:
+        self.x = x.clone(memory_format=torch.preserve_format)
+        self.y = y.clone()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            body(self.x, self.y)
+
+    def matches(self, x: Tensor, y: Tensor) -> bool:
+        return x.shape == self.x.shape and x.stride() == self.x.stride() and y.shape == self.y.shape
+
+    def __call__(self, x: Tensor, y: Tensor) -> None:
+        self.x.copy_(x)
+        self.y.copy_(y)
+        self.graph.replay()
+
+
+class _LaggedReadout:
+    """Running sums copied to pinned host memory without waiting; a read returns the last
+    copy that has landed, so a progress bar costs no host-device synchronisation."""
+
+    def __init__(self) -> None:
+        self.host = torch.zeros(2, dtype=torch.float64).pin_memory()
+        self.event = torch.cuda.Event()
+        self.pending_seen = 0
+        self.value = (float("nan"), float("nan"))
+
+    def request(self, loss_sum: Tensor, wrong: Tensor, seen: int) -> tuple[float, float]:
+        if self.pending_seen and self.event.query():
+            loss, bad = self.host.tolist()
+            self.value = (loss / self.pending_seen, 100.0 * bad / self.pending_seen)
+            self.pending_seen = 0
+        if not self.pending_seen:
+            self.host.copy_(torch.stack([loss_sum, wrong.double()]), non_blocking=True)
+            self.event.record()
+            self.pending_seen = seen
+        return self.value
+
+
+def _as_float(value: float | Tensor) -> float:
+    return float(value.item()) if isinstance(value, Tensor) else float(value)
+
+
+# --------------------------------------------------------------------------------------------
 # Setup helpers.
 
 
@@ -125,9 +249,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(model: nn.Module, protocol: Protocol) -> torch.optim.SGD:
+def build_optimizer(model: nn.Module, protocol: Protocol, fused: bool = False) -> torch.optim.SGD:
     """Torch7 ``optim.sgd`` on the flat parameter vector: weight decay on every parameter
-    (biases and BatchNorm too, "applied to all weights and biases"), dampening 0, Nesterov."""
+    (biases and BatchNorm too, "applied to all weights and biases"), dampening 0, Nesterov.
+    ``fused`` (CUDA) does the whole update in one kernel, same arithmetic."""
     return torch.optim.SGD(
         model.parameters(),
         lr=protocol.lr,
@@ -135,6 +260,7 @@ def build_optimizer(model: nn.Module, protocol: Protocol) -> torch.optim.SGD:
         dampening=0.0,
         weight_decay=protocol.weight_decay,
         nesterov=protocol.nesterov,
+        fused=True if fused else None,
     )
 
 
@@ -242,7 +368,19 @@ class Trainer:
         checkpoint_every_s: float = 900.0,
         extra_state: dict[str, Any] | None = None,
         reduce_sums: Callable[[Tensor], Tensor] | None = None,
+        fast: FastPath | None = None,
     ) -> None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        from rkrepro.models.densenet import set_feature_buffer
+
+        self.fast = (fast if fast is not None else FastPath.from_env()).for_device(device)
+        set_feature_buffer(model, self.fast.feature_buffer)
+        wrapped = isinstance(model, DistributedDataParallel)
+        if self.fast.channels_last and not wrapped:  # DDP: model_device_setup did it before
+            model = model.to(memory_format=torch.channels_last)
+        if self.fast.cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True
         self.model = model
         self.train_batches = train_batches
         self.test_batches = test_batches
@@ -251,6 +389,9 @@ class Trainer:
         self.checkpoints = checkpoints
         self.run_id = run_id
         self.amp = amp and device.type == "cuda"
+        # --amp keeps its fp16 + GradScaler; otherwise the fast path's bf16 needs no scaler.
+        self.autocast_dtype = torch.float16 if self.amp else torch.bfloat16
+        self.autocast = self.amp or self.fast.bf16
         self.top5 = top5
         self.progress = progress
         self.stop = stop or StopSignal()
@@ -260,7 +401,7 @@ class Trainer:
         # Data-parallel runs (rkrepro.distributed): sums a tensor over every rank, so an epoch's
         # train loss/error/images count the whole data set, not this rank's shard.
         self.reduce_sums = reduce_sums
-        self.optimizer = build_optimizer(model, protocol)
+        self.optimizer = build_optimizer(model, protocol, fused=self.fast.fused_sgd)
         self.scheduler = build_scheduler(self.optimizer, protocol)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
         self.epoch = 0  # completed epochs
@@ -270,6 +411,19 @@ class Trainer:
         self.history: list[EpochRecord] = []
         fault = os.environ.get(FAULT_NAN_ENV, "").strip()
         self.fault_step = int(fault) if fault.isdigit() else None
+        # The scaler's inf check, the fault hook and DDP's bucketed all-reduce need the host
+        # inside the step: those runs stay eager.
+        self.use_graph = (
+            self.fast.cuda_graph
+            and not self.amp
+            and self.fault_step is None
+            and not wrapped
+            and reduce_sums is None
+        )
+        self.graph: CudaGraphStep | None = None
+        self._eager_steps = 0
+        self._loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        self._wrong = torch.zeros((), device=device, dtype=torch.int64)
 
     # -- state ----------------------------------------------------------------------------
 
@@ -282,7 +436,7 @@ class Trainer:
             "partial": self.partial,
             "global_step": self.global_step,
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self._optimizer_state(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rng_states(),
@@ -307,6 +461,105 @@ class Trainer:
     def save(self) -> None:
         self.checkpoints.save(self.state())
 
+    def _optimizer_state(self) -> dict[str, Any]:
+        """The optimizer's state with a float learning rate (a graph's device tensor is not
+        something a checkpoint should carry)."""
+        state = self.optimizer.state_dict()
+        for group in state["param_groups"]:
+            group["lr"] = _as_float(group["lr"])
+        return state
+
+    # -- one step -------------------------------------------------------------------------
+
+    def _forward(self, x: Tensor, y: Tensor, cache: bool = True) -> tuple[Tensor, Tensor]:
+        dtype, enabled = self.autocast_dtype, self.autocast
+        with torch.autocast(self.device.type, dtype=dtype, enabled=enabled, cache_enabled=cache):
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y)
+        return logits, loss
+
+    def _accumulate(self, logits: Tensor, loss: Tensor, y: Tensor) -> None:
+        with torch.no_grad():
+            self._loss_sum += loss.detach().double() * y.numel()
+            self._wrong += (logits.argmax(dim=1) != y).sum()
+
+    def _graph_body(self, x: Tensor, y: Tensor) -> None:
+        """Forward, backward, SGD and running sums, with nothing that waits for the host."""
+        logits, loss = self._forward(x, y, cache=False)
+        loss.backward()
+        self.optimizer.step()
+        self._accumulate(logits, loss, y)
+
+    def _lr_to_device(self) -> None:
+        """Make the learning rate a device tensor that a replay reads; the scheduler updates
+        it in place (``fill_``), so the captured step follows the schedule."""
+        for group in self.optimizer.param_groups:
+            if not isinstance(group["lr"], Tensor):
+                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
+
+    def _capture(self, x: Tensor, y: Tensor) -> bool:
+        """Capture the step for batches shaped like ``x``. On failure train eagerly from now
+        on: nothing runs during a capture, so the model and optimizer are untouched."""
+        try:
+            self._lr_to_device()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.graph = CudaGraphStep(self._graph_body, x, y)
+        except Exception as error:  # noqa: BLE001 - any capture failure: fall back to eager
+            print(f"warning: CUDA graph capture failed, training eagerly: {error}", file=sys.stderr)
+            self.graph, self.use_graph = None, False
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
+        return True
+
+    def train_step(self, x: Tensor, y: Tensor, epoch: int = 0, step: int = 0) -> None:
+        """One step exactly as :meth:`fit` takes it (memory format, captured graph or eager);
+        the loss and error go into the device-side running sums (:attr:`running_sums`)."""
+        if self.fast.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.global_step += 1
+        self._train_step(x, y, epoch, step)
+
+    @property
+    def running_sums(self) -> tuple[Tensor, Tensor]:
+        """(sum of loss x batch size, wrong predictions) of the epoch so far, on the device."""
+        return self._loss_sum, self._wrong
+
+    def _train_step(self, x: Tensor, y: Tensor, epoch: int, step: int) -> None:
+        """One optimisation step: a graph replay (CUDA, full batches after warm-up), or eager
+        (CPU, warm-up, the last partial batch of an epoch, or when capture is off)."""
+        if self.use_graph:
+            if self.graph is not None and self.graph.matches(x, y):
+                self.graph(x, y)
+                return
+            full = x.shape[0] == self.protocol.batch_size
+            warm = self._eager_steps >= GRAPH_WARMUP_STEPS
+            if full and warm and self.graph is None and self._capture(x, y):
+                assert self.graph is not None
+                self.graph(x, y)
+                return
+            if self.graph is None and self.use_graph:  # warm-up runs on a side stream
+                current = torch.cuda.current_stream(self.device)
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(current)
+                with torch.cuda.stream(side):
+                    self._eager_step(x, y, epoch, step)
+                current.wait_stream(side)
+                return
+        self._eager_step(x, y, epoch, step)
+
+    def _eager_step(self, x: Tensor, y: Tensor, epoch: int, step: int) -> None:
+        logits, loss = self._forward(x, y)
+        if self.fault_step is not None and self.global_step == self.fault_step:
+            loss = loss * float("nan")
+        if self.device.type == "cpu" and not math.isfinite(loss.item()):
+            raise NonFiniteLoss(self._nan_reason(epoch, step + 1, loss.item()))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self._accumulate(logits, loss, y)
+        self._eager_steps += 1
+
     # -- loop -----------------------------------------------------------------------------
 
     def fit(self) -> list[EpochRecord]:
@@ -327,12 +580,14 @@ class Trainer:
         model, device = self.model, self.device
         steps = len(self.train_batches)
         p = self.partial or {}
-        loss_sum = torch.tensor(float(p.get("loss_sum", 0.0)), device=device, dtype=torch.float64)
-        wrong = torch.tensor(int(p.get("wrong", 0)), device=device, dtype=torch.int64)
+        loss_sum, wrong = self._loss_sum, self._wrong  # updated in place (also by the graph)
+        loss_sum.fill_(float(p.get("loss_sum", 0.0)))
+        wrong.fill_(int(p.get("wrong", 0)))
         seen = int(p.get("seen", 0))
         train_s = float(p.get("train_s", 0.0))
         total_s = float(p.get("total_s", 0.0))
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = _as_float(self.optimizer.param_groups[0]["lr"])
+        readout = _LaggedReadout() if self.use_graph else None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         if self.progress:
@@ -353,31 +608,22 @@ class Trainer:
         last_save = started
         step = self.step_in_epoch
         model.train()
-        autocast = torch.autocast(device.type, dtype=torch.float16, enabled=self.amp)
         for x, y in self.train_batches.batches(epoch, start=step):
-            with autocast:
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-            self.global_step += 1
-            if self.fault_step is not None and self.global_step == self.fault_step:
-                loss = loss * float("nan")
-            if device.type == "cpu" and not math.isfinite(loss.item()):
-                raise NonFiniteLoss(self._nan_reason(epoch, step + 1, loss.item()))
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            with torch.no_grad():
-                n = y.numel()
-                loss_sum += loss.detach().double() * n
-                wrong += (logits.argmax(dim=1) != y).sum()
-                seen += n
+            self.train_step(x, y, epoch, step)
+            seen += y.numel()
             step += 1
-            check = device.type == "cuda" and (step % CUDA_CHECK_EVERY == 0 or step == steps)
+            check = (
+                device.type == "cuda"
+                and not self.use_graph
+                and (step % CUDA_CHECK_EVERY == 0 or step == steps)
+            )
             if check and not math.isfinite(float(loss_sum)):
                 raise NonFiniteLoss(self._nan_reason(epoch, step, float("nan")))
             if self.progress and (device.type == "cpu" or step % 20 == 0 or step == steps):
-                self.progress.step(step, float(loss_sum) / seen, 100.0 * int(wrong) / seen)
+                if readout is not None:
+                    self.progress.step(step, *readout.request(loss_sum, wrong, seen))
+                else:
+                    self.progress.step(step, float(loss_sum) / seen, 100.0 * int(wrong) / seen)
             now = time.perf_counter()
             if self.stop.signum is not None or now - last_save > self.checkpoint_every_s:
                 snapshot(step, started, now - started)
@@ -436,8 +682,12 @@ class Trainer:
         wrong1 = torch.zeros((), dtype=torch.int64, device=self.device)
         wrong5 = torch.zeros((), dtype=torch.int64, device=self.device)
         seen = 0
-        autocast = torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
+        autocast = torch.autocast(
+            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast
+        )
         for x, y in self.test_batches.batches(0):
+            if self.fast.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
                 logits = self.model(x)
             wrong1 += (logits.argmax(dim=1) != y).sum()
@@ -463,17 +713,24 @@ def history_csv(history: list[EpochRecord]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def model_device_setup(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move to ``device``; on CUDA use channels-last and let cuDNN pick the fastest kernels."""
-    if device.type == "cuda":
+def model_device_setup(
+    model: nn.Module, device: torch.device, fast: FastPath | None = None
+) -> nn.Module:
+    """Move to ``device`` with the fast path's memory format and cuDNN autotuning
+    (``fast`` defaults to :data:`FAST_PATH_ENV`, else everything on)."""
+    fast = (fast if fast is not None else FastPath.from_env()).for_device(device)
+    if fast.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
+    if fast.channels_last:
         return model.to(device, memory_format=torch.channels_last)
     return model.to(device)
 
 
 __all__ = [
     "Checkpoints",
+    "CudaGraphStep",
     "EpochRecord",
+    "FastPath",
     "Interrupted",
     "NonFiniteLoss",
     "RunFailure",

@@ -101,6 +101,7 @@ def _wait_for_epoch(runs: Path, epoch: int, alive, timeout: float = 120) -> None
             "the batch size 64 of tiny/bc-k4/original/noshare does not divide over 3 processes",
         ),
         (["--nproc-per-node", "2"], "--nproc-per-node needs --launcher torchrun"),
+        (["--launcher", "slurm"], '--launcher slurm: Could not detect "srun"'),
     ],
 )
 def test_launch_options_fail_in_one_line(ws: Workspace, args: list[str], message: str) -> None:
@@ -385,3 +386,65 @@ def test_slurm_task_preempted_requeues_and_resumes_the_same_run(
     assert run.info.run_id == running.info.run_id and run.info.status == "FINISHED"
     for name in (schema.M_TRAIN_LOSS, schema.M_TEST_ERROR):
         assert [s for s, _ in _series(ws, run.info.run_id, name)] == list(range(1, 6))
+
+
+def test_slurm_script_asks_for_what_the_options_say(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("submitit")
+    from submitit.slurm.slurm import SlurmExecutor
+
+    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # "srun exists"
+    settings = launch.SlurmSettings(
+        partition="gpu", account="proj", gpus_per_node=4, time_min=600, folder=tmp_path / "%j"
+    )
+    executor = launch.make_executor(settings)
+    script = executor._executor._make_submission_file_text("CMD", "uid")
+    for part in (
+        "--partition=gpu",
+        "--account=proj",
+        "--gpus-per-node=4",
+        "--time=600",
+        "--cpus-per-task=32",
+        f"--signal=USR2@{launch.SLURM_SIGNAL_DELAY_S}",
+        "--nodes=1",
+        "--ntasks-per-node=1",
+    ):
+        assert part in script, part
+
+
+def test_a_requeued_task_resumes_instead_of_forcing_again() -> None:
+    import pickle
+
+    pytest.importorskip("submitit")
+    task = launch.CellTask(["-m", "rkrepro", "run", "t", "--force"], {"A": "1"}, "cell seed 0")
+    again = pickle.loads(pickle.dumps(task.checkpoint()))
+    assert again.function.args == ("-m", "rkrepro", "run", "t")
+    assert again.function.env == {"A": "1"} and again.function.label == "cell seed 0"
+
+
+def test_a_ddp_job_is_torchrun_of_the_same_rkrepro_command(ws: Workspace) -> None:
+    from rkrepro import runner, targets
+
+    cells = targets.resolve_cells(targets.load_tables(), "tiny", "bc-k4", [VARIANT], "share")
+    options = runner.RunOptions(epochs=2, sync_bn=True)
+    (plan,) = runner.make_plans(cells, [3], options)
+    common = launch.common_args(options, None)
+    job = launch.job_for(plan, common, "auto", nproc=4)
+    args = list(job.args)
+    assert args[:2] == ["-m", "torch.distributed.run"] and "--nproc-per-node=4" in args
+    rk = args[args.index("rkrepro") + 1 :]
+    assert rk[:9] == [
+        "run",
+        "tiny",
+        "--row",
+        "bc-k4",
+        "--variant",
+        VARIANT,
+        "--share",
+        "--seed",
+        "3",
+    ]
+    assert "--sync-bn" in rk and rk[rk.index("--launcher") + 1] == "torchrun"
+    assert rk[rk.index("--tracking-uri") + 1].startswith("sqlite:////")
+    assert job.log.name == f"{VARIANT}-share-seed3.log"

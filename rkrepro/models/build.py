@@ -11,12 +11,16 @@ from rkrepro.models.rknet import DenseRKNet, ResNetRKNet
 from rkrepro.spec import ModelSpec
 
 
-def build_model(spec: ModelSpec, memory_efficient: bool = False) -> nn.Module:
+def build_model(
+    spec: ModelSpec, memory_efficient: bool = False, feature_buffer: bool = True
+) -> nn.Module:
     """Build the (randomly initialised) network ``spec`` describes, on the current default device.
 
     ``memory_efficient`` checkpoints the concatenations of dense growth layers (Pleiss et al.
-    2017); ResNets have none, so it changes nothing for them. Wrap the call in
-    ``with torch.device("meta"):`` to get shapes and counts without allocating weights (a
+    2017); ResNets have none, so it changes nothing for them. ``feature_buffer`` lets dense
+    blocks write their feature maps into one preallocated buffer instead of concatenating
+    them per layer (same outputs and gradients; see :mod:`rkrepro.models.densenet`). Wrap the
+    call in ``with torch.device("meta"):`` to get shapes and counts without allocating weights (a
     model moved off meta with ``to_empty`` needs :func:`rkrepro.models.rknet.tie_shared_weights`
     to share again, and initialising).
     Raises :class:`rkrepro.models.arch.SpecError` (a ``ValueError``) for unbuildable specs.
@@ -38,6 +42,7 @@ def build_model(spec: ModelSpec, memory_efficient: bool = False) -> nn.Module:
             compression=spec.bottleneck,
             imagenet_stem=imagenet,
             memory_efficient=memory_efficient,
+            feature_buffer=feature_buffer,
         )
     return DenseRKNet(
         spec.periods,
@@ -48,4 +53,5 @@ def build_model(spec: ModelSpec, memory_efficient: bool = False) -> nn.Module:
         share=spec.share,
         imagenet_stem=imagenet,
         memory_efficient=memory_efficient,
+        feature_buffer=feature_buffer,
     )

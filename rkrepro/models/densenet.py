@@ -3,7 +3,10 @@ ImageNet DenseNet-121/169/201/161, laid out as liuzhuang13/DenseNet, which the p
 
 A growth layer takes the *list* of feature maps before it rather than their concatenation,
 so that the memory-efficient variant (Pleiss et al. 2017) can recompute the concatenation in
-the backward pass instead of storing it.
+the backward pass instead of storing it. Or it takes one tensor that already is the
+concatenation: with ``feature_buffer`` a dense block writes every feature map once into a
+preallocated (N, C_out, H, W) buffer and hands each layer a channel-prefix view of it, so the
+O(L^2) concatenation copies (and the copies autograd would keep of them) disappear.
 """
 
 from __future__ import annotations
@@ -25,6 +28,78 @@ from rkrepro.models.layers import (
     conv3x3,
     init_weights,
 )
+
+
+class _BufferWindow(torch.autograd.Function):
+    """A channel window of a dense block's feature buffer, differentiable w.r.t. the features.
+
+    Forward returns a view of ``buffer`` (which already holds the values of ``features``)
+    instead of concatenating them; backward splits the gradient exactly as ``torch.cat``'s
+    backward does, so values and gradients are bit-identical to the concatenation path.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        buffer: Tensor,
+        start: int,
+        widths: tuple[int, ...],
+        *features: Tensor,
+    ) -> Tensor:
+        ctx.widths = widths  # type: ignore[attr-defined]
+        return buffer.narrow(1, start, sum(widths))
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        return (None, None, None, *grad.split(ctx.widths, 1))  # type: ignore[attr-defined]
+
+
+class FeatureBuffer:
+    """Preallocated storage for the feature maps of one dense block in one forward pass.
+
+    Writes go through ``.data`` (its own version counter): autograd has saved views of the
+    already-written channels, and a write to channels no view covers must not invalidate them.
+    """
+
+    def __init__(self, x: Tensor, channels: int) -> None:
+        n, c, h, w = x.shape
+        fmt = (
+            torch.channels_last
+            if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and c > 1
+            else torch.contiguous_format
+        )
+        self.buffer = torch.empty(
+            (n, channels, h, w), dtype=x.dtype, device=x.device, memory_format=fmt
+        )
+        self._raw = self.buffer.data
+        self.features: list[Tensor] = []
+        self.widths: list[int] = []
+        self.append(x)
+
+    @property
+    def channels(self) -> int:
+        return sum(self.widths)
+
+    def append(self, feature: Tensor) -> None:
+        if feature.dtype != self.buffer.dtype:
+            raise TypeError(f"feature dtype {feature.dtype} != buffer dtype {self.buffer.dtype}")
+        c = self.channels
+        self._raw.narrow(1, c, feature.shape[1]).copy_(feature.detach())
+        self.features.append(feature)
+        self.widths.append(feature.shape[1])
+
+    def window(self, first: int = 0, last: int | None = None) -> Tensor:
+        """The concatenation of features ``first..last-1`` (all by default), as a view."""
+        last = len(self.features) if last is None else last
+        start = sum(self.widths[:first])
+        widths = tuple(self.widths[first:last])
+        if not torch.is_grad_enabled() or not any(
+            f.requires_grad for f in self.features[first:last]
+        ):
+            return self.buffer.narrow(1, start, sum(widths))
+        return _BufferWindow.apply(self.buffer, start, widths, *self.features[first:last])
 
 
 class DenseLayer(nn.Module):
@@ -56,9 +131,10 @@ class DenseLayer(nn.Module):
         else:
             self.conv1 = conv3x3(in_channels, growth_rate)
 
-    def _first_unit(self, inputs: Sequence[Tensor], update_stats: bool = True) -> Tensor:
-        """cat - BN - ReLU - conv1; ``update_stats=False`` is for recomputation only."""
-        x = torch.cat(list(inputs), 1)
+    def _first_unit(self, inputs: Tensor | Sequence[Tensor], update_stats: bool = True) -> Tensor:
+        """cat - BN - ReLU - conv1; ``update_stats=False`` is for recomputation only. A single
+        tensor is the concatenation already (a feature-buffer window)."""
+        x = inputs if isinstance(inputs, Tensor) else torch.cat(list(inputs), 1)
         norm = self.norm1
         if update_stats or not (norm.training and norm.track_running_stats):
             x = norm(x)
@@ -80,9 +156,12 @@ class DenseLayer(nn.Module):
             calls += 1
             return self._first_unit(tensors, update_stats=calls == 1)
 
-        return checkpoint(run, *inputs, use_reentrant=False)
+        # No RNG in these layers: skipping the RNG stash keeps the step CUDA-graph capturable.
+        return checkpoint(run, *inputs, use_reentrant=False, preserve_rng_state=False)
 
-    def forward(self, inputs: Sequence[Tensor]) -> Tensor:
+    def forward(self, inputs: Tensor | Sequence[Tensor]) -> Tensor:
+        if isinstance(inputs, Tensor):
+            inputs = (inputs,)
         if self.memory_efficient and self.training and any(t.requires_grad for t in inputs):
             out = self._checkpointed_first_unit(inputs)
         else:
@@ -93,7 +172,11 @@ class DenseLayer(nn.Module):
 
 
 class DenseBlock(nn.Module):
-    """``num_layers`` growth layers, layer j seeing in_channels + j*k channels."""
+    """``num_layers`` growth layers, layer j seeing in_channels + j*k channels.
+
+    ``feature_buffer`` (default on) writes the feature maps into one preallocated buffer
+    instead of concatenating them again for every layer; outputs and gradients are identical.
+    """
 
     def __init__(
         self,
@@ -102,8 +185,10 @@ class DenseBlock(nn.Module):
         growth_rate: int,
         bottleneck: bool,
         memory_efficient: bool = False,
+        feature_buffer: bool = True,
     ) -> None:
         super().__init__()
+        self.feature_buffer = feature_buffer
         self.in_channels = in_channels
         self.out_channels = in_channels + num_layers * growth_rate
         self.layers = nn.ModuleList(
@@ -118,7 +203,31 @@ class DenseBlock(nn.Module):
             features.append(layer(features))
         return features[1:]
 
+    def grow_into_buffer(self, x: Tensor) -> FeatureBuffer:
+        """Run every layer, each reading a prefix view of the buffer it then appends to."""
+        store = FeatureBuffer(x, self.out_channels)
+        for layer in self.layers:
+            store.append(layer(store.window()))
+        return store
+
+    def _use_buffer(self, x: Tensor) -> bool:
+        if not self.feature_buffer:
+            return False
+        # Under autocast the growth outputs come from convolutions, in the autocast dtype.
+        device = x.device.type
+        if device == "meta":  # autocast has no meta backend
+            return True
+        return not torch.is_autocast_enabled(device) or x.dtype == torch.get_autocast_dtype(device)
+
+    def new_features(self, x: Tensor) -> Tensor:
+        """cat(grow(x)): the (N, out - in, H, W) features this block adds."""
+        if self._use_buffer(x):
+            return self.grow_into_buffer(x).window(first=1)
+        return torch.cat(self.grow(x), 1)
+
     def forward(self, x: Tensor) -> Tensor:
+        if self._use_buffer(x):
+            return self.grow_into_buffer(x).window()
         return torch.cat([x, *self.grow(x)], 1)
 
 
@@ -152,6 +261,7 @@ class DenseNet(nn.Module):
         compression: bool,
         imagenet_stem: bool = False,
         memory_efficient: bool = False,
+        feature_buffer: bool = True,
     ) -> None:
         super().__init__()
         channels = 2 * growth_rate
@@ -159,7 +269,9 @@ class DenseNet(nn.Module):
         self.blocks = nn.ModuleList()
         self.transitions = nn.ModuleList()
         for i, n in enumerate(block_layers):
-            block = DenseBlock(n, channels, growth_rate, bottleneck, memory_efficient)
+            block = DenseBlock(
+                n, channels, growth_rate, bottleneck, memory_efficient, feature_buffer
+            )
             self.blocks.append(block)
             channels = block.out_channels
             if i < len(block_layers) - 1:
@@ -206,3 +318,11 @@ def torchvision_key(key: str) -> str:
 def load_torchvision_state_dict(model: DenseNet, state_dict: Mapping[str, Tensor]) -> None:
     """Load a torchvision DenseNet's state_dict into our ImageNet DenseNet (strict)."""
     model.load_state_dict({torchvision_key(k): v for k, v in state_dict.items()}, strict=True)
+
+
+def set_feature_buffer(model: nn.Module, enabled: bool) -> nn.Module:
+    """Switch the preallocated feature buffer of every dense block of ``model``; returns it."""
+    for module in model.modules():
+        if isinstance(module, DenseBlock):
+            module.feature_buffer = enabled
+    return model

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from rkrepro.models.arch import RESNET_WIDTHS
@@ -102,17 +101,18 @@ class DenseRKStep(nn.Module):
         growth_rate: int,
         bottleneck: bool,
         memory_efficient: bool = False,
+        feature_buffer: bool = True,
     ) -> None:
         super().__init__()
         self.stages = stages
         self.channels = m * growth_rate
         self.block = DenseBlock(
-            stages * m, self.channels, growth_rate, bottleneck, memory_efficient
+            stages * m, self.channels, growth_rate, bottleneck, memory_efficient, feature_buffer
         )
 
     def forward(self, y: Tensor) -> Tensor:
         # (N, s*m*k, H, W): the s groups hb_i k_i are consecutive runs of m*k channels.
-        growth = torch.cat(self.block.grow(y), 1)
+        growth = self.block.new_features(y)
         return y + growth.unflatten(1, (self.stages, self.channels)).sum(1)
 
 
@@ -129,6 +129,7 @@ class DenseRKNet(nn.Module):
         share: bool = False,
         imagenet_stem: bool = False,
         memory_efficient: bool = False,
+        feature_buffer: bool = True,
     ) -> None:
         super().__init__()
         if len(periods) != len(m):
@@ -138,7 +139,10 @@ class DenseRKNet(nn.Module):
         self.periods = nn.ModuleList()
         self.transitions = nn.ModuleList()
         for p, ((s, r), mp) in enumerate(zip(periods, m, strict=True)):
-            steps = [DenseRKStep(s, mp, k, bottleneck, memory_efficient) for _ in range(r)]
+            steps = [
+                DenseRKStep(s, mp, k, bottleneck, memory_efficient, feature_buffer)
+                for _ in range(r)
+            ]
             self.periods.append(Period(steps))
             if p < len(periods) - 1:
                 self.transitions.append(Transition(mp * k, m[p + 1] * k))
