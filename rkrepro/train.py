@@ -111,7 +111,8 @@ class FastPath:
 
     - ``channels_last``: NHWC activations and weights (faster convolutions on cuDNN and, for
       these networks, oneDNN on the CPU: measured by ``bench/throughput.py``).
-    - ``feature_buffer``: dense blocks write into one preallocated buffer (bit-identical).
+    - ``feature_buffer``: dense blocks write into one preallocated buffer: less memory, but
+      slower on the CPU (strided kernels; measured), so off by default.
     - ``bf16`` (CUDA): bf16 autocast; weights, BatchNorm and the optimizer stay fp32.
     - ``cudnn_benchmark`` (CUDA): cuDNN autotunes each convolution shape once.
     - ``fused_sgd`` (CUDA): one fused SGD kernel, the learning rate a device tensor.
@@ -120,7 +121,7 @@ class FastPath:
     """
 
     channels_last: bool = True
-    feature_buffer: bool = True
+    feature_buffer: bool = False
     bf16: bool = True
     cudnn_benchmark: bool = True
     fused_sgd: bool = True
@@ -213,7 +214,9 @@ class _LaggedReadout:
 
 
 def _as_float(value: float | Tensor) -> float:
-    return float(value.item()) if isinstance(value, Tensor) else float(value)
+    """A learning rate as a Python float; a float32 device tensor's value is rounded back to
+    the 7 significant digits it holds (0.1, not 0.10000000149)."""
+    return float(f"{value.item():.7g}") if isinstance(value, Tensor) else float(value)
 
 
 # --------------------------------------------------------------------------------------------

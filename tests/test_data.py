@@ -186,3 +186,39 @@ def test_imagenet_pipeline_on_a_tiny_image_folder(tmp_path: Path) -> None:
         assert sorted(torch.cat([b[1] for b in batches]).tolist()) == [0, 0, 0, 1, 1, 1]
         resumed = list(source.batches(1, start=1))
         assert torch.equal(resumed[0][1], batches[1][1])
+
+
+def test_eval_batch_size_defaults_and_override() -> None:
+    split = data.ArraySplit(torch.zeros(10, 3, 32, 32, dtype=torch.uint8), torch.zeros(10).long())
+    cpu = torch.device("cpu")
+    _, test = data.cifar_batches(split, split, 4, cpu, 0, None)
+    assert test.batch_size == 8
+    _, test = data.cifar_batches(split, split, 4, cpu, 0, None, eval_batch_size=5)
+    assert [len(y) for _, y in test.batches(0)] == [5, 5]
+
+
+def test_persistent_workers_give_reproducible_resumable_batches(tmp_path: Path) -> None:
+    from PIL import Image
+    from torchvision import datasets
+
+    rng = np.random.default_rng(0)
+    for cls in ("n01", "n02"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            pixels = rng.integers(0, 255, size=(40, 50, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / cls / f"{i}.JPEG")
+    train_tf, _ = data.imagenet_transforms()
+    folder = datasets.ImageFolder(str(tmp_path), train_tf)
+    source = data.LoaderBatches(folder, 4, torch.device("cpu"), True, seed=0, workers=1)
+    assert source.persistent
+    first = list(source.batches(1))
+    again = list(source.batches(1))  # the same worker process, the same epoch
+    resumed = list(source.batches(1, start=1))
+    other = list(source.batches(2))
+    assert [tuple(b[0].shape) for b in first] == [(4, 3, 224, 224), (2, 3, 224, 224)]
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(resumed[0][0], first[1][0])
+    assert not torch.equal(other[0][0], first[0][0])
+    with pytest.raises(DataError, match="CUDA"):
+        data.LoaderBatches(folder, 4, torch.device("cpu"), True, 0, 0, gpu_decode=True)

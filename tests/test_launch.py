@@ -104,6 +104,7 @@ def _wait_for_epoch(runs: Path, epoch: int, alive, timeout: float = 120) -> None
         (["--launcher", "slurm"], '--launcher slurm: Could not detect "srun"'),
     ],
 )
+@pytest.mark.bad_input
 def test_launch_options_fail_in_one_line(ws: Workspace, args: list[str], message: str) -> None:
     result = invoke("--epochs", "1", *args)
     assert result.exit_code == 2, result.output
@@ -158,6 +159,7 @@ def test_locked_calls_are_retried_then_succeed(monkeypatch: pytest.MonkeyPatch) 
         tracking.retry_locked(lambda: (_ for _ in ()).throw(ValueError("no")))
 
 
+@pytest.mark.fault
 def test_a_writer_waits_for_a_held_lock(ws: Workspace) -> None:
     db = ws.runs / "mlflow.db"
     client = tracking.client(f"sqlite:///{db}")
@@ -171,6 +173,7 @@ def test_a_writer_waits_for_a_held_lock(ws: Workspace) -> None:
     holder.close()
 
 
+@pytest.mark.fault
 def test_four_concurrent_jobs_lose_nothing(ws: Workspace) -> None:
     """4 real subprocesses write 4 runs to one SQLite store at the same time."""
     h.write_random_cifar10(ws.data, n_train=384, n_test=64)
@@ -300,6 +303,7 @@ def test_ddp_two_processes_match_one_process(
         torch.testing.assert_close(w2["model"][key], w1["model"][key], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.fault
 def test_torchrun_job_stops_on_sigterm_and_resumes_the_same_run(ws: Workspace) -> None:
     """Real torchrun (2 gloo ranks, the real DenseNet, per-GPU BatchNorm) under the queue."""
     h.write_random_cifar10(ws.data, n_train=512, n_test=64)
@@ -347,6 +351,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds processes via /proc")
+@pytest.mark.fault
 def test_slurm_task_preempted_requeues_and_resumes_the_same_run(
     ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:

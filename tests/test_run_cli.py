@@ -197,6 +197,7 @@ def test_dry_run_trains_nothing_and_creates_no_store(ws: Workspace) -> None:
     assert not (ws.runs / "mlflow.db").exists() and not (ws.runs / "checkpoints").exists()
 
 
+@pytest.mark.bad_input
 def test_missing_data_offline_is_one_line_exit_2(
     ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -214,6 +215,7 @@ def test_missing_data_offline_is_one_line_exit_2(
     assert ws.runs_of() == []  # no run was created for data that is not there
 
 
+@pytest.mark.bad_input
 def test_unreachable_tracking_server_fails_fast(ws: Workspace) -> None:
     started = time.monotonic()
     result = invoke("--epochs", "1", "--tracking-uri", "http://127.0.0.1:9")
@@ -221,6 +223,7 @@ def test_unreachable_tracking_server_fails_fast(ws: Workspace) -> None:
     assert "unreachable" in result.stderr and time.monotonic() - started < 30
 
 
+@pytest.mark.fault
 def test_nan_fails_that_run_goes_on_and_resumes_later(
     ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -283,6 +286,7 @@ def _series(ws: Workspace, runs: Path, run_id: str, name: str) -> list[tuple[int
     return sorted((m.step, m.value) for m in history)
 
 
+@pytest.mark.fault
 def test_kill_and_sigterm_resume_to_the_uninterrupted_result(
     ws: Workspace, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

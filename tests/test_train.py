@@ -176,3 +176,74 @@ def test_small_rknet_learns_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     history = trainer.fit()
     assert history[-1].test_error < 40.0, [r.test_error for r in history]  # chance: 90 %
     assert history[-1].train_loss < history[0].train_loss
+
+
+# ------------------------------------------------------------------------------ fast path
+
+
+def test_fast_path_switches_parse_and_apply_per_device() -> None:
+    on, off = train.FastPath(), train.FastPath.off()
+    assert all(getattr(on, f) for f in ("channels_last", "cuda_graph", "bf16", "fused_sgd"))
+    assert off.describe() == "off"
+    assert train.FastPath.parse("") == on and train.FastPath.parse("off") == off
+    assert train.FastPath.parse("-cuda_graph,-bf16") == replace(on, cuda_graph=False, bf16=False)
+    assert train.FastPath.parse("off,+channels_last") == replace(off, channels_last=True)
+    with pytest.raises(train.RkreproError, match="bad fast-path switch"):
+        train.FastPath.parse("-warp_speed")
+    cpu = on.for_device(CPU)
+    assert cpu.channels_last and not cpu.feature_buffer
+    assert not (cpu.cuda_graph or cpu.bf16 or cpu.fused_sgd or cpu.cudnn_benchmark)
+
+
+def test_fast_path_env_reaches_the_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rkrepro.models.densenet import DenseBlock
+
+    monkeypatch.setenv(train.FAST_PATH_ENV, "off")
+    trainer = _trainer(tmp_path, replace(PAPER, epochs=1))
+    assert trainer.fast == train.FastPath.off()
+    assert not any(m.feature_buffer for m in trainer.model.modules() if isinstance(m, DenseBlock))
+    monkeypatch.setenv(train.FAST_PATH_ENV, "+feature_buffer")
+    trainer = _trainer(tmp_path, replace(PAPER, epochs=1))
+    conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(m.feature_buffer for m in trainer.model.modules() if isinstance(m, DenseBlock))
+
+
+def test_fast_and_plain_cpu_paths_train_alike(tmp_path: Path) -> None:
+    """Same init, same batches: the CPU fast path (NHWC, here with the feature buffer too)
+    changes only rounding, so the epoch losses agree closely."""
+    protocol = replace(PAPER, epochs=2, lr_milestones=(1,), batch_size=16)
+    fast = _trainer(tmp_path / "fast", protocol, fast=train.FastPath(feature_buffer=True)).fit()
+    plain = _trainer(tmp_path / "plain", protocol, fast=train.FastPath.off()).fit()
+    for a, b in zip(fast, plain, strict=True):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-2)
+
+
+def test_train_step_matches_fit_and_checkpoint_lr_is_a_float(tmp_path: Path) -> None:
+    protocol = replace(PAPER, epochs=1, batch_size=16)
+    trainer = _trainer(tmp_path, protocol)
+    x, y = next(iter(trainer.train_batches.batches(1)))
+    trainer.train_step(x, y)
+    loss_sum, wrong = trainer.running_sums
+    assert float(loss_sum) > 0 and trainer.global_step == 1
+    trainer.optimizer.param_groups[0]["lr"] = torch.tensor(0.1)  # as the CUDA graph path has it
+    assert trainer.state()["optimizer"]["param_groups"][0]["lr"] == 0.1
+    assert isinstance(trainer.state()["optimizer"]["param_groups"][0]["lr"], float)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_step_trains_like_eager(tmp_path: Path) -> None:
+    """The captured step (after warm-up, tail batch eager) against the eager fp32 path."""
+    cuda = torch.device("cuda")
+    protocol = replace(PAPER, epochs=1, batch_size=16)
+    histories = []
+    for fast in (train.FastPath(bf16=False), train.FastPath.off()):
+        train.seed_everything(0)
+        model = build_model(TINY).to(cuda)
+        tr, te = data.cifar_batches(_split(200, 0), _split(24, 1), 16, cuda, 0, None)
+        trainer = train.Trainer(
+            model, tr, te, protocol, cuda, train.Checkpoints(tmp_path / str(fast)), fast=fast
+        )
+        histories.append(trainer.fit())
+        assert (trainer.graph is not None) == fast.cuda_graph
+    assert histories[0][0].train_loss == pytest.approx(histories[1][0].train_loss, rel=1e-3)

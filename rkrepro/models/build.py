@@ -12,17 +12,17 @@ from rkrepro.spec import ModelSpec
 
 
 def build_model(
-    spec: ModelSpec, memory_efficient: bool = False, feature_buffer: bool = True
+    spec: ModelSpec, memory_efficient: bool = False, feature_buffer: bool = False
 ) -> nn.Module:
     """Build the (randomly initialised) network ``spec`` describes, on the current default device.
 
     ``memory_efficient`` checkpoints the concatenations of dense growth layers (Pleiss et al.
     2017); ResNets have none, so it changes nothing for them. ``feature_buffer`` lets dense
     blocks write their feature maps into one preallocated buffer instead of concatenating
-    them per layer (same outputs and gradients; see :mod:`rkrepro.models.densenet`). Wrap the
-    call in ``with torch.device("meta"):`` to get shapes and counts without allocating weights (a
-    model moved off meta with ``to_empty`` needs :func:`rkrepro.models.rknet.tie_shared_weights`
-    to share again, and initialising).
+    them per layer (less memory, same results to float rounding; see
+    :mod:`rkrepro.models.densenet`). Wrap the call in ``with torch.device("meta"):`` to get
+    shapes and counts without allocating weights (a model moved off meta with ``to_empty``
+    needs :func:`rkrepro.models.rknet.tie_shared_weights` to share again, and initialising).
     Raises :class:`rkrepro.models.arch.SpecError` (a ``ValueError``) for unbuildable specs.
     """
     arch.validate(spec)

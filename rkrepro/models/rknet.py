@@ -101,7 +101,7 @@ class DenseRKStep(nn.Module):
         growth_rate: int,
         bottleneck: bool,
         memory_efficient: bool = False,
-        feature_buffer: bool = True,
+        feature_buffer: bool = False,
     ) -> None:
         super().__init__()
         self.stages = stages
@@ -129,7 +129,7 @@ class DenseRKNet(nn.Module):
         share: bool = False,
         imagenet_stem: bool = False,
         memory_efficient: bool = False,
-        feature_buffer: bool = True,
+        feature_buffer: bool = False,
     ) -> None:
         super().__init__()
         if len(periods) != len(m):

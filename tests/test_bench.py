@@ -1,0 +1,66 @@
+"""bench/throughput.py runs end to end on a tiny model, without mlflow installed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "throughput.py"
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the benchmark with a fake ``mlflow`` first on the path that fails on import."""
+    fake = tmp_path / "fake" / "mlflow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('mlflow must not be imported')\n")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "fake"), str(ROOT)]),
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--data-dir", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
+    )
+
+
+def test_throughput_runs_without_mlflow(tmp_path: Path) -> None:
+    result = _run(
+        tmp_path,
+        "--spec", "densenet-bc:16:4",
+        "--device", "cpu",
+        "--steps", "1",
+        "--rounds", "1",
+        "--warmup-steps", "1",
+        "--synthetic-images", "512",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "same parameters" in out and "FLOPs" in out
+    for arm in ("T ", "A ", "B "):
+        assert any(line.startswith(arm) for line in out.splitlines()), out
+    assert "T/A = " in out and "T/B = " in out
+    assert "loss check" in out and ": OK" in out, out
+
+
+def test_arm_a_is_skipped_for_models_torchvision_cannot_build(tmp_path: Path) -> None:
+    result = _run(
+        tmp_path,
+        "--spec", "resnet:8",
+        "--device", "cpu",
+        "--steps", "1",
+        "--rounds", "1",
+        "--warmup-steps", "1",
+        "--arms", "T,A",
+        "--synthetic-images", "256",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "arm A skipped" in result.stdout
+    assert "T/A" not in result.stdout
