@@ -41,8 +41,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 PAPER_EPOCHS = 300
-# Loss agreement of T and B after a few identical, unaugmented steps (relative, per step).
-LOSS_RTOL = {"cpu": 1e-3, "cuda": 5e-2}  # CUDA: T runs in bf16, B in fp32
+# Loss agreement of T and B on identical, unaugmented batches from the same init (relative):
+# the first step's loss (same weights: only kernel rounding, or bf16 on CUDA), and every
+# step's (SGD at lr 0.1 amplifies rounding differences step by step).
+FIRST_RTOL = {"cpu": 1e-4, "cuda": 2e-2}  # CUDA: T runs in bf16, B in fp32
+LOSS_RTOL = {"cpu": 1e-2, "cuda": 5e-2}
 LOSS_CHECK_STEPS = 6
 
 
@@ -726,13 +729,14 @@ def report(
         )
     if check is not None:
         t_loss, b_loss = check
-        rtol = LOSS_RTOL[device]
-        worst = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(t_loss, b_loss, strict=True))
-        verdict = "OK" if worst <= rtol else "MISMATCH"
+        diffs = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(t_loss, b_loss, strict=True)]
+        ok = diffs[0] <= FIRST_RTOL[device] and max(diffs) <= LOSS_RTOL[device]
         print(
             f"loss check ({len(t_loss)} fixed unaugmented batches, same init): "
-            f"T {[round(v, 4) for v in t_loss]} B {[round(v, 4) for v in b_loss]}; "
-            f"max relative difference {worst:.2e} (tolerance {rtol:g}): {verdict}"
+            f"T {[round(v, 4) for v in t_loss]} B {[round(v, 4) for v in b_loss]}; relative "
+            f"difference first step {diffs[0]:.1e} (tolerance {FIRST_RTOL[device]:g}), "
+            f"max {max(diffs):.1e} (tolerance {LOSS_RTOL[device]:g}): "
+            + ("OK" if ok else "MISMATCH")
         )
 
 
