@@ -49,6 +49,7 @@ def test_helper_pickles_look_like_python2_files(tmp_path: Path) -> None:
     assert b"labels" in raw
 
 
+@pytest.mark.bad_input
 def test_missing_data_names_the_expected_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         data.load_cifar("cifar100", tmp_path)
@@ -57,6 +58,7 @@ def test_missing_data_names_the_expected_folder(tmp_path: Path) -> None:
     assert "\n" not in message
 
 
+@pytest.mark.bad_input
 def test_failed_download_is_a_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from torchvision import datasets
 
@@ -68,6 +70,7 @@ def test_failed_download_is_a_data_error(tmp_path: Path, monkeypatch: pytest.Mon
     assert "cifar-10-batches-py" in str(info.value) and "download failed" in str(info.value)
 
 
+@pytest.mark.bad_input
 def test_checksums_are_verified_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(data.VERIFY_ENV)
     h.write_random_cifar10(tmp_path, 20, 10)
@@ -75,6 +78,7 @@ def test_checksums_are_verified_by_default(tmp_path: Path, monkeypatch: pytest.M
         data.load_cifar("cifar10", tmp_path)
 
 
+@pytest.mark.bad_input
 def test_truncated_batch_is_a_data_error(tmp_path: Path) -> None:
     folder = h.write_random_cifar10(tmp_path, 50, 10)
     blob = (folder / "data_batch_3").read_bytes()
@@ -149,6 +153,7 @@ def test_train_subset_is_fixed_and_seed_independent() -> None:
     assert data.subset_indices(1000, None) is None and data.subset_indices(10, 50) is None
 
 
+@pytest.mark.bad_input
 def test_imagenet_validation_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="train folder"):
         data.validate_imagenet(tmp_path)
