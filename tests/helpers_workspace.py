@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import helpers_cifar as h
+import pytest
 
 # A DenseNet-BC of depth 10 and growth rate 4 with one RKNet variant: trains in seconds on CPU.
 TINY_TABLE = """\
@@ -48,3 +52,28 @@ def new_store(template: Path, runs: Path) -> Path:
     if not (runs / "mlflow.db").exists():
         shutil.copy(template, runs / "mlflow.db")
     return runs
+
+
+def wait_for_epoch(
+    runs: Path,
+    epoch: int,
+    alive: Callable[[], bool],
+    timeout: float = 120,
+    details: Callable[[], str] = lambda: "",
+    on_timeout: Callable[[], None] = lambda: None,
+) -> None:
+    """Block until a checkpoint of ``epoch`` exists under ``runs``; fail the test if the job
+    ends first (``details()`` says why) or nothing arrives within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for info in runs.glob("checkpoints/*/last.json"):
+            try:
+                if json.loads(info.read_text())["epoch"] >= epoch:
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+        if not alive():
+            pytest.fail(f"the job ended before epoch {epoch}: {details()}")
+        time.sleep(0.02)
+    on_timeout()
+    pytest.fail(f"no checkpoint of epoch {epoch} within {timeout}s")

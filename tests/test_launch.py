@@ -7,7 +7,6 @@ SLURM cluster is not exercised here; the code paths they share with these tests 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 import helpers_cifar as h
+import helpers_workspace as ws_helpers
 import pytest
 import test_run_cli as base
 import torch
@@ -66,21 +66,6 @@ def _rkrepro(ws: Workspace, *args: str, **popen: object) -> subprocess.Popen:
 
 def _series(ws: Workspace, run_id: str, name: str, runs: Path | None = None) -> list:
     return sorted((m.step, m.value) for m in ws.client(runs).get_metric_history(run_id, name))
-
-
-def _wait_for_epoch(runs: Path, epoch: int, alive, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for info in runs.glob("checkpoints/*/last.json"):
-            try:
-                if json.loads(info.read_text())["epoch"] >= epoch:
-                    return
-            except (OSError, ValueError, KeyError):
-                pass
-        if not alive():
-            pytest.fail(f"the job ended before epoch {epoch}")
-        time.sleep(0.05)
-    pytest.fail(f"no checkpoint of epoch {epoch} within {timeout}s")
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,7 +295,7 @@ def test_torchrun_job_stops_on_sigterm_and_resumes_the_same_run(ws: Workspace) -
     args = ("--variant", "original", "--no-share", "--epochs", "6")
     args += ("--launcher", "torchrun", "--nproc-per-node", "2", "--device", "cpu")
     proc = _rkrepro(ws, *args)
-    _wait_for_epoch(ws.runs, 1, lambda: proc.poll() is None, timeout=180)
+    ws_helpers.wait_for_epoch(ws.runs, 1, lambda: proc.poll() is None, timeout=180)
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 143, output
@@ -370,7 +355,7 @@ def test_slurm_task_preempted_requeues_and_resumes_the_same_run(
     controller = int(line.split("array job ")[1].split()[0])
     folder = ws.runs / "slurm" / str(controller)
 
-    _wait_for_epoch(ws.runs, 1, lambda: _alive(controller), timeout=180)
+    ws_helpers.wait_for_epoch(ws.runs, 1, lambda: _alive(controller), timeout=180)
     (running,) = ws.runs_of()
     assert running.info.status == "RUNNING"
     (task,) = _children(controller)

@@ -6,7 +6,6 @@ and SIGTERM; the resumed run must end with exactly the metrics of an uninterrupt
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import helpers_cifar as h
+import helpers_workspace as ws_helpers
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -266,19 +266,14 @@ def _spawn(ws: Workspace, runs: Path, *args: str) -> subprocess.Popen:
 
 
 def _wait_for_epoch(runs: Path, epoch: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for info in runs.glob("checkpoints/*/last.json"):
-            try:
-                if json.loads(info.read_text())["epoch"] >= epoch:
-                    return
-            except (OSError, ValueError, KeyError):
-                pass
-        if proc.poll() is not None:
-            pytest.fail(f"run ended before epoch {epoch}: {proc.communicate()[0]}")
-        time.sleep(0.02)
-    proc.kill()
-    pytest.fail(f"no checkpoint of epoch {epoch} within {timeout}s")
+    ws_helpers.wait_for_epoch(
+        runs,
+        epoch,
+        alive=lambda: proc.poll() is None,
+        timeout=timeout,
+        details=lambda: proc.communicate()[0],
+        on_timeout=proc.kill,
+    )
 
 
 def _series(ws: Workspace, runs: Path, run_id: str, name: str) -> list[tuple[int, float]]:
