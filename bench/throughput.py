@@ -646,11 +646,15 @@ def run(args: argparse.Namespace) -> int:
             for w in workers.values():
                 w.close()
 
+        # The arms' table first: a packed-jobs phase that runs out of time loses only itself.
+        report(
+            windows, first, evals, stats, protocol.batch_size, steps, n_train, rounds, check, device
+        )
+        sys.stdout.flush()
         jobs = None
         if args.jobs_per_gpu > 1 and "T" in windows:
             jobs = run_jobs(args.jobs_per_gpu, cfg, env, steps, max(2, min(args.rounds, 3)))
 
-    report(windows, first, evals, stats, protocol.batch_size, steps, n_train, rounds, check, device)
     if jobs is not None:
         one = protocol.batch_size * steps / statistics.median(windows["T"])
         print(

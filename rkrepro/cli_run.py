@@ -83,6 +83,17 @@ def run_command(
         bool,
         typer.Option(help="Mixed precision (fp16 + loss scaling) on CUDA; not the paper's fp32."),
     ] = False,
+    fast_path: Annotated[
+        Optional[str],
+        typer.Option(
+            envvar="RKREPRO_FAST_PATH",
+            help="Overhead removal, on by default: 'off' is the plain eager fp32 loop; or "
+            "+NAME/-NAME items, e.g. -bf16,-cuda_graph. Names: channels_last, feature_buffer, "
+            "bf16, cudnn_benchmark, fused_sgd, cuda_graph, cpu_malloc. bf16 (CUDA) is part of "
+            "a run's identity.",
+            show_default=False,
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(help="Data loader processes (ImageNet only).")] = min(
         8, os.cpu_count() or 1
     ),
@@ -192,15 +203,18 @@ def run_command(
         tracking_uri=tracking_uri,
         workers=workers,
         sync_bn=sync_bn,
+        fast_path=fast_path,
     )
-    plans = runner.make_plans(cells, runner.parse_seeds(seeds, seed), options)
+    seed_list = runner.parse_seeds(seeds, seed)
     console = Console(soft_wrap=True) if not sys.stdout.isatty() else Console()
     if launch.in_torchrun():  # one rank of a data-parallel run, whatever --launcher says
+        plans = runner.make_plans(cells, seed_list, options)
         _exit_with(_run_rank(options, plans, console))
         return
     launch_plan = _LaunchPlan.from_options(
         launcher, gpus, jobs_per_gpu, cpu_jobs, nproc_per_node, gpus_per_node, device
     )
+    plans = runner.make_plans(cells, seed_list, options, launch_plan.device_type(device))
     launch_plan.check_batches(plans)
     run = runner.Runner(options, console)
     if dry_run:
@@ -312,6 +326,16 @@ class _LaunchPlan:
         if nproc > visible:
             raise RkreproError(f"--nproc-per-node {nproc}: only {visible} GPUs are visible")
         return cls("torchrun", [launch.Slot(f"GPUs 0-{nproc - 1}", {}, "auto")], nproc)
+
+    def device_type(self, device: str) -> str:
+        """``cpu`` or ``cuda``: where this launch's runs train (their precision depends on it)."""
+        from rkrepro import runner
+
+        if self.launcher == "slurm":  # GPU nodes, unless the jobs are told to use the CPU
+            return "cpu" if device.strip().lower() == "cpu" else "cuda"
+        if self.slots:
+            return "cpu" if all(slot.device == "cpu" for slot in self.slots) else "cuda"
+        return runner.planned_device_type(device)
 
     def check_batches(self, plans: list) -> None:
         """Every run's global batch must split evenly over its processes."""

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rkrepro.errors import RkreproError
 from rkrepro.launch import in_torchrun, per_rank_batch
-from rkrepro.train import Checkpoints, StopSignal, model_device_setup
+from rkrepro.train import Checkpoints, FastPath, StopSignal, model_device_setup
 
 # A rank stuck in a collective (another rank died) fails after this instead of hanging.
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
@@ -221,7 +221,9 @@ class DataParallel(DistributedDataParallel):
         return self.module.load_state_dict(*args, **kwargs)
 
 
-def wrap_model(model: nn.Module, ctx: Context, sync_bn: bool = False) -> nn.Module:
+def wrap_model(
+    model: nn.Module, ctx: Context, sync_bn: bool = False, fast: FastPath | None = None
+) -> nn.Module:
     """Device placement as on one GPU, then DDP. Rank 0's weights and BatchNorm statistics are
     broadcast at the start and its running statistics before every forward (what the test-time
     model of the multi-GPU Torch code was: the first GPU's)."""
@@ -229,7 +231,7 @@ def wrap_model(model: nn.Module, ctx: Context, sync_bn: bool = False) -> nn.Modu
         if ctx.device.type != "cuda":
             raise RkreproError("--sync-bn needs CUDA GPUs (torch's SyncBatchNorm is GPU-only)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model_device_setup(model, ctx.device)
+    model = model_device_setup(model, ctx.device, fast)
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DataParallel(model, device_ids=device_ids)
 

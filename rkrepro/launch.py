@@ -198,6 +198,8 @@ def common_args(options: RunOptions, tables_dir: Path | None) -> list[str]:
         args.append("--amp")
     if options.sync_bn:
         args.append("--sync-bn")
+    if options.fast_path is not None:
+        args += ["--fast-path", options.fast_path]
     if options.force:
         args.append("--force")
     args += ["--workers", str(options.workers)]

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from rkrepro import schema, tracking
 from rkrepro.errors import DataError, RkreproError
+from rkrepro.fast_path import FastPath, run_precision
 from rkrepro.spec import Protocol
 
 if TYPE_CHECKING:
@@ -55,6 +56,21 @@ class RunOptions:
     tracking_uri: str | None = None
     workers: int = 8
     sync_bn: bool = False
+    fast_path: str | None = None  # --fast-path; None: $RKREPRO_FAST_PATH, else everything on
+
+    def fast(self) -> FastPath:
+        """The requested fast path (before :meth:`FastPath.for_device`)."""
+        return FastPath.from_env() if self.fast_path is None else FastPath.parse(self.fast_path)
+
+
+def planned_device_type(device: str) -> str:
+    """``cpu`` or ``cuda``: where ``--device`` will put the runs (``auto``: a GPU if any)."""
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if name.startswith("cuda") else "cpu"
 
 
 @dataclass(frozen=True)
@@ -67,6 +83,8 @@ class Plan:
     memory_efficient: bool
     amp: bool
     sync_bn: bool = False
+    precision: str = schema.PRECISION_FP32  # see rkrepro.fast_path
+    fast_path: str = "off"  # the switches in effect on the planned device (FastPath.describe)
 
     @property
     def label(self) -> str:
@@ -99,6 +117,9 @@ class Plan:
             # Only when on, so the hashes (and runs) of every earlier configuration stay valid.
             # The number of GPUs is not identity: a run resumes on 1 GPU or on N.
             **({"sync_bn": True} if self.sync_bn else {}),
+            # bf16 autocast changes the numbers, so a CUDA fast-path run and an fp32 run of a
+            # cell are different runs. The other switches only remove overhead: not identity.
+            **({"precision": self.precision} if self.precision == schema.PRECISION_BF16 else {}),
         }
 
     @property
@@ -110,6 +131,8 @@ class Plan:
         """The whole resolved configuration (MLflow params and the config artifact)."""
         config = self.identity()
         config["config_hash"] = self.config_hash
+        config["precision"] = self.precision
+        config["fast_path"] = self.fast_path
         config["table"], config["row"] = self.cell.table, self.cell.row
         config["model"], config["share"] = self.cell.model, self.cell.share
         config["protocol"]["kind"] = (
@@ -138,6 +161,8 @@ class Plan:
                 schema.PROTOCOL_SHORTENED if self.shortened else schema.PROTOCOL_PAPER
             ),
             schema.TAG_CONFIG_HASH: self.config_hash,
+            schema.TAG_PRECISION: self.precision,
+            schema.TAG_FAST_PATH: self.fast_path,
         }
 
 
@@ -153,7 +178,15 @@ def _jsonable(value: object) -> bool:
     return True
 
 
-def make_plans(cells: list[Cell], seeds: list[int], options: RunOptions) -> list[Plan]:
+def make_plans(
+    cells: list[Cell], seeds: list[int], options: RunOptions, device_type: str | None = None
+) -> list[Plan]:
+    """Every (cell, seed) with its resolved configuration; ``device_type`` (``cpu``/``cuda``,
+    default: from ``options.device``) decides the precision and fast path in effect."""
+    fast = options.fast()  # a bad --fast-path fails here, before anything runs
+    device_type = device_type or planned_device_type(options.device)
+    precision = run_precision(fast, device_type, options.amp)
+    effective = fast.for_device(device_type).describe()
     if options.epochs is not None and options.epochs < 1:
         raise RkreproError(f"--epochs must be >= 1, got {options.epochs}")
     if options.train_subset is not None and options.train_subset < 1:
@@ -179,6 +212,8 @@ def make_plans(cells: list[Cell], seeds: list[int], options: RunOptions) -> list
                     options.memory_efficient,
                     options.amp,
                     options.sync_bn,
+                    precision,
+                    effective,
                 )
             )
     return plans
@@ -669,6 +704,13 @@ class Runner:
             seed_everything,
         )
 
+        fast = self.options.fast().for_device(self.device)
+        precision = run_precision(fast, self.device.type, plan.amp)
+        if precision != plan.precision:
+            raise RkreproError(
+                f"{plan.label}: planned for {plan.precision} but {self.device} trains in "
+                f"{precision}; plan on the device you run on"
+            )
         batches = self._data(plan)  # data and model problems surface before a run exists
         seed_everything(plan.seed)
         try:
@@ -735,11 +777,11 @@ class Runner:
         trainer = None
         try:
             if self.dist is None:
-                model = model_device_setup(model, self.device)
+                model = model_device_setup(model, self.device, fast)
             else:
                 from rkrepro import distributed
 
-                model = distributed.wrap_model(model, self.dist, self.options.sync_bn)
+                model = distributed.wrap_model(model, self.dist, self.options.sync_bn, fast)
             trainer = Trainer(
                 model,
                 batches[0],
@@ -749,6 +791,7 @@ class Runner:
                 checkpoints,
                 run_id=run_id,
                 amp=plan.amp,
+                fast=fast,
                 top5=plan.protocol.dataset == "imagenet",
                 progress=progress,
                 stop=self.stop,

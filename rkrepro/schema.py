@@ -22,8 +22,16 @@ TAG_FAILURE = "rkrepro.failure"  # reason, on FAILED runs
 TAG_TORCH = "rkrepro.torch_version"
 TAG_CUDA = "rkrepro.cuda_version"
 TAG_GIT_DIRTY = "rkrepro.git_dirty"
+TAG_PRECISION = "rkrepro.precision"  # "fp32", "bf16-autocast" or "fp16-amp"
+TAG_FAST_PATH = "rkrepro.fast_path"  # the switches in effect, e.g. "channels_last,cpu_malloc"
 # Set on a run replaced by a newer one (``--force``, or a lost checkpoint); readers skip it.
 TAG_SUPERSEDED = "rkrepro.superseded_by"
+
+# TAG_PRECISION values: the paper's fp32, --amp's fp16 with loss scaling, or the CUDA fast
+# path's bf16 autocast (weights, BatchNorm and SGD in fp32).
+PRECISION_FP32 = "fp32"
+PRECISION_FP16_AMP = "fp16-amp"
+PRECISION_BF16 = "bf16-autocast"
 
 PROTOCOL_PAPER = "paper"
 PROTOCOL_SHORTENED = "shortened"

@@ -47,6 +47,7 @@ _CELL_TAGS = (
     schema.TAG_SHARE,
     schema.TAG_SEED,
     schema.TAG_PROTOCOL,
+    schema.TAG_PRECISION,
     schema.TAG_SUPERSEDED,  # a run replaced by a newer one is not read at all
 )
 
@@ -70,6 +71,8 @@ class RunRecord:
     protocol: str
     start_time: int  # ms since the epoch; orders reruns of a seed
     metrics: Mapping[str, float] = field(default_factory=dict, compare=False, hash=False)
+    # Runs logged before the tag existed all trained in fp32 (no GPU had run bf16 yet).
+    precision: str = schema.PRECISION_FP32
 
     @property
     def cell_id(self) -> tuple[str, str, str, bool]:
@@ -105,6 +108,7 @@ def _record(run_id: str, status: str, start: object, tags: Mapping[str, object],
         protocol=text[schema.TAG_PROTOCOL] or schema.PROTOCOL_PAPER,
         start_time=int(start) if isinstance(start, int | float) and not math.isnan(start) else 0,
         metrics=metrics,
+        precision=text[schema.TAG_PRECISION] or schema.PRECISION_FP32,
     )
 
 

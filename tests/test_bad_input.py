@@ -29,6 +29,8 @@ BAD_COMMANDS = {
     "share and both": ([*RUN, "--share", "--both"], "only one of"),
     "unknown device": ([*RUN, "--device", "tpu"], "device"),
     "absent cuda": ([*RUN, "--device", "cuda:7"], "cuda"),
+    "fast path switch": ([*RUN, "--fast-path", "-warp_speed"], "bad fast-path switch"),
+    "fast path word": ([*RUN, "--fast-path", "fast"], "bad fast-path switch"),
     "missing row option": (["run", "tiny"], "Missing option '--row'"),
     "missing data": ([*RUN, "--data-dir", "/nonexistent/data"], "cifar-10-batches-py"),
     "unknown command": (["rnu"], "No such command"),

@@ -64,3 +64,26 @@ def test_arm_a_is_skipped_for_models_torchvision_cannot_build(tmp_path: Path) ->
     assert result.returncode == 0, result.stderr[-3000:]
     assert "arm A skipped" in result.stdout
     assert "T/A" not in result.stdout
+
+
+def test_gpu_check_script_is_valid_bash_with_real_benchmark_flags() -> None:
+    """bench/gpu_check.sh is what a session lent a GPU runs in one call: it must parse, and
+    every benchmark command in it must use flags and rows that exist."""
+    import shlex
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import throughput
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    script = ROOT / "bench" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text(encoding="utf-8").replace("\\\n", " ")
+    commands = [line for line in text.splitlines() if "bench/throughput.py" in line]
+    assert len(commands) == 2
+    for line in commands:
+        words = shlex.split(line.split("2>&1")[0])
+        args = throughput.parse_args(words[words.index("bench/throughput.py") + 1 :])
+        assert args.device == "cuda" and args.seconds is not None
+        spec, _, _ = throughput.resolve(args)  # the table row exists
+        assert spec.dataset == "cifar10"

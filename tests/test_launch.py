@@ -417,8 +417,8 @@ def test_a_ddp_job_is_torchrun_of_the_same_rkrepro_command(ws: Workspace) -> Non
     from rkrepro import runner, targets
 
     cells = targets.resolve_cells(targets.load_tables(), "tiny", "bc-k4", [VARIANT], "share")
-    options = runner.RunOptions(epochs=2, sync_bn=True)
-    (plan,) = runner.make_plans(cells, [3], options)
+    options = runner.RunOptions(epochs=2, sync_bn=True, fast_path="-cuda_graph")
+    (plan,) = runner.make_plans(cells, [3], options, "cuda")
     common = launch.common_args(options, None)
     job = launch.job_for(plan, common, "auto", nproc=4)
     args = list(job.args)
@@ -436,5 +436,6 @@ def test_a_ddp_job_is_torchrun_of_the_same_rkrepro_command(ws: Workspace) -> Non
         "3",
     ]
     assert "--sync-bn" in rk and rk[rk.index("--launcher") + 1] == "torchrun"
+    assert rk[rk.index("--fast-path") + 1] == "-cuda_graph"  # the job plans the same precision
     assert rk[rk.index("--tracking-uri") + 1].startswith("sqlite:////")
     assert job.log.name == f"{VARIANT}-share-seed3.log"

@@ -423,3 +423,39 @@ def test_real_parameter_counts_are_cached(store):
     assert json.loads(cache.read_text())["counts"][repr(cells[0].spec)] == list(
         counts[cells[0].spec]
     )
+
+
+def test_a_non_fp32_number_is_labelled(tmp_path):
+    """The paper trained in fp32: a seed trained under bf16 autocast is shown as such, by
+    both readers, in every format (runs without the tag are fp32, as all runs before it)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment(schema.experiment_name("table4"))
+    for seed, (precision, error) in enumerate([(None, 7.20), (schema.PRECISION_BF16, 7.40)]):
+        tags = {
+            schema.TAG_TABLE: "table4",
+            schema.TAG_ROW: "resnet-20",
+            schema.TAG_MODEL: "original",
+            schema.TAG_SHARE: "false",
+            schema.TAG_SEED: str(seed),
+            schema.TAG_PROTOCOL: PAPER,
+            **({schema.TAG_PRECISION: precision} if precision else {}),
+        }
+        run = client.create_run(experiment, start_time=START + seed, tags=tags)
+        client.log_metric(run.info.run_id, schema.M_FINAL_TEST_ERROR, error)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    fast = status.fetch_runs(uri, ["table4"], reader="sqlite")
+    assert fast == status.fetch_runs(uri, ["table4"], reader="mlflow")
+    assert [r.precision for r in fast] == [schema.PRECISION_FP32, schema.PRECISION_BF16]
+
+    result = _report(uri, "table4")
+    original = _result(result, "table4/resnet-20/original/noshare")
+    assert original.paper.precisions == (schema.PRECISION_BF16, schema.PRECISION_FP32)
+    record = next(r for r in reporting.records(result) if r["row"] == "resnet-20")
+    assert record["precision"] == "bf16-autocast,fp32"
+    line = next(x for x in reporting.to_markdown(result).splitlines() if "7.30 ± 0.14" in x)
+    assert "[bf16-autocast]" in line
+    fp32_only = next(r for r in reporting.records(result) if r["row"] == "resnet-32")
+    assert fp32_only["precision"] == ""  # no finished run counted: no precision to show

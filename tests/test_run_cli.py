@@ -141,8 +141,11 @@ def test_run_trains_every_cell_and_records_it(ws: Workspace) -> None:
     assert tags[schema.TAG_SEED] == "0" and tags[schema.TAG_PROTOCOL] == schema.PROTOCOL_SHORTENED
     assert tags[schema.TAG_DEVICE] == "cpu" and tags[schema.TAG_GIT_COMMIT]
     assert tags["rkrepro.torch_version"] == torch.__version__ and "rkrepro.cuda_version" in tags
+    assert tags[schema.TAG_PRECISION] == "fp32"
+    assert tags[schema.TAG_FAST_PATH] == "channels_last,cpu_malloc"
     config_hash = tags[schema.TAG_CONFIG_HASH]
     params = run.data.params
+    assert params["precision"] == "fp32" and params["fast_path"] == "channels_last,cpu_malloc"
     assert params["protocol.epochs"] == "2" and params["protocol.paper_epochs"] == "300"
     assert params["protocol.lr_milestones"] == "[1, 2]" and params["protocol.nesterov"] == "True"
     assert params["spec.share"] == "True" and params["seed"] == "0"
@@ -176,6 +179,10 @@ def test_run_trains_every_cell_and_records_it(ws: Workspace) -> None:
     again = invoke("--epochs", "2", "--device", "cpu")
     assert again.exit_code == 0, again.output
     assert again.output.count("skipped") == 3 and len(ws.runs_of()) == 3
+    # The overhead switches are not identity: the plain fp32 loop is the same run.
+    plain = invoke("--epochs", "2", "--device", "cpu", "--fast-path", "off")
+    assert plain.exit_code == 0, plain.output
+    assert plain.output.count("skipped") == 3 and len(ws.runs_of()) == 3
 
     dry = invoke("--epochs", "2", "--dry-run")
     assert dry.exit_code == 0, dry.output

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from rkrepro import data, train
+from rkrepro.errors import RkreproError
 from rkrepro.models import build_model
 from rkrepro.runner import RunOptions, make_plans, scale_milestones
 from rkrepro.spec import ModelSpec, Protocol
@@ -91,6 +92,37 @@ def test_config_hash_separates_configurations() -> None:
     assert len(hashes) == 4
     assert short.shortened and subset.shortened and not base[0].shortened
     assert short.protocol.lr_milestones == (15, 23)
+
+
+def test_precision_is_identity_and_fp32_hashes_are_stable() -> None:
+    """bf16 (the CUDA fast path's default) names a different run than fp32; the overhead
+    switches do not; and fp32 configurations hash as before precision existed, so the runs
+    already in users' stores are still found."""
+    from rkrepro.schema import PRECISION_BF16, PRECISION_FP16_AMP, PRECISION_FP32
+    from rkrepro.targets import Cell
+
+    cell = Cell("t", "r", "original", False, TINY, PAPER, None, None, None)
+
+    def plan(device_type: str, **options):
+        return make_plans([cell], [0], RunOptions(**options), device_type)[0]
+
+    cpu = plan("cpu")
+    assert cpu.precision == PRECISION_FP32 and cpu.fast_path == "channels_last,cpu_malloc"
+    assert cpu.config_hash == "30dfd6c758a2e5ed"  # computed by the code before this change
+    assert plan("cpu", amp=True).config_hash == "2e18d35d33d3ae92"
+    cuda = plan("cuda")
+    assert cuda.precision == PRECISION_BF16 and cuda.config_hash != cpu.config_hash
+    assert "bf16" in cuda.fast_path and "cpu_malloc" not in cuda.fast_path
+    exact = plan("cuda", fast_path="-bf16")
+    assert exact.precision == PRECISION_FP32 and exact.config_hash == cpu.config_hash
+    assert plan("cuda", fast_path="off").config_hash == cpu.config_hash
+    assert plan("cpu", fast_path="off").fast_path == "off"
+    amp = plan("cuda", amp=True)
+    assert amp.precision == PRECISION_FP16_AMP and amp.config_hash == "2e18d35d33d3ae92"
+    assert cuda.tags()["rkrepro.precision"] == PRECISION_BF16
+    assert cuda.config()["precision"] == PRECISION_BF16
+    with pytest.raises(RkreproError, match="bad fast-path switch 'warp'"):
+        plan("cpu", fast_path="warp")
 
 
 def test_checkpoints_are_atomic_and_fall_back_to_prev(tmp_path: Path) -> None:

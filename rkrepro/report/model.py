@@ -92,6 +92,15 @@ class Reproduced:
     def count(self, *statuses: str) -> int:
         return sum(r.status in statuses for r in self.runs)
 
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The arithmetic of the counted runs (``fp32`` is the paper's), each once."""
+        return tuple(sorted({r.precision for r in self.counted}))
+
+    @property
+    def not_fp32(self) -> tuple[str, ...]:
+        return tuple(p for p in self.precisions if p != schema.PRECISION_FP32)
+
 
 @dataclass(frozen=True)
 class CellResult:

@@ -79,6 +79,7 @@ RECORD_FIELDS = (
     "error_std",
     "n",
     "seeds",
+    "precision",
     "diff",
     "tolerance_pp",
     "verdict",
@@ -117,6 +118,7 @@ def _record(report: Report, result: CellResult, rep: Reproduced, label: str) -> 
         "error_std": error.std if error else None,
         "n": error.n if error else 0,
         "seeds": list(error.seeds) if error else [],
+        "precision": ",".join(rep.precisions),
         "diff": difference(error, cell.reported_error),
         "tolerance_pp": result.tolerance,
         "verdict": verdict_of(rep, cell.reported_error, result.tolerance) if paper else SHORTENED,
@@ -304,6 +306,8 @@ def _error_entry(result: CellResult) -> Entry:
         text = _stat_text(short.error) if short.error else _state_text(short)
         diff = _signed(difference(short.error, cell.reported_error))
         notes = (f"[shortened] {text}" + (f" / {diff}" if diff else ""),)
+    if result.paper.not_fp32:  # the paper trained in fp32: say when a number did not
+        notes = (*notes, f"[{', '.join(result.paper.not_fp32)}]")
     verdict = result.verdict
     reproduced = _stat_text(result.paper.error) if result.paper.error else "-"
     return Entry(
