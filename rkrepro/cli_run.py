@@ -89,8 +89,8 @@ def run_command(
             envvar="RKREPRO_FAST_PATH",
             help="Overhead removal, on by default: 'off' is the plain eager fp32 loop; or "
             "+NAME/-NAME items, e.g. -bf16,-cuda_graph. Names: channels_last, feature_buffer, "
-            "bf16, cudnn_benchmark, fused_sgd, cuda_graph, cpu_malloc. bf16 (CUDA) is part of "
-            "a run's identity.",
+            "bf16, cudnn_benchmark, fused_sgd, cuda_graph, cpu_malloc, gpu_decode (ImageNet, "
+            "off by default). bf16 and gpu_decode (CUDA) are part of a run's identity.",
             show_default=False,
         ),
     ] = None,

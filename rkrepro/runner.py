@@ -85,6 +85,7 @@ class Plan:
     sync_bn: bool = False
     precision: str = schema.PRECISION_FP32  # see rkrepro.fast_path
     fast_path: str = "off"  # the switches in effect on the planned device (FastPath.describe)
+    gpu_decode: bool = False  # ImageNet JPEGs decoded by nvJPEG: other pixels than PIL's
 
     @property
     def label(self) -> str:
@@ -120,6 +121,7 @@ class Plan:
             # bf16 autocast changes the numbers, so a CUDA fast-path run and an fp32 run of a
             # cell are different runs. The other switches only remove overhead: not identity.
             **({"precision": self.precision} if self.precision == schema.PRECISION_BF16 else {}),
+            **({"gpu_decode": True} if self.gpu_decode else {}),
         }
 
     @property
@@ -186,7 +188,7 @@ def make_plans(
     fast = options.fast()  # a bad --fast-path fails here, before anything runs
     device_type = device_type or planned_device_type(options.device)
     precision = run_precision(fast, device_type, options.amp)
-    effective = fast.for_device(device_type).describe()
+    on_device = fast.for_device(device_type)
     if options.epochs is not None and options.epochs < 1:
         raise RkreproError(f"--epochs must be >= 1, got {options.epochs}")
     if options.train_subset is not None and options.train_subset < 1:
@@ -201,6 +203,7 @@ def make_plans(
             lr_milestones=scale_milestones(paper.lr_milestones, paper.epochs, epochs),
         )
         shortened = epochs != paper.epochs or options.train_subset is not None
+        effective = on_device.for_dataset(paper.dataset)
         for seed in seeds:
             plans.append(
                 Plan(
@@ -213,7 +216,8 @@ def make_plans(
                     options.amp,
                     options.sync_bn,
                     precision,
-                    effective,
+                    effective.describe(),
+                    effective.gpu_decode,
                 )
             )
     return plans
@@ -506,6 +510,7 @@ class Runner:
             self.console.print(
                 f"protocol: {kind}, {protocol.epochs} epochs, batch {protocol.batch_size}, "
                 f"lr {protocol.lr:g} /{1 / protocol.lr_gamma:g} at {list(protocol.lr_milestones)}"
+                f"; precision {plans[0].precision} (fast path: {plans[0].fast_path})"
                 f"; tracking: {self.uri}; nothing trained (dry run)",
                 highlight=False,
                 soft_wrap=True,
@@ -575,6 +580,7 @@ class Runner:
                 plan.train_subset,
                 self.options.workers,
                 channels_last,
+                gpu_decode=plan.gpu_decode,
             )
         else:
             if dataset not in self._arrays:

@@ -201,6 +201,9 @@ def test_dry_run_trains_nothing_and_creates_no_store(ws: Workspace) -> None:
     assert len(lines) == 3
     assert all("seeds=0,1" in line and "new" in line and "params=" in line for line in lines)
     assert "protocol: paper, 300 epochs" in result.output
+    # --device auto: the precision is the one the runs would get here
+    expected = "bf16-autocast" if torch.cuda.is_available() else "fp32 (fast path: channels_last"
+    assert f"precision {expected}" in result.output
     assert not (ws.runs / "mlflow.db").exists() and not (ws.runs / "checkpoints").exists()
 
 

@@ -125,6 +125,28 @@ def test_precision_is_identity_and_fp32_hashes_are_stable() -> None:
         plan("cpu", fast_path="warp")
 
 
+def test_gpu_decode_is_identity_for_imagenet_on_cuda_only() -> None:
+    from rkrepro.targets import Cell
+
+    imagenet = ModelSpec(family="densenet", dataset="imagenet", depth=121, growth_rate=32)
+    protocol = replace(PAPER, dataset="imagenet", batch_size=256, epochs=90)
+    cells = [
+        Cell("t", "r", "original", False, imagenet, protocol, None, None, None),
+        Cell("t", "c", "original", False, TINY, PAPER, None, None, None),
+    ]
+
+    def plans(device_type: str, fast_path: str | None = None):
+        return make_plans(cells, [0], RunOptions(fast_path=fast_path), device_type)
+
+    base, decoded = plans("cuda"), plans("cuda", "+gpu_decode")
+    assert not base[0].gpu_decode and "gpu_decode" not in base[0].fast_path  # off by default
+    assert decoded[0].gpu_decode and "gpu_decode" in decoded[0].fast_path
+    assert decoded[0].config_hash != base[0].config_hash  # other pixels: another run
+    assert not decoded[1].gpu_decode and decoded[1].config_hash == base[1].config_hash  # CIFAR
+    on_cpu = plans("cpu", "+gpu_decode")
+    assert not on_cpu[0].gpu_decode and on_cpu[0].config_hash == plans("cpu")[0].config_hash
+
+
 def test_checkpoints_are_atomic_and_fall_back_to_prev(tmp_path: Path) -> None:
     ck = train.Checkpoints(tmp_path)
     state = {"format": train.CHECKPOINT_FORMAT, "epoch": 1, "run_id": "a"}
