@@ -56,7 +56,7 @@ class RunOptions:
     tracking_uri: str | None = None
     workers: int = 8
     sync_bn: bool = False
-    fast_path: str | None = None  # --fast-path; None: $RKREPRO_FAST_PATH, else everything on
+    fast_path: str | None = None  # --fast-path; None: $RKREPRO_FAST_PATH, else the defaults
 
     def fast(self) -> FastPath:
         """The requested fast path (before :meth:`FastPath.for_device`)."""
