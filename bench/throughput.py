@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -574,20 +574,8 @@ def run(args: argparse.Namespace) -> int:
                 "m": spec.m,
                 "share": spec.share,
             },
-            "protocol": {
-                k: getattr(protocol, k)
-                for k in (
-                    "dataset",
-                    "augmentation",
-                    "batch_size",
-                    "epochs",
-                    "lr",
-                    "momentum",
-                    "weight_decay",
-                    "lr_milestones",
-                    "lr_gamma",
-                    "nesterov",
-                )
+            "protocol": {  # every field but the free-form extras, rebuilt in each arm
+                f.name: getattr(protocol, f.name) for f in fields(protocol) if f.name != "extra"
             },
             "root": str(root),
             "seed": 0,
