@@ -24,12 +24,12 @@ def fill(uri: str, runs: int, epochs: int) -> None:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from rkrepro import schema, targets
+    from rkrepro import mlflow_keys, targets
 
     client = MlflowClient(tracking_uri=uri)
     cells = targets.all_cells(targets.load_tables())
     experiments = {
-        table: client.create_experiment(schema.experiment_name(table))
+        table: client.create_experiment(mlflow_keys.experiment_name(table))
         for table in dict.fromkeys(c.table for c in cells)
     }
     rng = random.Random(0)
@@ -37,20 +37,20 @@ def fill(uri: str, runs: int, epochs: int) -> None:
         cell = cells[index % len(cells)]
         seed = index // len(cells)
         tags = {
-            schema.TAG_TABLE: cell.table,
-            schema.TAG_ROW: cell.row,
-            schema.TAG_MODEL: cell.model,
-            schema.TAG_SHARE: "true" if cell.share else "false",
-            schema.TAG_SEED: str(seed),
-            schema.TAG_PROTOCOL: schema.PROTOCOL_PAPER if index % 10 else "shortened",
+            mlflow_keys.TAG_TABLE: cell.table,
+            mlflow_keys.TAG_ROW: cell.row,
+            mlflow_keys.TAG_MODEL: cell.model,
+            mlflow_keys.TAG_SHARE: "true" if cell.share else "false",
+            mlflow_keys.TAG_SEED: str(seed),
+            mlflow_keys.TAG_PROTOCOL: mlflow_keys.PROTOCOL_PAPER if index % 10 else "shortened",
         }
         run_id = client.create_run(experiments[cell.table], tags=tags).info.run_id
         final = float(cell.reported_error or 10.0) + rng.gauss(0.0, 0.2)
         curve = [final + 30.0 / epoch for epoch in range(1, epochs + 1)]
-        metrics = [Metric(schema.M_TEST_ERROR, v, 0, e) for e, v in enumerate(curve, 1)]
+        metrics = [Metric(mlflow_keys.M_TEST_ERROR, v, 0, e) for e, v in enumerate(curve, 1)]
         metrics += [
-            Metric(schema.M_FINAL_TEST_ERROR, curve[-1], 0, 0),
-            Metric(schema.M_BEST_TEST_ERROR, min(curve), 0, 0),
+            Metric(mlflow_keys.M_FINAL_TEST_ERROR, curve[-1], 0, 0),
+            Metric(mlflow_keys.M_BEST_TEST_ERROR, min(curve), 0, 0),
         ]
         client.log_batch(run_id, metrics=metrics)
         state = "RUNNING" if index % 37 == 0 else ("FAILED" if index % 41 == 0 else "FINISHED")

@@ -197,11 +197,13 @@ class Arm:
         import torch.nn.functional as F
 
         from rkrepro import data, train
+        from rkrepro.checkpoints import Checkpoints
+        from rkrepro.fast_path import FastPath
         from rkrepro.models import build_model
 
         dev = self.device
         if self.name in ("T", "J"):  # J: a T job of --jobs-per-gpu
-            fast = train.FastPath.from_env().for_device(dev)
+            fast = FastPath.from_env().for_device(dev)
             self.model = train.model_device_setup(build_model(self.spec), dev, fast)
             tr, te = data.cifar_batches(
                 self.train_split,
@@ -219,13 +221,13 @@ class Arm:
                 te,
                 self.protocol,
                 dev,
-                train.Checkpoints(Path(tempfile.mkdtemp())),
+                Checkpoints(Path(tempfile.mkdtemp())),
                 fast=fast,
             )
             self.fast = fast
             self.step = lambda: self.trainer.train_step(*next(self.iterator))
             return
-        self.fast = train.FastPath.off()
+        self.fast = FastPath.off()
         if self.name == "A":
             model, why = torchvision_densenet(self.spec)
             assert model is not None, why
@@ -380,6 +382,8 @@ class Arm:
         import torch.nn.functional as F
 
         from rkrepro import data, train
+        from rkrepro.checkpoints import Checkpoints
+        from rkrepro.fast_path import FastPath
         from rkrepro.models import build_model
 
         train.seed_everything(self.cfg["seed"])
@@ -398,7 +402,7 @@ class Arm:
         ]
         losses = []
         if self.name == "T":
-            fast = train.FastPath.from_env().for_device(dev)
+            fast = FastPath.from_env().for_device(dev)
             model = train.model_device_setup(model, dev, fast)
             trainer = train.Trainer(
                 model,
@@ -406,7 +410,7 @@ class Arm:
                 None,
                 self.protocol,
                 dev,  # type: ignore[arg-type]
-                train.Checkpoints(Path(tempfile.mkdtemp())),
+                Checkpoints(Path(tempfile.mkdtemp())),
                 fast=fast,
             )
             loss_sum, _ = trainer.running_sums

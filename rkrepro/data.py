@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rkrepro.errors import DataError
+from rkrepro.paths import DATA_DIR_ENV
 
-DATA_DIR_ENV = "RKREPRO_DATA_DIR"
 VERIFY_ENV = "RKREPRO_VERIFY_CHECKSUMS"  # "0": accept re-packed CIFAR files (md5s differ)
 DOWNLOAD_ENV = "RKREPRO_DOWNLOAD"  # "0": never try to download (offline machines, tests)
 
@@ -50,10 +50,6 @@ IMAGENET_CLASSES = 1000
 # The --train-subset draw does not depend on the run's seed, so every model and seed of a
 # shortened sweep trains on the same images.
 SUBSET_SEED = 20180201
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get(DATA_DIR_ENV) or "data")
 
 
 def epoch_seed(seed: int, epoch: int, purpose: str = "train") -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
 from rkrepro.errors import RkreproError
-from rkrepro.schema import PRECISION_BF16, PRECISION_FP16_AMP, PRECISION_FP32
+from rkrepro.mlflow_keys import PRECISION_BF16, PRECISION_FP16_AMP, PRECISION_FP32
 
 if TYPE_CHECKING:
     import torch
@@ -32,18 +32,18 @@ class FastPath:
     Each field switches one part; :meth:`off` is the plain, exact-protocol path. The fields
     marked CUDA are ignored on the CPU (:meth:`for_device`).
 
-    - ``channels_last``: NHWC activations and weights (faster convolutions on cuDNN; on a
-      2-core CPU 1.0-1.2x for DenseNet-BC-100, see ``bench/throughput.py``).
+    - ``channels_last``: NHWC activations and weights (faster convolutions on cuDNN and
+      oneDNN; ``bench/throughput.py`` measures it).
     - ``feature_buffer``: dense blocks write into one preallocated buffer: less memory, but
-      slower on the CPU (strided kernels; measured), so off by default.
+      slower on the CPU (strided kernels), so off by default.
     - ``bf16`` (CUDA): bf16 autocast; weights, BatchNorm and the optimizer stay fp32.
     - ``cudnn_benchmark`` (CUDA): cuDNN autotunes each convolution shape once.
     - ``fused_sgd`` (CUDA): one fused SGD kernel, the learning rate a device tensor.
     - ``cuda_graph`` (CUDA): forward, backward, SGD and the running loss captured as one CUDA
       graph and replayed per batch; no host synchronisation inside a step.
     - ``cpu_malloc`` (CPU, glibc): keep freed memory in the process instead of unmapping the
-      large activation blocks after every step and faulting them in again on the next
-      (~10% of a DenseNet-BC-100 step on 2 cores, measured); the resident size stays at peak.
+      large activation blocks after every step and faulting them in again on the next; the
+      resident size stays at peak.
     - ``gpu_decode`` (CUDA, ImageNet; off by default): DataLoader workers only read the JPEG
       files; nvJPEG decodes them and the augmentation runs batched on the GPU. The pixels differ
       slightly from PIL's decode and resize, so a run with it is a different run (identity).

@@ -9,12 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rkrepro.targets import Cell, Printed
-
-
-def within_rounding(count: int, printed: Printed) -> bool:
-    low, high = printed.interval()
-    return low <= count / 1e6 < high
+from rkrepro.targets import Cell
 
 
 def param_records(cells: list[Cell], with_flops: bool = True) -> list[dict[str, Any]]:
@@ -32,7 +27,7 @@ def param_records(cells: list[Cell], with_flops: bool = True) -> list[dict[str, 
         match: bool | None = None
         claim = None
         if cell.reported_params_m is not None:
-            match = within_rounding(paper, cell.reported_params_m)
+            match = cell.reported_params_m.matches_count(paper)
         elif cell.params_equal_original and (cell.table, cell.row) in originals:
             claim = "equal to the original (caption)"
             match = paper == originals[(cell.table, cell.row)]

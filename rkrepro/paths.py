@@ -1,4 +1,5 @@
-"""Where runs live: one rule for the writer (training) and the readers (list, report, status).
+"""Where runs and data live: one rule for the writer (training) and the readers (list, report,
+status).
 
 Free of torch and mlflow, so the fast commands can use it.
 """
@@ -10,11 +11,17 @@ from pathlib import Path
 
 RUNS_DIR_ENV = "RKREPRO_RUNS_DIR"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+DATA_DIR_ENV = "RKREPRO_DATA_DIR"
 
 
 def runs_dir() -> Path:
     """``$RKREPRO_RUNS_DIR``, else ``./runs``: the local store, artifacts and checkpoints."""
     return Path(os.environ.get(RUNS_DIR_ENV) or "runs").absolute()
+
+
+def default_data_dir() -> Path:
+    """``$RKREPRO_DATA_DIR``, else ``./data``: where the data sets are read from."""
+    return Path(os.environ.get(DATA_DIR_ENV) or "data")
 
 
 def local_store_uri() -> str:

@@ -24,6 +24,11 @@ IMAGENET_DENSENET_BLOCKS: dict[int, tuple[int, ...]] = {
 }
 
 
+def variant_name(periods: tuple[tuple[int, int], ...], times: str = "x") -> str:
+    """``((1, 8), (1, 2))`` -> ``RKNet-1x8_1x2`` (``times="×"``: the paper's spelling)."""
+    return "RKNet-" + "_".join(f"{s}{times}{r}" for s, r in periods)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One model of a table: an original network, or one RKNet variant of it.
@@ -62,7 +67,7 @@ class ModelSpec:
         """The printed model name with ASCII ``x`` (``RKNet-1x8_1x2_1x2``) or ``original``."""
         if self.periods is None:
             return "original"
-        return "RKNet-" + "_".join(f"{s}x{r}" for s, r in self.periods)
+        return variant_name(self.periods)
 
 
 @dataclass(frozen=True)

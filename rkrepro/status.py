@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from rkrepro import schema, targets
+from rkrepro import mlflow_keys, targets
 from rkrepro.errors import TrackingError
 from rkrepro.paths import resolve_tracking_uri, sqlite_path
 
@@ -34,21 +34,21 @@ KILLED = "KILLED"
 
 # Metrics a report needs; both readers return only these (latest value of each).
 REPORT_METRICS = (
-    schema.M_FINAL_TEST_ERROR,
-    schema.M_BEST_TEST_ERROR,
-    schema.M_FINAL_TEST_TOP5,
-    schema.M_PARAMS_PAPER,
-    schema.M_PARAMS_TOTAL,
+    mlflow_keys.M_FINAL_TEST_ERROR,
+    mlflow_keys.M_BEST_TEST_ERROR,
+    mlflow_keys.M_FINAL_TEST_TOP5,
+    mlflow_keys.M_PARAMS_PAPER,
+    mlflow_keys.M_PARAMS_TOTAL,
 )
 _CELL_TAGS = (
-    schema.TAG_TABLE,
-    schema.TAG_ROW,
-    schema.TAG_MODEL,
-    schema.TAG_SHARE,
-    schema.TAG_SEED,
-    schema.TAG_PROTOCOL,
-    schema.TAG_PRECISION,
-    schema.TAG_SUPERSEDED,  # a run replaced by a newer one is not read at all
+    mlflow_keys.TAG_TABLE,
+    mlflow_keys.TAG_ROW,
+    mlflow_keys.TAG_MODEL,
+    mlflow_keys.TAG_SHARE,
+    mlflow_keys.TAG_SEED,
+    mlflow_keys.TAG_PROTOCOL,
+    mlflow_keys.TAG_PRECISION,
+    mlflow_keys.TAG_SUPERSEDED,  # a run replaced by a newer one is not read at all
 )
 
 
@@ -72,7 +72,7 @@ class RunRecord:
     start_time: int  # ms since the epoch; orders reruns of a seed
     metrics: Mapping[str, float] = field(default_factory=dict, compare=False, hash=False)
     # Runs logged before the tag existed all trained in fp32 (no GPU had run bf16 yet).
-    precision: str = schema.PRECISION_FP32
+    precision: str = mlflow_keys.PRECISION_FP32
 
     @property
     def cell_id(self) -> tuple[str, str, str, bool]:
@@ -91,24 +91,24 @@ def cell_id_of(cell: Cell) -> tuple[str, str, str, bool]:
 def _record(run_id: str, status: str, start: object, tags: Mapping[str, object], metrics):
     """A RunRecord from raw values, or ``None`` when the run lacks the cell tags."""
     values = {key: tags.get(key) for key in _CELL_TAGS}
-    needed = (schema.TAG_TABLE, schema.TAG_ROW, schema.TAG_MODEL)
+    needed = (mlflow_keys.TAG_TABLE, mlflow_keys.TAG_ROW, mlflow_keys.TAG_MODEL)
     if any(not isinstance(values[key], str) or not values[key] for key in needed):
         return None
-    if isinstance(values[schema.TAG_SUPERSEDED], str) and values[schema.TAG_SUPERSEDED]:
+    if isinstance(values[mlflow_keys.TAG_SUPERSEDED], str) and values[mlflow_keys.TAG_SUPERSEDED]:
         return None
     text = {key: str(value) if isinstance(value, str) else "" for key, value in values.items()}
     return RunRecord(
         run_id=run_id,
         status=status,
-        table=text[schema.TAG_TABLE],
-        row=text[schema.TAG_ROW],
-        model=text[schema.TAG_MODEL],
-        share=text[schema.TAG_SHARE].lower() == "true",
-        seed=text[schema.TAG_SEED],
-        protocol=text[schema.TAG_PROTOCOL] or schema.PROTOCOL_PAPER,
+        table=text[mlflow_keys.TAG_TABLE],
+        row=text[mlflow_keys.TAG_ROW],
+        model=text[mlflow_keys.TAG_MODEL],
+        share=text[mlflow_keys.TAG_SHARE].lower() == "true",
+        seed=text[mlflow_keys.TAG_SEED],
+        protocol=text[mlflow_keys.TAG_PROTOCOL] or mlflow_keys.PROTOCOL_PAPER,
         start_time=int(start) if isinstance(start, int | float) and not math.isnan(start) else 0,
         metrics=metrics,
-        precision=text[schema.TAG_PRECISION] or schema.PRECISION_FP32,
+        precision=text[mlflow_keys.TAG_PRECISION] or mlflow_keys.PRECISION_FP32,
     )
 
 
@@ -134,7 +134,7 @@ def fetch_runs(
 
 def _fetch_sqlite(path: Path, table_ids: list[str]) -> list[RunRecord]:
     """One query per kind of data, on a read-only connection; never imports mlflow."""
-    names = [schema.experiment_name(t) for t in table_ids]
+    names = [mlflow_keys.experiment_name(t) for t in table_ids]
     if not names:
         return []
     try:
@@ -172,7 +172,7 @@ def _fetch_sqlite(path: Path, table_ids: list[str]) -> list[RunRecord]:
     records = []
     for run_id, status, start, experiment in runs:
         record = _record(run_id, status, start, tags.get(run_id, {}), metrics.get(run_id, {}))
-        if record is not None and schema.experiment_name(record.table) == experiment:
+        if record is not None and mlflow_keys.experiment_name(record.table) == experiment:
             records.append(record)
     return _sorted(records)
 
@@ -191,12 +191,12 @@ def _fetch_mlflow(uri: str, table_ids: list[str]) -> list[RunRecord]:
         client = mlflow.MlflowClient(tracking_uri=uri)
         mlflow.set_tracking_uri(uri)
         for table_id in table_ids:
-            experiment = client.get_experiment_by_name(schema.experiment_name(table_id))
+            experiment = client.get_experiment_by_name(mlflow_keys.experiment_name(table_id))
             if experiment is None or experiment.lifecycle_stage != "active":
                 continue
             frame = mlflow.search_runs(
                 experiment_ids=[experiment.experiment_id],
-                filter_string=f"tags.`{schema.TAG_TABLE}` = '{table_id}'",
+                filter_string=f"tags.`{mlflow_keys.TAG_TABLE}` = '{table_id}'",
                 output_format="pandas",
             )
             records.extend(_records_from_frame(frame))
@@ -290,7 +290,7 @@ def seed_order(seed: str) -> tuple[int, str]:
 def cell_statuses(
     records: Iterable[RunRecord],
     cells: Iterable[Cell],
-    protocols: Iterable[str] = (schema.PROTOCOL_PAPER,),
+    protocols: Iterable[str] = (mlflow_keys.PROTOCOL_PAPER,),
 ) -> dict[str, CellStatus]:
     """Cell key -> its status, from the runs of the given protocols (every cell present)."""
     wanted = set(protocols)
@@ -304,16 +304,11 @@ def cell_statuses(
     }
 
 
-def cell_key(cell_id: tuple[str, str, str, bool]) -> str:
-    """The :attr:`Cell.key <rkrepro.targets.Cell.key>` of a (table, row, model, share) tuple."""
-    return targets.cell_key(*cell_id)
-
-
 def cell_status_map(
     tracking_uri: str | None,
     table_ids: Iterable[str],
     *,
-    protocols: Iterable[str] = (schema.PROTOCOL_PAPER,),
+    protocols: Iterable[str] = (mlflow_keys.PROTOCOL_PAPER,),
 ) -> dict[str, str]:
     """Cell key -> status label for every cell with runs; absent keys are not started.
 
@@ -324,7 +319,9 @@ def cell_status_map(
     for record in fetch_runs(tracking_uri, table_ids):
         if record.protocol in wanted:
             by_cell.setdefault(record.cell_id, []).append(record)
-    return {cell_key(cid): CellStatus(cid, tuple(runs)).label for cid, runs in by_cell.items()}
+    return {
+        targets.cell_key(*cid): CellStatus(cid, tuple(runs)).label for cid, runs in by_cell.items()
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,7 +381,7 @@ def status_tables(statuses: Mapping[str, CellStatus], cells: Iterable[Cell]) -> 
             counts[status.state] = counts.get(status.state, 0) + 1
             runs = "\n".join(
                 f"{r.run_id} seed {r.seed} {r.status}"
-                + (" [shortened]" if r.protocol == schema.PROTOCOL_SHORTENED else "")
+                + (" [shortened]" if r.protocol == mlflow_keys.PROTOCOL_SHORTENED else "")
                 for r in status.runs
             )
             rich_table.add_row(

@@ -14,13 +14,14 @@ import math
 import os
 import re
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from rkrepro.errors import TargetError
-from rkrepro.spec import NUM_CLASSES, ModelSpec, Protocol
+from rkrepro.spec import NUM_CLASSES, ModelSpec, Protocol, variant_name
 
 TABLES_DIR_ENV = "RKREPRO_TABLES_DIR"
 SHARE_CHOICES = ("both", "share", "no-share")
@@ -43,10 +44,22 @@ class Printed(float):
     def __repr__(self) -> str:
         return f"{float(self):.{self.decimals}f}"
 
-    def interval(self) -> tuple[float, float]:
-        """Half-open interval of true values that print as this number."""
-        half = 0.5 * 10.0**-self.decimals
-        return float(self) - half, float(self) + half
+    @classmethod
+    def parse(cls, text: str) -> Printed:
+        """``"0.75"`` -> 0.75 printed with 2 decimals."""
+        return cls(float(text), len(text.strip().partition(".")[2]))
+
+    def interval(self) -> tuple[Fraction, Fraction]:
+        """Half-open interval of true values that print as this number (exact, round half up)."""
+        half = Fraction(1, 2 * 10**self.decimals)
+        value = Fraction(repr(self))
+        return value - half, value + half
+
+    def matches_count(self, count: int, unit: int = 10**6) -> bool:
+        """Whether ``count`` (e.g. parameters) prints as this number of ``unit``s: the one
+        rounding rule for every "does it match the paper" check."""
+        low, high = self.interval()
+        return low <= Fraction(count, unit) < high
 
 
 class _TableLoader(yaml.SafeLoader):
@@ -88,7 +101,7 @@ _PART = re.compile(r"^(\d+)[x×*](\d+)$")
 
 def normalise_name(name: str) -> str:
     """Canonical, typable spelling: ``RKNet-1×8_1×2_1×2`` -> ``RKNet-1x8_1x2_1x2``."""
-    return "RKNet-" + "_".join(f"{s}x{r}" for s, r in parse_variant_name(name))
+    return variant_name(parse_variant_name(name))
 
 
 def parse_variant_name(name: str) -> tuple[tuple[int, int], ...]:
@@ -112,8 +125,7 @@ def parse_variant_name(name: str) -> tuple[tuple[int, int], ...]:
 
 
 def format_variant_name(periods: tuple[tuple[int, int], ...], ascii_x: bool = True) -> str:
-    times = "x" if ascii_x else "\u00d7"
-    return "RKNet-" + "_".join(f"{s}{times}{r}" for s, r in periods)
+    return variant_name(periods, "x" if ascii_x else "\u00d7")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""MLflow bookkeeping: where runs live, finding a configuration's run, writing one.
+"""Everything MLflow: reaching a store, finding a configuration's run, and the whole life of a
+run written to it (open new, resume, supersede, tag, log, close) behind :class:`Tracker`.
 
-The names of experiments, tags and metrics come from :mod:`rkrepro.schema`, which the report
+The names of experiments, tags and metrics come from :mod:`rkrepro.mlflow_keys`, which the report
 side reads with. mlflow is imported lazily (it takes seconds), so ``--help`` stays fast.
 """
 
@@ -18,24 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rkrepro import schema
+from rkrepro import mlflow_keys
 from rkrepro.errors import TrackingError
 from rkrepro.paths import resolve_tracking_uri, runs_dir, sqlite_path
 
-__all__ = ["resolve_tracking_uri", "runs_dir", "sqlite_path"]
-
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
-
-TAG_TORCH = schema.TAG_TORCH
-TAG_CUDA = schema.TAG_CUDA
-TAG_GIT_DIRTY = schema.TAG_GIT_DIRTY
-TAG_SUPERSEDED = schema.TAG_SUPERSEDED
-# Where and how a run trained (environment tags, refreshed on every resume).
-TAG_WORLD_SIZE = "rkrepro.world_size"  # processes of a data-parallel run; "1" otherwise
-TAG_BATCHNORM = "rkrepro.batchnorm"  # "per-gpu" or "sync", data-parallel runs only
-TAG_SLURM_JOB = "rkrepro.slurm_job_id"  # "<array job>_<task>" under SLURM
-TAG_SLURM_RESTARTS = "rkrepro.slurm_restart_count"  # requeues after preemption / time limit
 
 # SQLite lets one writer in at a time; MLflow waits up to 20 s for the lock (busy_timeout), but
 # a transaction that read before writing gets "database is locked" at once when another writer
@@ -151,8 +140,8 @@ def launcher_tags() -> dict[str, str]:
         return {}
     task = env.get("SLURM_ARRAY_TASK_ID")
     return {
-        TAG_SLURM_JOB: f"{job}_{task}" if task else job,
-        TAG_SLURM_RESTARTS: env.get("SLURM_RESTART_COUNT", "0"),
+        mlflow_keys.TAG_SLURM_JOB: f"{job}_{task}" if task else job,
+        mlflow_keys.TAG_SLURM_RESTARTS: env.get("SLURM_RESTART_COUNT", "0"),
     }
 
 
@@ -170,7 +159,7 @@ def _artifact_location(uri: str, table_id: str) -> str | None:
 def experiment_id(c: MlflowClient, uri: str, table_id: str, create: bool = True) -> str | None:
     from mlflow.exceptions import MlflowException
 
-    name = schema.experiment_name(table_id)
+    name = mlflow_keys.experiment_name(table_id)
     try:
         found = c.get_experiment_by_name(name)
         if found is not None:
@@ -200,7 +189,7 @@ def latest_run(c: MlflowClient, exp_id: str, config_hash: str) -> ExistingRun | 
     """The newest run of this configuration (several exist after ``--force``)."""
     runs = c.search_runs(
         [exp_id],
-        filter_string=f"tags.`{schema.TAG_CONFIG_HASH}` = '{config_hash}'",
+        filter_string=f"tags.`{mlflow_keys.TAG_CONFIG_HASH}` = '{config_hash}'",
         order_by=["attributes.start_time DESC"],
         max_results=10,
     )
@@ -276,12 +265,12 @@ class RunLog:
 
         self.client.update_run(self.run_id, status="RUNNING")
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        if schema.TAG_FAILURE in self.client.get_run(self.run_id).data.tags:
-            self.client.delete_tag(self.run_id, schema.TAG_FAILURE)
+        if mlflow_keys.TAG_FAILURE in self.client.get_run(self.run_id).data.tags:
+            self.client.delete_tag(self.run_id, mlflow_keys.TAG_FAILURE)
 
     def logged_epochs(self) -> set[int]:
         if self._logged_epochs is None:
-            history = self.client.get_metric_history(self.run_id, schema.M_TEST_ERROR)
+            history = self.client.get_metric_history(self.run_id, mlflow_keys.M_TEST_ERROR)
             self._logged_epochs = {m.step for m in history}
         return self._logged_epochs
 
@@ -293,16 +282,16 @@ class RunLog:
             return
         now = int(time.time() * 1000)
         values = {
-            schema.M_TRAIN_LOSS: record.train_loss,
-            schema.M_TRAIN_ERROR: record.train_error,
-            schema.M_TEST_ERROR: record.test_error,
-            schema.M_LR: record.lr,
-            schema.M_EPOCH_SECONDS: record.epoch_seconds,
-            schema.M_IMAGES_PER_S: record.images_per_s,
-            schema.M_PEAK_MEMORY: record.peak_memory_mb,
+            mlflow_keys.M_TRAIN_LOSS: record.train_loss,
+            mlflow_keys.M_TRAIN_ERROR: record.train_error,
+            mlflow_keys.M_TEST_ERROR: record.test_error,
+            mlflow_keys.M_LR: record.lr,
+            mlflow_keys.M_EPOCH_SECONDS: record.epoch_seconds,
+            mlflow_keys.M_IMAGES_PER_S: record.images_per_s,
+            mlflow_keys.M_PEAK_MEMORY: record.peak_memory_mb,
         }
         if record.test_top5_error is not None:
-            values[schema.M_TEST_TOP5] = record.test_top5_error
+            values[mlflow_keys.M_TEST_TOP5] = record.test_top5_error
         metrics = [Metric(k, float(v), now, record.epoch) for k, v in values.items()]
         self.client.log_batch(self.run_id, metrics=metrics)
         self.logged_epochs().add(record.epoch)
@@ -325,6 +314,20 @@ class RunLog:
     def finish(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status=status)
 
+    def complete(self, summary: dict[str, float], step: int, metrics_csv: str) -> None:
+        """A finished run: its summary metrics, its history as CSV, status FINISHED."""
+        self.log_metrics(summary, step=step)
+        self.log_text(metrics_csv, "metrics.csv")
+        self.finish("FINISHED")
+
+    def stop(self, status: str, reason: str, metrics_csv: str | None) -> None:
+        """A stopped (KILLED) or FAILED run: its history so far and, if it failed, why."""
+        if metrics_csv is not None:
+            self.log_text(metrics_csv, "metrics.csv")
+        if status == "FAILED":
+            self.set_tags({mlflow_keys.TAG_FAILURE: reason[:5000]})
+        self.finish(status)
+
 
 def wrap_errors(uri: str):
     """Context manager turning store failures into :class:`TrackingError` (one line)."""
@@ -341,3 +344,91 @@ def wrap_errors(uri: str):
             raise TrackingError(f"tracking store {uri}: {first}") from None
 
     return _wrapped()
+
+
+def environment_tags(device: str, world: int, batchnorm: str | None) -> dict[str, str]:
+    """Where and how a run trains now (refreshed on every resume): device, code, versions."""
+    import torch
+
+    commit, dirty = git_commit()
+    tags = {
+        mlflow_keys.TAG_DEVICE: device,
+        mlflow_keys.TAG_GIT_COMMIT: commit,
+        mlflow_keys.TAG_GIT_DIRTY: str(dirty).lower(),
+        mlflow_keys.TAG_TORCH: torch.__version__,
+        mlflow_keys.TAG_CUDA: str(torch.version.cuda or "none"),
+        mlflow_keys.TAG_WORLD_SIZE: str(world),
+    }
+    if batchnorm is not None:
+        tags[mlflow_keys.TAG_BATCHNORM] = batchnorm
+    tags.update(launcher_tags())
+    return tags
+
+
+class Tracker:
+    """The one writer of a store: connects once, finds a configuration's latest run, and opens
+    (new or resumed), supersedes and closes runs. Every store failure is one line
+    (:class:`~rkrepro.errors.TrackingError`)."""
+
+    def __init__(self, uri: str | None) -> None:
+        self.uri = resolve_tracking_uri(uri)
+        self.client: Any = None
+        self._experiments: dict[str, str | None] = {}
+
+    def errors(self):
+        """Context manager: a store failure inside becomes one :class:`TrackingError` line."""
+        return wrap_errors(self.uri)
+
+    def connect(self, create: bool = True) -> bool:
+        """Check the store before anything else; False when a local store does not exist yet."""
+        check_reachable(self.uri)
+        if not create and not store_exists(self.uri):
+            return False
+        with self.errors():
+            self.client = client(self.uri)
+            self.client.search_experiments(max_results=1)
+        return True
+
+    def experiment(self, table_id: str, create: bool = True) -> str | None:
+        if table_id not in self._experiments or (create and self._experiments[table_id] is None):
+            self._experiments[table_id] = experiment_id(
+                self.client, self.uri, table_id, create=create
+            )
+        return self._experiments[table_id]
+
+    def latest_run(self, table_id: str, config_hash: str) -> ExistingRun | None:
+        """The newest run of this configuration; None before :meth:`connect` or if none."""
+        if self.client is None:
+            return None
+        exp = self.experiment(table_id, create=False)
+        if exp is None:
+            return None
+        with self.errors():
+            return latest_run(self.client, exp, config_hash)
+
+    def supersede(self, run: ExistingRun, reason: str) -> None:
+        """Mark ``run`` replaced by a newer one (readers skip it); a RUNNING one is KILLED."""
+        with self.errors():
+            self.client.set_tag(run.run_id, mlflow_keys.TAG_SUPERSEDED, reason)
+            if run.status == "RUNNING":
+                self.client.set_terminated(run.run_id, "KILLED")
+
+    def logged_epochs(self, run: ExistingRun) -> set[int]:
+        """The epochs ``run`` already has metrics for."""
+        with self.errors():
+            return RunLog(self.client, run.run_id).logged_epochs()
+
+    def resume(self, run: ExistingRun, env_tags: dict[str, str]) -> RunLog:
+        """Write into ``run`` again: RUNNING, with this process's environment tags."""
+        log = RunLog(self.client, run.run_id)
+        with self.errors():
+            log.reopen(env_tags)
+        return log
+
+    def create(
+        self, table_id: str, run_name: str, tags: dict[str, str], params: dict[str, str]
+    ) -> RunLog:
+        exp = self.experiment(table_id)
+        assert exp is not None
+        with self.errors():
+            return RunLog.create(self.client, exp, run_name, tags, params)

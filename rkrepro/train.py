@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rkrepro.checkpoints import CHECKPOINT_FORMAT, CheckpointBusy, Checkpoints  # noqa: F401
-from rkrepro.errors import RkreproError
-from rkrepro.fast_path import FAST_PATH_ENV, FastPath  # noqa: F401 - re-exported
+from rkrepro.checkpoints import CHECKPOINT_FORMAT, Checkpoints
+from rkrepro.fast_path import FastPath
 from rkrepro.spec import Protocol
 
 # Test hook (documented in the README): make the loss of this global step (1-based) NaN.
@@ -173,29 +172,6 @@ def _as_float(value: float | Tensor) -> float:
 # Setup helpers.
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> the first GPU if there is one, else the CPU; ``cuda:N`` must exist."""
-    name = (name or "auto").strip().lower()
-    if name == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise RkreproError(f"unknown device {name!r}: use auto, cpu or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RkreproError(f"device {name} asked for, but CUDA is not available here")
-        index = device.index or 0
-        if index >= torch.cuda.device_count():
-            raise RkreproError(
-                f"device {name} asked for, but there are {torch.cuda.device_count()} GPUs"
-            )
-        return torch.device("cuda", index)
-    if device.type != "cpu":
-        raise RkreproError(f"unsupported device {name!r}: use auto, cpu or cuda:N")
-    return device
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -249,10 +225,6 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints.
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,8 +304,7 @@ class Trainer:
         wrapped = isinstance(model, DistributedDataParallel)
         if self.fast.channels_last and not wrapped:  # DDP: model_device_setup did it before
             model = model.to(memory_format=torch.channels_last)
-        if self.fast.cudnn_benchmark:
-            torch.backends.cudnn.benchmark = True
+        _set_cudnn_benchmark(self.fast)
         if self.fast.cpu_malloc:
             keep_freed_memory()
         self.model = model
@@ -668,24 +639,27 @@ def history_csv(history: list[EpochRecord]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _set_cudnn_benchmark(fast: FastPath) -> None:
+    """cuDNN autotunes each convolution shape once (the fast path's ``cudnn_benchmark``)."""
+    if fast.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+
+
 def model_device_setup(
     model: nn.Module, device: torch.device, fast: FastPath | None = None
 ) -> nn.Module:
     """Move to ``device`` with the fast path's memory format and cuDNN autotuning
     (``fast`` defaults to :data:`FAST_PATH_ENV`, else everything on)."""
     fast = (fast if fast is not None else FastPath.from_env()).for_device(device)
-    if fast.cudnn_benchmark:
-        torch.backends.cudnn.benchmark = True
+    _set_cudnn_benchmark(fast)
     if fast.channels_last:
         return model.to(device, memory_format=torch.channels_last)
     return model.to(device)
 
 
 __all__ = [
-    "Checkpoints",
     "CudaGraphStep",
     "EpochRecord",
-    "FastPath",
     "Interrupted",
     "NonFiniteLoss",
     "RunFailure",
@@ -694,6 +668,5 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "history_csv",
-    "resolve_device",
     "seed_everything",
 ]

@@ -9,7 +9,7 @@ import helpers_workspace as ws
 import pytest
 from typer.testing import CliRunner
 
-from rkrepro.cli import app
+from rkrepro.cli.app import app
 
 RUN = ["run", "tiny", "--row", "bc-k4"]
 

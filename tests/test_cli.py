@@ -12,7 +12,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from rkrepro.cli import app
+from rkrepro.cli.app import app
 
 SHIPPED = Path(__file__).resolve().parent.parent / "tables"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import helpers_workspace as ws
 import pytest
 
-from rkrepro import schema
+from rkrepro import mlflow_keys
 from rkrepro.checkpoints import CHECKPOINT_FORMAT, Checkpoints
 
 pytestmark = pytest.mark.fault
@@ -69,7 +69,7 @@ class Space:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
-        exp = client.get_experiment_by_name(schema.experiment_name("tiny"))
+        exp = client.get_experiment_by_name(mlflow_keys.experiment_name("tiny"))
         if exp is None:
             return []
         return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
@@ -113,11 +113,11 @@ def space(tmp_path: Path, template: Path) -> Space:
 def assert_same_results(space: Space, runs: Path, reference) -> None:
     ref_space, ref_runs, ref_run = reference
     (run,) = [r for r in space.runs_of(runs) if r.info.status == "FINISHED"]
-    for name in (schema.M_TRAIN_LOSS, schema.M_TEST_ERROR, schema.M_LR):
+    for name in (mlflow_keys.M_TRAIN_LOSS, mlflow_keys.M_TEST_ERROR, mlflow_keys.M_LR):
         assert space.series(runs, run.info.run_id, name) == ref_space.series(
             ref_runs, ref_run.info.run_id, name
         ), name
-    for name in (schema.M_FINAL_TEST_ERROR, schema.M_BEST_TEST_ERROR):
+    for name in (mlflow_keys.M_FINAL_TEST_ERROR, mlflow_keys.M_BEST_TEST_ERROR):
         assert run.data.metrics[name] == ref_run.data.metrics[name]
 
 
@@ -169,8 +169,8 @@ def test_all_checkpoints_corrupt_is_a_clear_stop_not_a_fresh_start(space: Space)
     assert "Traceback" not in output
     (after,) = space.runs_of(runs)  # no new run, nothing trained
     assert after.info.run_id == before.info.run_id
-    assert space.series(runs, after.info.run_id, schema.M_TEST_ERROR) == space.series(
-        runs, before.info.run_id, schema.M_TEST_ERROR
+    assert space.series(runs, after.info.run_id, mlflow_keys.M_TEST_ERROR) == space.series(
+        runs, before.info.run_id, mlflow_keys.M_TEST_ERROR
     )
     assert checkpoints.last.read_bytes() == b"not a checkpoint"  # left for the user to inspect
 
@@ -213,7 +213,7 @@ def test_disk_full_while_checkpointing_stops_cleanly_and_keeps_older(
         assert state is not None and state["format"] == CHECKPOINT_FORMAT
         (run,) = space.runs_of(runs)
         assert run.info.status == "FAILED"
-        assert "No space left" in run.data.tags[schema.TAG_FAILURE]
+        assert "No space left" in run.data.tags[mlflow_keys.TAG_FAILURE]
 
         subprocess.run(["mount", "-o", "remount,size=8m", str(folder)], check=True)
         code, output = space.run(runs)
@@ -237,7 +237,7 @@ def test_the_same_cell_started_twice_at_once_trains_once(space: Space) -> None:
     assert len(busy) == 1, outputs
     finished = [r for r in space.runs_of(runs) if r.info.status == "FINISHED"]
     assert len(finished) == 1
-    assert len(space.series(runs, finished[0].info.run_id, schema.M_TEST_ERROR)) == 6
+    assert len(space.series(runs, finished[0].info.run_id, mlflow_keys.M_TEST_ERROR)) == 6
 
 
 def test_a_store_from_another_mlflow_version_is_reported_clearly(space: Space) -> None:

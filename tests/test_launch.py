@@ -23,7 +23,9 @@ import pytest
 import test_run_cli as base
 import torch
 
-from rkrepro import launch, schema, tracking
+from rkrepro import mlflow_keys, tracking
+from rkrepro.errors import RkreproError
+from rkrepro.run import jobs, launch, plans, slurm
 
 # The workspace of the run tests: a tiny table, tiny CIFAR files, an SQLite store (fixtures).
 mlflow_template = base.mlflow_template
@@ -116,7 +118,7 @@ def test_slots_pin_one_gpu_each_through_the_visible_list(monkeypatch: pytest.Mon
     groups = launch.gpu_slots([0, 1, 2, 3], nproc=2)
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in groups] == ["4,5", "6,7"]
     launch.check_gpus([0, 3], count=4)
-    with pytest.raises(launch.RkreproError, match="GPU 4 does not exist; 4 visible"):
+    with pytest.raises(RkreproError, match="GPU 4 does not exist; 4 visible"):
         launch.check_gpus([4], count=4)
 
 
@@ -175,10 +177,15 @@ def test_four_concurrent_jobs_lose_nothing(ws: Workspace) -> None:
     assert len(runs) == 4
     for run in runs:
         assert run.info.status == "FINISHED", run.info
-        for name in (schema.M_TRAIN_LOSS, schema.M_TEST_ERROR, schema.M_LR, schema.M_TRAIN_ERROR):
+        for name in (
+            mlflow_keys.M_TRAIN_LOSS,
+            mlflow_keys.M_TEST_ERROR,
+            mlflow_keys.M_LR,
+            mlflow_keys.M_TRAIN_ERROR,
+        ):
             steps = [s for s, _ in _series(ws, run.info.run_id, name)]
             assert steps == list(range(1, epochs + 1)), (name, steps)
-        assert schema.M_FINAL_TEST_ERROR in run.data.metrics
+        assert mlflow_keys.M_FINAL_TEST_ERROR in run.data.metrics
         assert run.data.params["protocol.epochs"] == str(epochs)
     # They did overlap: every run started before any of them ended.
     assert max(r.info.start_time for r in runs) < min(r.info.end_time for r in runs)
@@ -218,20 +225,21 @@ def _train_tiny(env: dict[str, str], world: int, rank: int, epochs: int) -> int:
     from rich.console import Console
 
     import rkrepro.models
-    from rkrepro import runner, targets
+    from rkrepro import targets
+    from rkrepro.run import runner
 
     rkrepro.models.build_model = lambda spec, memory_efficient=False: _NoBatchNorm()
     cells = targets.resolve_cells(targets.load_tables(), "tiny", "bc-k4", ["original"], "no-share")
-    options = runner.RunOptions(epochs=epochs, data_dir=Path(env["RKREPRO_DATA_DIR"]), device="cpu")
-    plans = runner.make_plans(cells, [0], options)
+    options = plans.RunOptions(epochs=epochs, data_dir=Path(env["RKREPRO_DATA_DIR"]), device="cpu")
+    planned = plans.make_plans(cells, [0], options)
     if world == 1:
-        return runner.Runner(options, Console(quiet=True)).run(plans)
-    from rkrepro import distributed
+        return runner.Runner(options, Console(quiet=True)).run(planned)
+    from rkrepro.run import distributed
 
     ctx = distributed.init("cpu")
     try:
         assert ctx.backend == "gloo" and ctx.world_size == world and ctx.rank == rank
-        return runner.Runner(options, Console(quiet=True), dist=ctx).run(plans)
+        return runner.Runner(options, Console(quiet=True), dist=ctx).run(planned)
     finally:
         distributed.shutdown()
 
@@ -269,17 +277,17 @@ def test_ddp_two_processes_match_one_process(
     (one,) = ws.runs_of(single)
     (ddp,) = ws.runs_of()
     assert one.info.status == ddp.info.status == "FINISHED"
-    assert ddp.data.tags[tracking.TAG_WORLD_SIZE] == "2"
-    assert ddp.data.tags[tracking.TAG_BATCHNORM] == "per-gpu"
-    for name in (schema.M_TRAIN_LOSS, schema.M_TRAIN_ERROR, schema.M_TEST_ERROR):
+    assert ddp.data.tags[mlflow_keys.TAG_WORLD_SIZE] == "2"
+    assert ddp.data.tags[mlflow_keys.TAG_BATCHNORM] == "per-gpu"
+    for name in (mlflow_keys.M_TRAIN_LOSS, mlflow_keys.M_TRAIN_ERROR, mlflow_keys.M_TEST_ERROR):
         a = _series(ws, one.info.run_id, name, single)
         b = _series(ws, ddp.info.run_id, name)
         assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3]
         for (_, x), (_, y) in zip(a, b, strict=True):
             assert y == pytest.approx(x, rel=DDP_RTOL, abs=1e-6), name
     # Rank 0's checkpoint is the plain model's state, equal to the single process's weights.
-    config_hash = one.data.tags[schema.TAG_CONFIG_HASH]
-    assert ddp.data.tags[schema.TAG_CONFIG_HASH] == config_hash
+    config_hash = one.data.tags[mlflow_keys.TAG_CONFIG_HASH]
+    assert ddp.data.tags[mlflow_keys.TAG_CONFIG_HASH] == config_hash
     w1 = torch.load(single / "checkpoints" / config_hash / "last.pt", weights_only=False)
     w2 = torch.load(ws.runs / "checkpoints" / config_hash / "last.pt", weights_only=False)
     assert w1["model"].keys() == w2["model"].keys()
@@ -310,8 +318,8 @@ def test_torchrun_job_stops_on_sigterm_and_resumes_the_same_run(ws: Workspace) -
     (run,) = ws.runs_of()
     assert run.info.run_id == stopped.info.run_id and run.info.status == "FINISHED"
     assert "resuming run" in next((ws.runs / "logs").rglob("*.log")).read_text()
-    assert run.data.tags[tracking.TAG_WORLD_SIZE] == "2"
-    for name in (schema.M_TRAIN_LOSS, schema.M_TEST_ERROR):
+    assert run.data.tags[mlflow_keys.TAG_WORLD_SIZE] == "2"
+    for name in (mlflow_keys.M_TRAIN_LOSS, mlflow_keys.M_TEST_ERROR):
         assert [s for s, _ in _series(ws, run.info.run_id, name)] == list(range(1, 7))
 
 
@@ -344,7 +352,7 @@ def test_slurm_task_preempted_requeues_and_resumes_the_same_run(
     from submitit.core.utils import pickle_load
 
     h.write_random_cifar10(ws.data, n_train=512, n_test=64)
-    monkeypatch.setenv(launch.SUBMITIT_CLUSTER_ENV, "local")
+    monkeypatch.setenv(slurm.SUBMITIT_CLUSTER_ENV, "local")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     args = ("--variant", "original", "--no-share", "--epochs", "5", "--launcher", "slurm")
@@ -374,7 +382,7 @@ def test_slurm_task_preempted_requeues_and_resumes_the_same_run(
     assert "resuming run " + running.info.run_id in out, out
     (run,) = ws.runs_of()
     assert run.info.run_id == running.info.run_id and run.info.status == "FINISHED"
-    for name in (schema.M_TRAIN_LOSS, schema.M_TEST_ERROR):
+    for name in (mlflow_keys.M_TRAIN_LOSS, mlflow_keys.M_TEST_ERROR):
         assert [s for s, _ in _series(ws, run.info.run_id, name)] == list(range(1, 6))
 
 
@@ -385,10 +393,10 @@ def test_slurm_script_asks_for_what_the_options_say(
     from submitit.slurm.slurm import SlurmExecutor
 
     monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # "srun exists"
-    settings = launch.SlurmSettings(
+    settings = slurm.SlurmSettings(
         partition="gpu", account="proj", gpus_per_node=4, time_min=600, folder=tmp_path / "%j"
     )
-    executor = launch.make_executor(settings)
+    executor = slurm.make_executor(settings)
     script = executor._executor._make_submission_file_text("CMD", "uid")
     for part in (
         "--partition=gpu",
@@ -396,7 +404,7 @@ def test_slurm_script_asks_for_what_the_options_say(
         "--gpus-per-node=4",
         "--time=600",
         "--cpus-per-task=32",
-        f"--signal=USR2@{launch.SLURM_SIGNAL_DELAY_S}",
+        f"--signal=USR2@{slurm.SLURM_SIGNAL_DELAY_S}",
         "--nodes=1",
         "--ntasks-per-node=1",
     ):
@@ -407,20 +415,19 @@ def test_a_requeued_task_resumes_instead_of_forcing_again() -> None:
     import pickle
 
     pytest.importorskip("submitit")
-    task = launch.CellTask(["-m", "rkrepro", "run", "t", "--force"], {"A": "1"}, "cell seed 0")
+    task = slurm.CellTask(["-m", "rkrepro", "run", "t", "--force"], {"A": "1"}, "cell seed 0")
     again = pickle.loads(pickle.dumps(task.checkpoint()))
     assert again.function.args == ("-m", "rkrepro", "run", "t")
     assert again.function.env == {"A": "1"} and again.function.label == "cell seed 0"
 
 
 def test_a_ddp_job_is_torchrun_of_the_same_rkrepro_command(ws: Workspace) -> None:
-    from rkrepro import runner, targets
+    from rkrepro import targets
 
     cells = targets.resolve_cells(targets.load_tables(), "tiny", "bc-k4", [VARIANT], "share")
-    options = runner.RunOptions(epochs=2, sync_bn=True, fast_path="-cuda_graph")
-    (plan,) = runner.make_plans(cells, [3], options, "cuda")
-    common = launch.common_args(options, None)
-    job = launch.job_for(plan, common, "auto", nproc=4)
+    options = plans.RunOptions(epochs=2, sync_bn=True, fast_path="-cuda_graph")
+    (plan,) = plans.make_plans(cells, [3], options, "cuda")
+    job = jobs.job_for(plan, "auto", nproc=4)
     args = list(job.args)
     assert args[:2] == ["-m", "torch.distributed.run"] and "--nproc-per-node=4" in args
     rk = args[args.index("rkrepro") + 1 :]

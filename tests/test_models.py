@@ -24,12 +24,12 @@ from rkrepro.models import (
     count_params,
     describe_periods,
     input_size_for,
-    matches_printed,
     spec_param_counts,
 )
 from rkrepro.models.densenet import DenseLayer, load_torchvision_state_dict, torchvision_key
 from rkrepro.models.rknet import DenseRKStep, Period, ResNetRKStep, tie_shared_weights
 from rkrepro.spec import ModelSpec
+from rkrepro.targets import Printed
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -142,6 +142,10 @@ for _depth, (_printed, _euler, _shared, _others) in _RESNET_ROWS.items():
     RESNET_VARIANTS += [replace(_resnet, periods=periods_of(n)) for n in [_euler, *_others]]
 
 ALL_SPECS: list[ModelSpec] = list(dict.fromkeys([c.spec for c in CELLS] + RESNET_VARIANTS))
+
+
+def matches_printed(count: int, printed: str) -> bool:
+    return Printed.parse(printed).matches_count(count)
 
 
 def assert_printed_params(count: int, printed: str, what: str) -> None:

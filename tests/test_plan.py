@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from rkrepro import plan
-from rkrepro.cli import app
+from rkrepro import cost
+from rkrepro.cli.app import app
 from rkrepro.targets import load_tables, resolve_cells
 
 
@@ -35,14 +35,14 @@ def test_protocol_flops_follow_the_epochs_and_dataset():
     cell = resolve_cells(load_tables(), "table1", "densenet-bc-k12")[0]
     forward = 1_000_000
     expected = 300 * (3 * forward * 50_000 + forward * 10_000)
-    assert plan.protocol_flops(cell, forward) == expected
+    assert cost.protocol_flops(cell, forward) == expected
 
 
 def test_memory_estimate_grows_with_depth_and_batch():
     tables = load_tables()
     small = resolve_cells(tables, "table4", "resnet-20")[0]
     large = resolve_cells(tables, "table4", "resnet-110")[0]
-    assert plan.saved_activation_bytes(large) > 4 * plan.saved_activation_bytes(small)
-    est_small, est_large = plan.estimate([small, large], probe_device=None)
+    assert cost.saved_activation_bytes(large) > 4 * cost.saved_activation_bytes(small)
+    est_small, est_large = cost.estimate([small, large], probe_device=None)
     assert est_large.peak_memory_gb > est_small.peak_memory_gb > 0
     assert est_large.gpu_hours > est_small.gpu_hours

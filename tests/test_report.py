@@ -21,8 +21,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from rkrepro import mlflow_keys, status, targets
 from rkrepro import report as reporting
-from rkrepro import schema, status, targets
 
 GOLDEN = Path(__file__).parent / "golden"
 START = 1_700_000_000_000  # ms; runs get increasing start times so reruns have an order
@@ -31,7 +31,7 @@ START = 1_700_000_000_000  # ms; runs get increasing start times so reruns have 
 # --------------------------------------------------------------------------------------------
 # The store: (table, row, model, share, seed, protocol, mlflow status, per-epoch test error).
 
-PAPER, SHORT = schema.PROTOCOL_PAPER, schema.PROTOCOL_SHORTENED
+PAPER, SHORT = mlflow_keys.PROTOCOL_PAPER, mlflow_keys.PROTOCOL_SHORTENED
 R20_V = "RKNet-1x3_1x2_1x2"
 RUNS = [
     # table4 resnet-20: original within (7.30 vs 7.27), a rerun of seed 0 supersedes 9.99.
@@ -69,33 +69,33 @@ def _fill(uri: str) -> dict[str, list[str]]:
     ids: dict[str, list[str]] = {}
     for index, (table, row, model, share, seed, protocol, state, curve) in enumerate(RUNS):
         if table not in experiments:
-            experiments[table] = client.create_experiment(schema.experiment_name(table))
+            experiments[table] = client.create_experiment(mlflow_keys.experiment_name(table))
         tags = {
-            schema.TAG_TABLE: table,
-            schema.TAG_ROW: row,
-            schema.TAG_MODEL: model,
-            schema.TAG_SHARE: "true" if share else "false",
-            schema.TAG_SEED: str(seed),
-            schema.TAG_PROTOCOL: protocol,
+            mlflow_keys.TAG_TABLE: table,
+            mlflow_keys.TAG_ROW: row,
+            mlflow_keys.TAG_MODEL: model,
+            mlflow_keys.TAG_SHARE: "true" if share else "false",
+            mlflow_keys.TAG_SEED: str(seed),
+            mlflow_keys.TAG_PROTOCOL: protocol,
         }
         run = client.create_run(experiments[table], start_time=START + 1000 * index, tags=tags)
         run_id = run.info.run_id
         stamp = START + 1000 * index
-        metrics = [Metric(schema.M_TEST_ERROR, v, stamp, e) for e, v in enumerate(curve, 1)]
+        metrics = [Metric(mlflow_keys.M_TEST_ERROR, v, stamp, e) for e, v in enumerate(curve, 1)]
         if state == "FINISHED":
             metrics += [
-                Metric(schema.M_FINAL_TEST_ERROR, curve[-1], stamp, 0),
-                Metric(schema.M_BEST_TEST_ERROR, min(curve) - 0.05, stamp, 0),
+                Metric(mlflow_keys.M_FINAL_TEST_ERROR, curve[-1], stamp, 0),
+                Metric(mlflow_keys.M_BEST_TEST_ERROR, min(curve) - 0.05, stamp, 0),
             ]
             if table == "table3":
-                metrics.append(Metric(schema.M_FINAL_TEST_TOP5, 7.80, stamp, 0))
-        client.log_batch(run_id, metrics=metrics, tags=[RunTag(schema.TAG_DEVICE, "cpu")])
+                metrics.append(Metric(mlflow_keys.M_FINAL_TEST_TOP5, 7.80, stamp, 0))
+        client.log_batch(run_id, metrics=metrics, tags=[RunTag(mlflow_keys.TAG_DEVICE, "cpu")])
         if state != "RUNNING":
             client.set_terminated(run_id, state, end_time=stamp + 500)
-        key = status.cell_key((table, row, model, share))
+        key = targets.cell_key(table, row, model, share)
         ids.setdefault(key, []).append(run_id)
-    deleted = client.create_run(experiments["table4"], tags={**tags, schema.TAG_SEED: "9"})
-    client.log_metric(deleted.info.run_id, schema.M_FINAL_TEST_ERROR, 99.0)
+    deleted = client.create_run(experiments["table4"], tags={**tags, mlflow_keys.TAG_SEED: "9"})
+    client.log_metric(deleted.info.run_id, mlflow_keys.M_FINAL_TEST_ERROR, 99.0)
     client.set_terminated(deleted.info.run_id, "FINISHED")
     client.delete_run(deleted.info.run_id)
     client.create_run(experiments["table4"], tags={"note": "not a cell"})
@@ -138,14 +138,14 @@ def _report(uri: str, table: str | None, **options) -> reporting.Report:
 
 def _app() -> typer.Typer:
     try:
-        from rkrepro.cli import app
+        from rkrepro.cli.app import app
 
         names = {c.name or c.callback.__name__ for c in app.registered_commands}
         if {"report", "status"} <= names:
             return app
     except ImportError:
         pass
-    from rkrepro.cli_report import register
+    from rkrepro.cli.report import register
 
     app = typer.Typer()
     register(app)
@@ -190,7 +190,7 @@ def test_verdicts_and_seed_statistics(store):
 def test_best_epoch_and_shortened_are_opt_in_and_labelled(store):
     uri, _ = store
     best = _report(uri, "table4", best=True)
-    assert best.metric == schema.M_BEST_TEST_ERROR and "best-epoch" in best.metric_label
+    assert best.metric == mlflow_keys.M_BEST_TEST_ERROR and "best-epoch" in best.metric_label
     assert _result(best, "table4/resnet-20/original/noshare").paper.error.mean == pytest.approx(
         7.25
     )
@@ -261,7 +261,7 @@ def test_csv_and_json_keep_full_precision(store):
     assert original["error_mean"] == sum([7.20, 7.30, 7.40]) / 3
     assert original["seeds"] == ["0", "1", "2"] and len(original["run_ids"]) == 4
     assert document["tables"][0]["summary"]["worse"] == 1
-    assert document["metric"] == schema.M_FINAL_TEST_ERROR
+    assert document["metric"] == mlflow_keys.M_FINAL_TEST_ERROR
 
 
 class _Balanced(HTMLParser):
@@ -389,7 +389,7 @@ def test_cell_status_map_needs_neither_mlflow_nor_torch(store):
     code = (
         "import json, sys\n"
         "from rkrepro.status import cell_status_map\n"
-        "import rkrepro.cli_report\n"
+        "import rkrepro.cli.report\n"
         f"result = cell_status_map({uri!r}, ['table4', 'table3'])\n"
         "assert 'mlflow' not in sys.modules and 'torch' not in sys.modules\n"
         "print(json.dumps(result))\n"
@@ -432,27 +432,27 @@ def test_a_non_fp32_number_is_labelled(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
-    experiment = client.create_experiment(schema.experiment_name("table4"))
-    for seed, (precision, error) in enumerate([(None, 7.20), (schema.PRECISION_BF16, 7.40)]):
+    experiment = client.create_experiment(mlflow_keys.experiment_name("table4"))
+    for seed, (precision, error) in enumerate([(None, 7.20), (mlflow_keys.PRECISION_BF16, 7.40)]):
         tags = {
-            schema.TAG_TABLE: "table4",
-            schema.TAG_ROW: "resnet-20",
-            schema.TAG_MODEL: "original",
-            schema.TAG_SHARE: "false",
-            schema.TAG_SEED: str(seed),
-            schema.TAG_PROTOCOL: PAPER,
-            **({schema.TAG_PRECISION: precision} if precision else {}),
+            mlflow_keys.TAG_TABLE: "table4",
+            mlflow_keys.TAG_ROW: "resnet-20",
+            mlflow_keys.TAG_MODEL: "original",
+            mlflow_keys.TAG_SHARE: "false",
+            mlflow_keys.TAG_SEED: str(seed),
+            mlflow_keys.TAG_PROTOCOL: PAPER,
+            **({mlflow_keys.TAG_PRECISION: precision} if precision else {}),
         }
         run = client.create_run(experiment, start_time=START + seed, tags=tags)
-        client.log_metric(run.info.run_id, schema.M_FINAL_TEST_ERROR, error)
+        client.log_metric(run.info.run_id, mlflow_keys.M_FINAL_TEST_ERROR, error)
         client.set_terminated(run.info.run_id, "FINISHED")
     fast = status.fetch_runs(uri, ["table4"], reader="sqlite")
     assert fast == status.fetch_runs(uri, ["table4"], reader="mlflow")
-    assert [r.precision for r in fast] == [schema.PRECISION_FP32, schema.PRECISION_BF16]
+    assert [r.precision for r in fast] == [mlflow_keys.PRECISION_FP32, mlflow_keys.PRECISION_BF16]
 
     result = _report(uri, "table4")
     original = _result(result, "table4/resnet-20/original/noshare")
-    assert original.paper.precisions == (schema.PRECISION_BF16, schema.PRECISION_FP32)
+    assert original.paper.precisions == (mlflow_keys.PRECISION_BF16, mlflow_keys.PRECISION_FP32)
     record = next(r for r in reporting.records(result) if r["row"] == "resnet-20")
     assert record["precision"] == "bf16-autocast,fp32"
     line = next(x for x in reporting.to_markdown(result).splitlines() if "7.30 ± 0.14" in x)

@@ -22,8 +22,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rkrepro import schema
-from rkrepro.cli import app
+from rkrepro import mlflow_keys
+from rkrepro.cli.app import app
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -86,7 +86,7 @@ class Workspace:
 
     def runs_of(self, runs: Path | None = None) -> list:
         client = self.client(runs)
-        exp = client.get_experiment_by_name(schema.experiment_name("tiny"))
+        exp = client.get_experiment_by_name(mlflow_keys.experiment_name("tiny"))
         if exp is None:
             return []
         return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
@@ -132,18 +132,23 @@ def test_run_trains_every_cell_and_records_it(ws: Workspace) -> None:
     assert result.exit_code == 0, result.output
     runs = ws.runs_of()
     assert len(runs) == 3
-    by_key = {(r.data.tags[schema.TAG_MODEL], r.data.tags[schema.TAG_SHARE]): r for r in runs}
+    by_key = {
+        (r.data.tags[mlflow_keys.TAG_MODEL], r.data.tags[mlflow_keys.TAG_SHARE]): r for r in runs
+    }
     assert set(by_key) == {("original", "false"), (VARIANT, "false"), (VARIANT, "true")}
     run = by_key[(VARIANT, "true")]
     assert run.info.status == "FINISHED"
     tags = run.data.tags
-    assert tags[schema.TAG_TABLE] == "tiny" and tags[schema.TAG_ROW] == "bc-k4"
-    assert tags[schema.TAG_SEED] == "0" and tags[schema.TAG_PROTOCOL] == schema.PROTOCOL_SHORTENED
-    assert tags[schema.TAG_DEVICE] == "cpu" and tags[schema.TAG_GIT_COMMIT]
+    assert tags[mlflow_keys.TAG_TABLE] == "tiny" and tags[mlflow_keys.TAG_ROW] == "bc-k4"
+    assert (
+        tags[mlflow_keys.TAG_SEED] == "0"
+        and tags[mlflow_keys.TAG_PROTOCOL] == mlflow_keys.PROTOCOL_SHORTENED
+    )
+    assert tags[mlflow_keys.TAG_DEVICE] == "cpu" and tags[mlflow_keys.TAG_GIT_COMMIT]
     assert tags["rkrepro.torch_version"] == torch.__version__ and "rkrepro.cuda_version" in tags
-    assert tags[schema.TAG_PRECISION] == "fp32"
-    assert tags[schema.TAG_FAST_PATH] == "channels_last,cpu_malloc"
-    config_hash = tags[schema.TAG_CONFIG_HASH]
+    assert tags[mlflow_keys.TAG_PRECISION] == "fp32"
+    assert tags[mlflow_keys.TAG_FAST_PATH] == "channels_last,cpu_malloc"
+    config_hash = tags[mlflow_keys.TAG_CONFIG_HASH]
     params = run.data.params
     assert params["precision"] == "fp32" and params["fast_path"] == "channels_last,cpu_malloc"
     assert params["protocol.epochs"] == "2" and params["protocol.paper_epochs"] == "300"
@@ -151,23 +156,23 @@ def test_run_trains_every_cell_and_records_it(ws: Workspace) -> None:
     assert params["spec.share"] == "True" and params["seed"] == "0"
     metrics = run.data.metrics
     for name in (
-        schema.M_TRAIN_LOSS,
-        schema.M_TRAIN_ERROR,
-        schema.M_TEST_ERROR,
-        schema.M_LR,
-        schema.M_EPOCH_SECONDS,
-        schema.M_IMAGES_PER_S,
-        schema.M_PEAK_MEMORY,
-        schema.M_FINAL_TEST_ERROR,
-        schema.M_BEST_TEST_ERROR,
-        schema.M_PARAMS_PAPER,
-        schema.M_PARAMS_TOTAL,
+        mlflow_keys.M_TRAIN_LOSS,
+        mlflow_keys.M_TRAIN_ERROR,
+        mlflow_keys.M_TEST_ERROR,
+        mlflow_keys.M_LR,
+        mlflow_keys.M_EPOCH_SECONDS,
+        mlflow_keys.M_IMAGES_PER_S,
+        mlflow_keys.M_PEAK_MEMORY,
+        mlflow_keys.M_FINAL_TEST_ERROR,
+        mlflow_keys.M_BEST_TEST_ERROR,
+        mlflow_keys.M_PARAMS_PAPER,
+        mlflow_keys.M_PARAMS_TOTAL,
     ):
         assert name in metrics, name
-    history = ws.client().get_metric_history(run.info.run_id, schema.M_TEST_ERROR)
+    history = ws.client().get_metric_history(run.info.run_id, mlflow_keys.M_TEST_ERROR)
     assert sorted(m.step for m in history) == [1, 2]
-    assert metrics[schema.M_FINAL_TEST_ERROR] == max(history, key=lambda m: m.step).value
-    assert metrics[schema.M_PARAMS_PAPER] < metrics[schema.M_PARAMS_TOTAL]
+    assert metrics[mlflow_keys.M_FINAL_TEST_ERROR] == max(history, key=lambda m: m.step).value
+    assert metrics[mlflow_keys.M_PARAMS_PAPER] < metrics[mlflow_keys.M_PARAMS_TOTAL]
     artifacts = {a.path for a in ws.client().list_artifacts(run.info.run_id)}
     assert {"config.yaml", "config.json", "model_summary.txt", "metrics.csv"} <= artifacts
     assert (ws.runs / "artifacts" / "tiny" / run.info.run_id).is_dir()
@@ -245,7 +250,7 @@ def test_nan_fails_that_run_goes_on_and_resumes_later(
     assert len(runs) == 2  # the second cell ran after the first failed
     for run in runs:
         assert run.info.status == "FAILED"
-        assert "non-finite training loss" in run.data.tags[schema.TAG_FAILURE]
+        assert "non-finite training loss" in run.data.tags[mlflow_keys.TAG_FAILURE]
 
     monkeypatch.delenv("RKREPRO_FAULT_NAN_AT_STEP")
     result = invoke(*args, "--device", "cpu")
@@ -253,7 +258,7 @@ def test_nan_fails_that_run_goes_on_and_resumes_later(
     resumed = ws.runs_of()
     assert [r.info.run_id for r in resumed] == [r.info.run_id for r in runs]
     assert all(r.info.status == "FINISHED" for r in resumed)
-    assert all(schema.TAG_FAILURE not in r.data.tags for r in resumed)
+    assert all(mlflow_keys.TAG_FAILURE not in r.data.tags for r in resumed)
 
 
 def test_ui_refuses_a_server_uri(ws: Workspace) -> None:
@@ -327,9 +332,9 @@ def test_kill_and_sigterm_resume_to_the_uninterrupted_result(
     (run,) = ws.runs_of()
     (ref_run,) = ws.runs_of(reference)
     assert run.info.status == "FINISHED"
-    for name in (schema.M_TRAIN_LOSS, schema.M_TEST_ERROR, schema.M_LR):
+    for name in (mlflow_keys.M_TRAIN_LOSS, mlflow_keys.M_TEST_ERROR, mlflow_keys.M_LR):
         assert _series(ws, runs, run.info.run_id, name) == _series(
             ws, reference, ref_run.info.run_id, name
         ), name
-    for name in (schema.M_FINAL_TEST_ERROR, schema.M_BEST_TEST_ERROR):
+    for name in (mlflow_keys.M_FINAL_TEST_ERROR, mlflow_keys.M_BEST_TEST_ERROR):
         assert run.data.metrics[name] == ref_run.data.metrics[name]

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from rkrepro import data, train
+from rkrepro.checkpoints import CHECKPOINT_FORMAT, Checkpoints
 from rkrepro.errors import RkreproError
+from rkrepro.fast_path import FAST_PATH_ENV, FastPath
 from rkrepro.models import build_model
-from rkrepro.runner import RunOptions, make_plans, scale_milestones
+from rkrepro.run.plans import RunOptions, make_plans, resolve_device, scale_milestones
 from rkrepro.spec import ModelSpec, Protocol
 
 CPU = torch.device("cpu")
@@ -51,7 +53,7 @@ def _trainer(tmp: Path, protocol: Protocol, spec: ModelSpec = TINY, **kw) -> tra
     train.seed_everything(0)
     model = build_model(spec)
     tr, te = data.cifar_batches(_split(80, 0), _split(24, 1), protocol.batch_size, CPU, 0, None)
-    return train.Trainer(model, tr, te, protocol, CPU, train.Checkpoints(tmp), **kw)
+    return train.Trainer(model, tr, te, protocol, CPU, Checkpoints(tmp), **kw)
 
 
 def test_optimizer_is_torch7_sgd_on_all_parameters() -> None:
@@ -98,7 +100,7 @@ def test_precision_is_identity_and_fp32_hashes_are_stable() -> None:
     """bf16 (the CUDA fast path's default) names a different run than fp32; the overhead
     switches do not; and fp32 configurations hash as before precision existed, so the runs
     already in users' stores are still found."""
-    from rkrepro.schema import PRECISION_BF16, PRECISION_FP16_AMP, PRECISION_FP32
+    from rkrepro.mlflow_keys import PRECISION_BF16, PRECISION_FP16_AMP, PRECISION_FP32
     from rkrepro.targets import Cell
 
     cell = Cell("t", "r", "original", False, TINY, PAPER, None, None, None)
@@ -148,8 +150,8 @@ def test_gpu_decode_is_identity_for_imagenet_on_cuda_only() -> None:
 
 
 def test_checkpoints_are_atomic_and_fall_back_to_prev(tmp_path: Path) -> None:
-    ck = train.Checkpoints(tmp_path)
-    state = {"format": train.CHECKPOINT_FORMAT, "epoch": 1, "run_id": "a"}
+    ck = Checkpoints(tmp_path)
+    state = {"format": CHECKPOINT_FORMAT, "epoch": 1, "run_id": "a"}
     ck.save(state)
     ck.save({**state, "epoch": 2})
     assert ck.load()["epoch"] == 2 and ck.peek()["epoch"] == 2
@@ -184,7 +186,7 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path: Path) -> None:
     with pytest.raises(train.Interrupted) as info:
         first.fit()
     assert info.value.exit_code == 143
-    saved = train.Checkpoints(tmp_path / "run").load()
+    saved = Checkpoints(tmp_path / "run").load()
     assert saved["epoch"] == 1 and saved["step_in_epoch"] == 3
 
     torch.manual_seed(1234)  # a fresh process would have other RNG state: restore must fix it
@@ -206,13 +208,13 @@ def test_nan_loss_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_resolve_device() -> None:
-    assert train.resolve_device("cpu") == CPU
-    assert train.resolve_device("auto").type in ("cpu", "cuda")
-    with pytest.raises(train.RkreproError):
-        train.resolve_device("tpu")
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(RkreproError):
+        resolve_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(train.RkreproError, match="CUDA is not available"):
-            train.resolve_device("cuda:0")
+        with pytest.raises(RkreproError, match="CUDA is not available"):
+            resolve_device("cuda:0")
 
 
 def test_small_rknet_learns_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -226,7 +228,7 @@ def test_small_rknet_learns_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     train.seed_everything(0)
     model = build_model(spec)
     tr, te = data.cifar_batches(tr_split, te_split, 32, CPU, 0, None)
-    trainer = train.Trainer(model, tr, te, protocol, CPU, train.Checkpoints(tmp_path / "ck"))
+    trainer = train.Trainer(model, tr, te, protocol, CPU, Checkpoints(tmp_path / "ck"))
     history = trainer.fit()
     assert history[-1].test_error < 40.0, [r.test_error for r in history]  # chance: 90 %
     assert history[-1].train_loss < history[0].train_loss
@@ -236,14 +238,14 @@ def test_small_rknet_learns_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_fast_path_switches_parse_and_apply_per_device() -> None:
-    on, off = train.FastPath(), train.FastPath.off()
+    on, off = FastPath(), FastPath.off()
     assert all(getattr(on, f) for f in ("channels_last", "cuda_graph", "bf16", "fused_sgd"))
     assert off.describe() == "off"
-    assert train.FastPath.parse("") == on and train.FastPath.parse("off") == off
-    assert train.FastPath.parse("-cuda_graph,-bf16") == replace(on, cuda_graph=False, bf16=False)
-    assert train.FastPath.parse("off,+channels_last") == replace(off, channels_last=True)
-    with pytest.raises(train.RkreproError, match="bad fast-path switch"):
-        train.FastPath.parse("-warp_speed")
+    assert FastPath.parse("") == on and FastPath.parse("off") == off
+    assert FastPath.parse("-cuda_graph,-bf16") == replace(on, cuda_graph=False, bf16=False)
+    assert FastPath.parse("off,+channels_last") == replace(off, channels_last=True)
+    with pytest.raises(RkreproError, match="bad fast-path switch"):
+        FastPath.parse("-warp_speed")
     cpu = on.for_device(CPU)
     assert cpu.channels_last and not cpu.feature_buffer
     assert not (cpu.cuda_graph or cpu.bf16 or cpu.fused_sgd or cpu.cudnn_benchmark)
@@ -252,11 +254,11 @@ def test_fast_path_switches_parse_and_apply_per_device() -> None:
 def test_fast_path_env_reaches_the_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from rkrepro.models.densenet import DenseBlock
 
-    monkeypatch.setenv(train.FAST_PATH_ENV, "off")
+    monkeypatch.setenv(FAST_PATH_ENV, "off")
     trainer = _trainer(tmp_path, replace(PAPER, epochs=1))
-    assert trainer.fast == train.FastPath.off()
+    assert trainer.fast == FastPath.off()
     assert not any(m.feature_buffer for m in trainer.model.modules() if isinstance(m, DenseBlock))
-    monkeypatch.setenv(train.FAST_PATH_ENV, "+feature_buffer")
+    monkeypatch.setenv(FAST_PATH_ENV, "+feature_buffer")
     trainer = _trainer(tmp_path, replace(PAPER, epochs=1))
     conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -267,8 +269,8 @@ def test_fast_and_plain_cpu_paths_train_alike(tmp_path: Path) -> None:
     """Same init, same batches: the CPU fast path (NHWC, here with the feature buffer too)
     changes only rounding, so the epoch losses agree closely."""
     protocol = replace(PAPER, epochs=2, lr_milestones=(1,), batch_size=16)
-    fast = _trainer(tmp_path / "fast", protocol, fast=train.FastPath(feature_buffer=True)).fit()
-    plain = _trainer(tmp_path / "plain", protocol, fast=train.FastPath.off()).fit()
+    fast = _trainer(tmp_path / "fast", protocol, fast=FastPath(feature_buffer=True)).fit()
+    plain = _trainer(tmp_path / "plain", protocol, fast=FastPath.off()).fit()
     for a, b in zip(fast, plain, strict=True):
         assert a.train_loss == pytest.approx(b.train_loss, rel=1e-2)
 
@@ -291,12 +293,12 @@ def test_cuda_graph_step_trains_like_eager(tmp_path: Path) -> None:
     cuda = torch.device("cuda")
     protocol = replace(PAPER, epochs=1, batch_size=16)
     histories = []
-    for fast in (train.FastPath(bf16=False), train.FastPath.off()):
+    for fast in (FastPath(bf16=False), FastPath.off()):
         train.seed_everything(0)
         model = build_model(TINY).to(cuda)
         tr, te = data.cifar_batches(_split(200, 0), _split(24, 1), 16, cuda, 0, None)
         trainer = train.Trainer(
-            model, tr, te, protocol, cuda, train.Checkpoints(tmp_path / str(fast)), fast=fast
+            model, tr, te, protocol, cuda, Checkpoints(tmp_path / str(fast)), fast=fast
         )
         histories.append(trainer.fit())
         assert (trainer.graph is not None) == fast.cuda_graph

@@ -15,7 +15,6 @@ if TYPE_CHECKING:
         count_flops,
         count_params,
         input_size_for,
-        matches_printed,
         spec_param_counts,
     )
     from rkrepro.models.summary import describe_periods
@@ -26,7 +25,6 @@ __all__ = [
     "count_params",
     "describe_periods",
     "input_size_for",
-    "matches_printed",
     "spec_param_counts",
 ]
 
@@ -35,7 +33,6 @@ _HOME = {
     "count_flops": "counting",
     "count_params": "counting",
     "input_size_for": "counting",
-    "matches_printed": "counting",
     "spec_param_counts": "counting",
     "describe_periods": "summary",
 }

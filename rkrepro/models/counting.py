@@ -7,7 +7,6 @@ DenseNet-121 7.9M rather than torchvision's 7.98M). Shared Parameters count once
 
 from __future__ import annotations
 
-from fractions import Fraction
 from functools import cache
 
 import torch
@@ -64,17 +63,3 @@ def count_flops(model: nn.Module, input_size: tuple[int, int, int]) -> int:
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
-
-
-def printed_interval(printed: str) -> tuple[Fraction, Fraction]:
-    """[low, high) of the millions that round to ``printed`` ("0.75", "1.7") at its decimals."""
-    decimals = len(printed.partition(".")[2])
-    half = Fraction(1, 2 * 10**decimals)
-    value = Fraction(printed)
-    return value - half, value + half
-
-
-def matches_printed(count: int, printed: str) -> bool:
-    """Whether ``count`` parameters print as ``printed`` millions (round half up)."""
-    low, high = printed_interval(printed)
-    return low <= Fraction(count, 10**6) < high

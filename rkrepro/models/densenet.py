@@ -7,9 +7,9 @@ the backward pass instead of storing it. Or it takes one tensor that already is 
 concatenation: with ``feature_buffer`` a dense block writes every feature map once into a
 preallocated (N, C_out, H, W) buffer and hands each layer a channel-prefix view of it, so the
 O(L^2) concatenations, and the copies of them autograd keeps for BatchNorm's backward, are
-gone (DenseNet-BC-40: -23% saved-for-backward bytes). The views are strided and the CPU
-kernels are slower on strided input than the concatenation costs (measured with
-bench/throughput.py), so it is a memory option, off by default. BatchNorm reduces a strided
+gone. The views are strided and the CPU kernels are slower on strided input than the
+concatenation costs (``bench/throughput.py`` measures both), so it is a memory option, off by
+default. BatchNorm reduces a strided
 view in another order than a contiguous tensor: results agree with the concatenation path to
 float rounding (~1e-6 relative, like the checkpointed path), not bit for bit.
 """

@@ -4,7 +4,7 @@ runs + targets -> :mod:`.model` (seed statistics, verdicts, bold claims) -> :mod
 (CSV, JSON, Markdown, LaTeX, HTML, rich) and :mod:`.plots` (PNG, logged to MLflow).
 """
 
-from rkrepro.report.model import (
+from rkrepro.report.build import (
     BETTER,
     CACHE_DIR_ENV,
     DEFAULT_TOLERANCE_PP,

@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rkrepro import schema
+from rkrepro import mlflow_keys
 from rkrepro.errors import TrackingError
-from rkrepro.report.model import DATASET_NAMES, REPORTS_EXPERIMENT, Report, TableReport
+from rkrepro.report.build import DATASET_NAMES, REPORTS_EXPERIMENT, Report, TableReport
 from rkrepro.report.render import to_json
 from rkrepro.status import (
     ACTIVE,
@@ -63,7 +63,7 @@ def _mlflow_history(tracking_uri: str | None) -> Callable[[str], list[tuple[int,
     client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
 
     def history(run_id: str) -> list[tuple[int, float]]:
-        metrics = client.get_metric_history(run_id, schema.M_TEST_ERROR)
+        metrics = client.get_metric_history(run_id, mlflow_keys.M_TEST_ERROR)
         return sorted((m.step, m.value) for m in metrics)
 
     return history
@@ -133,7 +133,7 @@ def _plot_curves(plt, table_report, row, out_dir, history) -> Path | None:
             epochs = sorted({epoch for curve in curves for epoch, _ in curve})
             by_epoch = [[v for c in curves for e, v in c if e == epoch] for epoch in epochs]
             label = result.cell.printed_model + (" (share)" if result.cell.share else "")
-            if reproduced.protocol == schema.PROTOCOL_SHORTENED:
+            if reproduced.protocol == mlflow_keys.PROTOCOL_SHORTENED:
                 label += " [shortened]"
             means = [statistics.fmean(vs) for vs in by_epoch]
             line = axes.plot(epochs, means, style, lw=1.2, label=f"{label} (n={len(curves)})")

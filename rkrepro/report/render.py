@@ -1,4 +1,4 @@
-"""Renderers of a :class:`~rkrepro.report.model.Report`: records (CSV, JSON), the paper's layout,
+"""Renderers of a :class:`~rkrepro.report.build.Report`: records (CSV, JSON), the paper's layout,
 Markdown for GitHub, LaTeX with booktabs, one self-contained HTML file, and rich for terminals.
 """
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rkrepro import schema
-from rkrepro.report.model import (
+from rkrepro import mlflow_keys
+from rkrepro.report.build import (
     BETTER,
     DATASET_NAMES,
     FAILED_VERDICT,
@@ -99,7 +99,7 @@ RECORD_FIELDS = (
 
 def _record(report: Report, result: CellResult, rep: Reproduced, label: str) -> dict[str, Any]:
     cell = result.cell
-    paper = rep.protocol == schema.PROTOCOL_PAPER
+    paper = rep.protocol == mlflow_keys.PROTOCOL_PAPER
     error, top5 = rep.error, rep.top5
     return {
         "table": cell.table,

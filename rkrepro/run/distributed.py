@@ -26,9 +26,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from rkrepro.checkpoints import Checkpoints
 from rkrepro.errors import RkreproError
-from rkrepro.launch import in_torchrun, per_rank_batch
-from rkrepro.train import Checkpoints, FastPath, StopSignal, model_device_setup
+from rkrepro.fast_path import FastPath
+from rkrepro.run.plans import planned_device_type
+from rkrepro.train import StopSignal, model_device_setup
 
 # A rank stuck in a collective (another rank died) fails after this instead of hanging.
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
@@ -93,10 +95,9 @@ def init(device_name: str = "auto") -> Context:
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
-    name = (device_name or "auto").strip().lower()
-    use_cuda = name != "cpu" and torch.cuda.is_available()
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RkreproError(f"device {name} asked for, but CUDA is not available here")
+    use_cuda = planned_device_type(device_name) == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RkreproError(f"device {device_name} asked for, but CUDA is not available here")
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
             raise RkreproError(
@@ -243,9 +244,7 @@ __all__ = [
     "NoBatches",
     "NoCheckpoints",
     "SyncedBatches",
-    "in_torchrun",
     "init",
-    "per_rank_batch",
     "shard",
     "shutdown",
     "wrap_model",

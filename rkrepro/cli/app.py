@@ -18,7 +18,7 @@ try:  # Typer >= 0.20 carries its own copy of click
 except ImportError:  # pragma: no cover - older Typer on plain click
     from click import UsageError
 
-from rkrepro.cli_options import RowOpt, TableArg, TablesDir, TrackingUri
+from rkrepro.cli.options import RowOpt, TableArg, TablesDir, TrackingUri
 from rkrepro.errors import RkreproError
 
 
@@ -146,13 +146,13 @@ def plan_command(
     tables_dir: TablesDir = None,
 ) -> None:
     """Estimated GPU-hours, FLOPs, params and peak memory per cell, row and table."""
-    from rkrepro import plan, targets
+    from rkrepro import cost, targets
 
     cells = targets.select_cells(targets.load_tables(tables_dir), table, row)
     import torch
 
     device = "cuda" if probe and torch.cuda.is_available() else None
-    estimates = plan.estimate(
+    estimates = cost.estimate(
         cells,
         tflops=tflops,
         max_images_per_s=max_images_per_s,
@@ -162,19 +162,19 @@ def plan_command(
     if format is ListFormat.json:
         payload = {
             "cells": [e.record() for e in estimates],
-            "totals": plan.summarise(estimates),
+            "totals": cost.summarise(estimates),
         }
         typer.echo(json.dumps(payload, indent=2))
         return
-    _console().print(plan.to_rich(estimates))
+    _console().print(cost.to_rich(estimates))
 
 
 def _register_optional_commands() -> None:
     """Commands that live in their own modules (training, reports); each registers itself."""
-    from rkrepro import cli_report, cli_run
+    from rkrepro.cli import report, run
 
-    cli_run.register(app)
-    cli_report.register(app)
+    run.register(app)
+    report.register(app)
 
 
 _register_optional_commands()

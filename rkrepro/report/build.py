@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rkrepro import schema
+from rkrepro import mlflow_keys
 from rkrepro.spec import ModelSpec
 from rkrepro.status import (
     ACTIVE,
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TOLERANCE_PP: dict[str, float] = {"cifar10": 0.3, "cifar100": 0.6, "imagenet": 0.5}
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
-REPORTS_EXPERIMENT = schema.EXPERIMENT_PREFIX + "reports"
+REPORTS_EXPERIMENT = mlflow_keys.EXPERIMENT_PREFIX + "reports"
 CACHE_DIR_ENV = "RKREPRO_CACHE_DIR"
 
 WITHIN, BETTER, WORSE = "within", "better", "worse"
@@ -99,7 +99,7 @@ class Reproduced:
 
     @property
     def not_fp32(self) -> tuple[str, ...]:
-        return tuple(p for p in self.precisions if p != schema.PRECISION_FP32)
+        return tuple(p for p in self.precisions if p != mlflow_keys.PRECISION_FP32)
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ class Report:
 
     @property
     def metric(self) -> str:
-        return schema.M_BEST_TEST_ERROR if self.best else schema.M_FINAL_TEST_ERROR
+        return mlflow_keys.M_BEST_TEST_ERROR if self.best else mlflow_keys.M_FINAL_TEST_ERROR
 
     @property
     def metric_label(self) -> str:
@@ -245,7 +245,7 @@ def build_report(
     """Pure: tables + run records -> :class:`Report` (no I/O besides parameter counting)."""
     from rkrepro.targets import row_cells
 
-    metric = schema.M_BEST_TEST_ERROR if best else schema.M_FINAL_TEST_ERROR
+    metric = mlflow_keys.M_BEST_TEST_ERROR if best else mlflow_keys.M_FINAL_TEST_ERROR
     by_cell: dict[tuple, list[RunRecord]] = {}
     for record in records:
         by_cell.setdefault((*record.cell_id, record.protocol), []).append(record)
@@ -259,11 +259,11 @@ def build_report(
             for cell in row_cells(table, row):
                 runs = {
                     protocol: by_cell.get((*cell_id_of(cell), protocol), [])
-                    for protocol in (schema.PROTOCOL_PAPER, schema.PROTOCOL_SHORTENED)
+                    for protocol in (mlflow_keys.PROTOCOL_PAPER, mlflow_keys.PROTOCOL_SHORTENED)
                 }
                 paper_count, total = counts[cell.spec]
                 shortened = _reduce(
-                    schema.PROTOCOL_SHORTENED, runs[schema.PROTOCOL_SHORTENED], metric
+                    mlflow_keys.PROTOCOL_SHORTENED, runs[mlflow_keys.PROTOCOL_SHORTENED], metric
                 )
                 results.append(
                     CellResult(
@@ -271,7 +271,9 @@ def build_report(
                         params_paper=paper_count,
                         params_total=total,
                         tolerance=tol,
-                        paper=_reduce(schema.PROTOCOL_PAPER, runs[schema.PROTOCOL_PAPER], metric),
+                        paper=_reduce(
+                            mlflow_keys.PROTOCOL_PAPER, runs[mlflow_keys.PROTOCOL_PAPER], metric
+                        ),
                         shortened=shortened if include_shortened else None,
                     )
                 )
@@ -286,7 +288,7 @@ def _reduce(protocol: str, runs: list[RunRecord], metric: str) -> Reproduced:
         if run.status == FINISHED and run.metric(metric) is not None:
             latest[run.seed] = run
     counted = tuple(latest[seed] for seed in sorted(latest, key=seed_order))
-    error, top5 = _stat(counted, metric), _stat(counted, schema.M_FINAL_TEST_TOP5)
+    error, top5 = _stat(counted, metric), _stat(counted, mlflow_keys.M_FINAL_TEST_TOP5)
     return Reproduced(protocol, tuple(runs), error, top5, counted)
 
 

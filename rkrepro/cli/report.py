@@ -1,4 +1,5 @@
-"""``rkrepro report`` and ``rkrepro status``: parse options, call report/status, write output.
+"""Reading runs back: ``rkrepro report``, ``rkrepro status`` and ``rkrepro ui`` parse their
+options, call report/status/MLflow, and write the output.
 
 Nothing heavy at import time: mlflow and torch load inside the commands that need them.
 """
@@ -6,13 +7,16 @@ Nothing heavy at import time: mlflow and torch load inside the commands that nee
 from __future__ import annotations
 
 import json
+import os
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from rkrepro.cli_options import TableArg, TablesDir, TrackingUri
+from rkrepro.cli.options import TableArg, TablesDir, TrackingUri
+from rkrepro.errors import RkreproError
 
 
 class ReportFormat(StrEnum):
@@ -49,10 +53,44 @@ ShortenedOpt = Annotated[
 ]
 
 
+def ui_command(
+    tracking_uri: TrackingUri = None,
+    port: Annotated[int, typer.Option(help="Port of the web UI.")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+) -> None:
+    """Open the MLflow web UI on the runs store (``mlflow ui --backend-store-uri ...``)."""
+    from rkrepro import paths, tracking
+
+    uri = paths.resolve_tracking_uri(tracking_uri)
+    if not tracking.is_local_store(uri):
+        raise RkreproError(f"{uri} is a tracking server already: open it in a browser")
+    if not tracking.store_exists(uri):
+        raise RkreproError(f"no runs yet: {uri} does not exist (run `rkrepro run` first)")
+    artifacts = (paths.runs_dir() / "artifacts").as_uri()
+    argv = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--default-artifact-root",
+        artifacts,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    typer.echo(f"MLflow UI on http://{host}:{port} for {uri}", err=True)
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``report`` and ``status`` to the rkrepro app."""
+    """Add ``report``, ``status`` and ``ui`` to the rkrepro app."""
     app.command("report")(report_command)
     app.command("status")(status_command)
+    app.command("ui")(ui_command)
 
 
 def report_command(
@@ -160,15 +198,15 @@ def status_command(
     tables_dir: TablesDir = None,
 ) -> None:
     """Which cells are done, running, failed or not started, with their MLflow run ids."""
-    from rkrepro import schema, status, targets
+    from rkrepro import mlflow_keys, status, targets
 
     tables = targets.load_tables(tables_dir)
     cells = targets.all_cells(tables, table)
     table_ids = list(dict.fromkeys(cell.table for cell in cells))
     records = status.fetch_runs(tracking_uri, table_ids)
-    protocols = [schema.PROTOCOL_PAPER]
+    protocols = [mlflow_keys.PROTOCOL_PAPER]
     if include_shortened:
-        protocols.append(schema.PROTOCOL_SHORTENED)
+        protocols.append(mlflow_keys.PROTOCOL_SHORTENED)
     statuses = status.cell_statuses(records, cells, protocols)
     if format is StatusFormat.json:
         typer.echo(json.dumps(status.status_records(statuses), indent=2))

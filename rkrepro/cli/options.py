@@ -32,3 +32,12 @@ TrackingUri = Annotated[
         show_default=False,
     ),
 ]
+DataDir = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--data-dir",
+        envvar="RKREPRO_DATA_DIR",
+        help="Data sets folder (default: data/).",
+        show_default=False,
+    ),
+]

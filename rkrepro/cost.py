@@ -217,3 +217,18 @@ def to_rich(estimates: list[Estimate]):
         else "saved activations × batch + weights, gradients, momentum (fp32 estimate)"
     )
     return out
+
+
+def share_of_paper(epochs: int, paper_epochs: int, train_subset: int | None, dataset: str) -> float:
+    """The fraction of the paper protocol's cost a (possibly shortened) run trains."""
+    share = epochs / paper_epochs
+    if train_subset is not None:
+        share *= min(1.0, train_subset / DATASET_SIZES[dataset][0])
+    return share
+
+
+def format_hours(hours: float) -> str:
+    """GPU-hours as printed: ``1,234.50``, ``0.003``, or ``?`` for no estimate (NaN)."""
+    if hours != hours:
+        return "?"
+    return f"{hours:,.2f}" if hours >= 0.01 or hours == 0 else f"{hours:.1g}"

@@ -1,4 +1,5 @@
-"""Names shared by the writer (``tracking``) and the readers (``report``, ``status``) of runs.
+"""MLflow names (experiments, tags, metrics) shared by the writer (``tracking``) and the readers
+(``report``, ``status``) of runs.
 
 Kept free of mlflow and torch so any module can import it cheaply.
 """
@@ -24,6 +25,11 @@ TAG_CUDA = "rkrepro.cuda_version"
 TAG_GIT_DIRTY = "rkrepro.git_dirty"
 TAG_PRECISION = "rkrepro.precision"  # "fp32", "bf16-autocast" or "fp16-amp"
 TAG_FAST_PATH = "rkrepro.fast_path"  # the switches in effect, e.g. "channels_last,cpu_malloc"
+# Where and how a run trained (environment tags, refreshed on every resume).
+TAG_WORLD_SIZE = "rkrepro.world_size"  # processes of a data-parallel run; "1" otherwise
+TAG_BATCHNORM = "rkrepro.batchnorm"  # "per-gpu" or "sync", data-parallel runs only
+TAG_SLURM_JOB = "rkrepro.slurm_job_id"  # "<array job>_<task>" under SLURM
+TAG_SLURM_RESTARTS = "rkrepro.slurm_restart_count"  # requeues after preemption / time limit
 # Set on a run replaced by a newer one (``--force``, or a lost checkpoint); readers skip it.
 TAG_SUPERSEDED = "rkrepro.superseded_by"
 

@@ -1,0 +1,222 @@
+"""The ``run`` command: options in, :func:`rkrepro.run.launch.execute` called, exit code out.
+
+torch and mlflow are imported inside the command body so that ``rkrepro --help`` stays
+instant; :mod:`rkrepro.cli.app` calls :func:`register`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from rkrepro.cli.options import DataDir, TablesDir, TrackingUri
+from rkrepro.errors import RkreproError
+
+_LAUNCH = "Parallel and cluster launches"
+_SLURM = "SLURM (--launcher slurm)"
+_SHARE_HELP = (
+    "--share: only the weight-shared cells; --no-share: only the unshared ones. "
+    "Default (--both): what the paper reports."
+)
+
+
+def run_command(
+    table: Annotated[str, typer.Argument(help="Table id, e.g. table1.")],
+    row: Annotated[str, typer.Option("--row", "-r", help="Row id, e.g. densenet-bc-k12.")],
+    variant: Annotated[
+        Optional[list[str]],
+        typer.Option("--variant", "-v", help="RKNet variant (repeatable), or 'original'."),
+    ] = None,
+    share: Annotated[
+        Optional[bool], typer.Option("--share/--no-share", help=_SHARE_HELP, show_default=False)
+    ] = None,
+    both: Annotated[
+        bool, typer.Option("--both", help="Shared and unshared cells (the default).")
+    ] = False,
+    seeds: Annotated[
+        Optional[int], typer.Option("--seeds", help="Run seeds 0..N-1.", show_default=False)
+    ] = None,
+    seed: Annotated[
+        Optional[list[int]],
+        typer.Option("--seed", help="Run this seed (repeatable). Default: seed 0."),
+    ] = None,
+    epochs: Annotated[
+        Optional[int],
+        typer.Option(help="Shorten training to N epochs (milestones scale; tagged shortened)."),
+    ] = None,
+    train_subset: Annotated[
+        Optional[int],
+        typer.Option(help="Train on a fixed random subset of N images (tagged shortened)."),
+    ] = None,
+    data_dir: DataDir = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda:N.")] = "auto",
+    tracking_uri: TrackingUri = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would run (and its status); train nothing.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start new runs even where a finished one exists.")
+    ] = False,
+    tables_dir: TablesDir = None,
+    memory_efficient: Annotated[
+        bool,
+        typer.Option(help="Checkpoint dense-layer concatenations: less GPU memory, slower."),
+    ] = False,
+    amp: Annotated[
+        bool,
+        typer.Option(help="Mixed precision (fp16 + loss scaling) on CUDA; not the paper's fp32."),
+    ] = False,
+    fast_path: Annotated[
+        Optional[str],
+        typer.Option(
+            envvar="RKREPRO_FAST_PATH",
+            help="Overhead removal, on by default: 'off' is the plain eager fp32 loop; or "
+            "+NAME/-NAME items, e.g. -bf16,-cuda_graph. Names: channels_last, feature_buffer, "
+            "bf16, cudnn_benchmark, fused_sgd, cuda_graph, cpu_malloc, gpu_decode (ImageNet, "
+            "off by default). bf16 and gpu_decode (CUDA) are part of a run's identity.",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Data loader processes (ImageNet only).")] = min(
+        8, os.cpu_count() or 1
+    ),
+    launcher: Annotated[
+        str,
+        typer.Option(
+            help="local (this machine; in parallel with --gpus/--cpu-jobs), torchrun "
+            "(data-parallel over --nproc-per-node GPUs) or slurm (a submitit array job).",
+            rich_help_panel=_LAUNCH,
+        ),
+    ] = "local",
+    gpus: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Run jobs in parallel on these GPUs, e.g. 0,1,2,3 (one job per GPU; each "
+            "pinned with CUDA_VISIBLE_DEVICES).",
+            show_default=False,
+            rich_help_panel=_LAUNCH,
+        ),
+    ] = None,
+    jobs_per_gpu: Annotated[
+        int, typer.Option(help="Jobs sharing each GPU of --gpus.", rich_help_panel=_LAUNCH)
+    ] = 1,
+    cpu_jobs: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Run N jobs in parallel on the CPU (no GPU needed).",
+            show_default=False,
+            rich_help_panel=_LAUNCH,
+        ),
+    ] = None,
+    nproc_per_node: Annotated[
+        Optional[int],
+        typer.Option(
+            help="torchrun: processes (GPUs) per run; the global batch is split over them. "
+            "Default: the GPUs of --gpus, or every visible GPU.",
+            show_default=False,
+            rich_help_panel=_LAUNCH,
+        ),
+    ] = None,
+    sync_bn: Annotated[
+        bool,
+        typer.Option(
+            "--sync-bn",
+            help="torchrun: BatchNorm statistics over the global batch (default: per GPU, as "
+            "the paper's multi-GPU Torch training).",
+            rich_help_panel=_LAUNCH,
+        ),
+    ] = False,
+    partition: Annotated[
+        Optional[str],
+        typer.Option(help="slurm: partition.", show_default=False, rich_help_panel=_SLURM),
+    ] = None,
+    gpus_per_node: Annotated[
+        Optional[int],
+        typer.Option(
+            help="slurm: GPUs per task (default: --nproc-per-node, or 1); with more than one "
+            "the task runs torchrun.",
+            show_default=False,
+            rich_help_panel=_SLURM,
+        ),
+    ] = None,
+    time: Annotated[
+        int,
+        typer.Option(
+            "--time",
+            help="slurm: time limit per task in minutes; a task that reaches it checkpoints "
+            "and is requeued.",
+            rich_help_panel=_SLURM,
+        ),
+    ] = 24 * 60,
+    slurm_account: Annotated[
+        Optional[str],
+        typer.Option(help="slurm: account.", show_default=False, rich_help_panel=_SLURM),
+    ] = None,
+    cpus_per_task: Annotated[
+        Optional[int],
+        typer.Option(
+            help="slurm: CPUs per task (default 8 per GPU).",
+            show_default=False,
+            rich_help_panel=_SLURM,
+        ),
+    ] = None,
+) -> None:
+    """Train the cells of one table row under the paper's protocol, tracked in MLflow.
+
+    With no --variant it runs the row's original and every variant, with and without weight
+    sharing where the paper reports both. Finished runs are skipped, interrupted ones resume.
+    """
+    from rich.console import Console
+
+    from rkrepro import targets
+    from rkrepro.run import launch, plans, slurm
+
+    if both and share is not None:
+        raise RkreproError("use only one of --share, --no-share and --both")
+    share_choice = "both" if share is None else ("share" if share else "no-share")
+    tables = targets.load_tables(tables_dir)
+    cells = targets.resolve_cells(tables, table, row, variant or None, share_choice)
+    if not cells:
+        raise RkreproError("nothing to run: the original network has no shared form (--share)")
+    values = locals()
+    options = plans.RunOptions.from_values(values)
+    where = launch.LaunchOptions(
+        **{k: values[k] for k in launch.LaunchOptions.__dataclass_fields__}
+    )
+    settings = slurm.SlurmSettings(
+        partition=partition,
+        account=slurm_account,
+        cpus_per_task=cpus_per_task,
+        time_min=time,
+        cluster=os.environ.get(slurm.SUBMITIT_CLUSTER_ENV) or "slurm",
+    )
+    console = Console(soft_wrap=True) if not sys.stdout.isatty() else Console()
+    seed_list = plans.parse_seeds(seeds, seed)
+    _exit_with(
+        lambda: launch.execute(
+            cells, seed_list, options, where, console, dry_run=dry_run, slurm=settings
+        )
+    )
+
+
+def _exit_with(body) -> None:
+    """Run ``body`` (returns an exit code); stops by signal exit 128+N, with a hint."""
+    from rkrepro.train import Interrupted
+
+    try:
+        code = body()
+    except Interrupted as stop:
+        typer.echo(f"Stopped by {stop}; rerun the same command to resume.", err=True)
+        raise typer.Exit(stop.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("Interrupted; rerun the same command to resume.", err=True)
+        raise typer.Exit(130) from None
+    if code:
+        raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``run`` to the rkrepro app."""
+    app.command("run")(run_command)

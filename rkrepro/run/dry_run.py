@@ -1,0 +1,119 @@
+"""``rkrepro run --dry-run``: what would run, the status of each plan and its estimated cost
+(``rkrepro plan``'s estimate), without training anything."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rkrepro import cost
+
+if TYPE_CHECKING:
+    from rkrepro.run.plans import Plan
+    from rkrepro.run.runner import Runner
+
+COLUMNS = (
+    "cell",
+    "model",
+    "params (paper count)",
+    "seeds",
+    "status",
+    "GPU-h (est.)",
+    "peak GB (est.)",
+)
+
+
+def _share(plan: Plan) -> float:
+    return cost.share_of_paper(
+        plan.protocol.epochs, plan.cell.protocol.epochs, plan.train_subset, plan.protocol.dataset
+    )
+
+
+def show(runner: Runner, plans: list[Plan], parallel: str | None = None) -> None:
+    """Print the plans with their status and cost; ``parallel`` describes the launcher (e.g.
+    "4 parallel slots") for the estimate line."""
+    from rkrepro.models import spec_param_counts
+
+    console = runner.console
+    runner.connect(create=False)
+    by_cell: dict[str, list[Plan]] = {}
+    for plan in plans:
+        by_cell.setdefault(plan.cell.key, []).append(plan)
+    try:
+        estimates = {e.cell.key: e for e in cost.estimate([ps[0].cell for ps in by_cell.values()])}
+    except Exception as error:  # noqa: BLE001 - the plan is still worth showing
+        console.print(
+            f"warning: no cost estimate ({type(error).__name__}: {error})",
+            style="red",
+            highlight=False,
+        )
+        estimates = {}
+    rows = []
+    gpu_hours = 0.0
+    for cell_plans in by_cell.values():
+        cell = cell_plans[0].cell
+        paper_count, _ = spec_param_counts(cell.spec)
+        statuses = [runner.status(p) for p in cell_plans]
+        words = [s.state + (f" ({s.detail})" if s.detail else "") for s in statuses]
+        if len(statuses) == 1:
+            status_text = words[0]
+        else:
+            status_text = "; ".join(
+                f"seed {p.seed}: {w}" for p, w in zip(cell_plans, words, strict=True)
+            )
+        est = estimates.get(cell.key)
+        est_hours = est.gpu_hours if est is not None else float("nan")
+        hours = sum(_share(p) * est_hours for p in cell_plans)
+        gpu_hours += sum(
+            _share(p) * est_hours
+            for p, s in zip(cell_plans, statuses, strict=True)
+            if s.state != "done"
+        )
+        rows.append(
+            (
+                cell.key,
+                cell.model,
+                f"{paper_count / 1e6:.3f}M",
+                ",".join(str(p.seed) for p in cell_plans),
+                status_text,
+                cost.format_hours(hours),
+                f"{est.peak_memory_gb:.1f}" if est is not None else "?",
+            )
+        )
+    if console.is_terminal:
+        from rich.table import Table
+
+        table = Table(title="rkrepro run --dry-run", header_style="bold")
+        for name in COLUMNS:
+            table.add_column(name)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    else:
+        for key, model, params, seeds, status_text, hours, peak in rows:
+            console.print(
+                f"{key}  model={model}  params={params}  seeds={seeds}  status={status_text}"
+                f"  gpu_hours={hours}  peak_gb={peak}",
+                highlight=False,
+                soft_wrap=True,
+            )
+    if not plans:
+        return
+    first = plans[0]
+    protocol = first.protocol
+    console.print(
+        f"protocol: {first.protocol_kind}, {protocol.epochs} epochs, batch "
+        f"{protocol.batch_size}, lr {protocol.lr:g} /{1 / protocol.lr_gamma:g} at "
+        f"{list(protocol.lr_milestones)}; precision {first.precision} (fast path: "
+        f"{first.fast_path}); tracking: {runner.uri}; nothing trained (dry run)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    sources = sorted({e.source for e in estimates.values()})
+    line = f"estimate: {cost.format_hours(gpu_hours)} GPU-hours still to train"
+    if parallel:
+        line += f" ({parallel})"
+    console.print(
+        f"{line}; {'; '.join(sources)}; peak memory per GPU at the full batch (see `rkrepro plan`)",
+        highlight=False,
+        soft_wrap=True,
+    )
