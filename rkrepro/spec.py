@@ -12,6 +12,12 @@ from typing import Literal
 
 Family = Literal["densenet", "densenet-bc", "resnet"]
 Dataset = Literal["cifar10", "cifar100", "imagenet"]
+# How the s stages of a ResNet-derived RKNet time-step are wired (the ``resnet_stages``
+# reading; see rkrepro.models.rknet): Eq. (7)'s G_i(h, y_n, k_1..k_{i-1}) with its inputs
+# concatenated, as a learned linear combination, or today's successive-Euler wiring.
+ResNetStages = Literal["concat", "lincomb", "euler"]
+RESNET_STAGES: tuple[str, ...] = ("concat", "lincomb", "euler")
+DEFAULT_RESNET_STAGES = "concat"
 
 NUM_CLASSES: dict[str, int] = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 
@@ -46,6 +52,17 @@ class ModelSpec:
     periods: tuple[tuple[int, int], ...] | None = None
     m: tuple[int, ...] | None = None
     share: bool = False
+    resnet_stages: ResNetStages = DEFAULT_RESNET_STAGES  # type: ignore[assignment]
+
+    @property
+    def multi_stage_resnet(self) -> bool:
+        """A ResNet variant with an s > 1 period: the only networks ``resnet_stages`` changes
+        (with s = 1 every wiring is y + F(y), the paper's one-stage variant)."""
+        return (
+            self.family == "resnet"
+            and self.periods is not None
+            and any(s > 1 for s, _ in self.periods)
+        )
 
     @property
     def num_classes(self) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from rkrepro import readings as readings_mod
 from rkrepro.errors import TargetError
 from rkrepro.spec import NUM_CLASSES, ModelSpec, Protocol, variant_name
 
@@ -169,6 +170,7 @@ class Row:
     m: tuple[int, ...] | None
     original: Reported
     variants: tuple[Variant, ...]
+    readings: tuple[tuple[str, str], ...] = ()  # the row's overrides of the table's readings
 
     @property
     def aliases(self) -> tuple[str, ...]:
@@ -190,6 +192,7 @@ class Table:
     star_note: str | None
     rows: tuple[Row, ...]
     source: Path
+    readings: tuple[tuple[str, str], ...] = ()  # the table's readings (defaults filled in)
 
     @property
     def metric_columns(self) -> tuple[str, ...]:
@@ -213,10 +216,30 @@ class Cell:
     star: bool = False
     printed_model: str = field(default="original", compare=False)
     params_equal_original: bool = field(default=False, compare=False)
+    # Every reading (rkrepro.readings) with its value for this cell; ``spec`` follows it.
+    readings: tuple[tuple[str, str], ...] = tuple(readings_mod.DEFAULTS.items())
 
     @property
     def key(self) -> str:
         return cell_key(self.table, self.row, self.model, self.share)
+
+    @property
+    def reading(self) -> dict[str, str]:
+        """name -> value of every reading of this cell."""
+        return dict(self.readings)
+
+    def applicable_readings(self) -> dict[str, str]:
+        """The readings that can change anything for this cell's model."""
+        return readings_mod.applicable(self.reading, self.spec)
+
+
+def with_readings(cell: Cell, overrides: dict[str, str]) -> Cell:
+    """``cell`` under ``overrides`` (checked names and values, e.g. from ``--reading``)."""
+    if not overrides:
+        return cell
+    merged = {**cell.reading, **overrides}
+    spec = replace(cell.spec, resnet_stages=merged["resnet_stages"])
+    return replace(cell, spec=spec, readings=tuple(merged.items()))
 
 
 def cell_key(table: str, row: str, model: str, share: bool) -> str:
@@ -262,6 +285,7 @@ _TABLE_KEYS: dict[str, tuple[type, ...]] = {
     "protocol": (dict,),
     "star_protocol": (dict,),
     "rows": (list,),
+    "readings": (dict,),
 }
 _ROW_KEYS: dict[str, tuple[type, ...]] = {
     "id": (str,),
@@ -274,6 +298,7 @@ _ROW_KEYS: dict[str, tuple[type, ...]] = {
     "m": (list,),
     "original": (dict,),
     "variants": (list,),
+    "readings": (dict,),
 }
 _REPORTED_KEYS: dict[str, tuple[type, ...]] = {
     "params_m": (float, int),
@@ -496,7 +521,9 @@ def _parse_row(data: Any, table_where: _Where, index: int, dataset: str) -> Row:
                 params_equal_original=bool(raw.get("params_equal_original", False)),
             )
         )
+    row_readings = _readings(data.get("readings"), where)
     return Row(
+        readings=tuple(row_readings.items()),
         id=row_id,
         label=data.get("label") or row_id,
         family=family,
@@ -508,6 +535,15 @@ def _parse_row(data: Any, table_where: _Where, index: int, dataset: str) -> Row:
         original=_parse_reported(data["original"], where.at("original"), dataset),
         variants=tuple(variants),
     )
+
+
+def _readings(value: Any, where: _Where) -> dict[str, str]:
+    if value is None:
+        return {}
+    try:
+        return readings_mod.check(value, "readings")
+    except TargetError as error:
+        raise where.fail(str(error)) from None
 
 
 def parse_variant_name_at(name: str, where: _Where) -> tuple[tuple[int, int], ...]:
@@ -563,7 +599,9 @@ def parse_table(data: Any, source: Path) -> Table:
         cells += [v.share for v in row.variants if v.share is not None]
         if star_protocol is None and any(c.star for c in cells):
             raise where.at(f"row {row.id!r}").fail("a cell has star: true but no star_protocol")
+    table_readings = {**readings_mod.DEFAULTS, **_readings(data.get("readings"), where)}
     return Table(
+        readings=tuple(table_readings.items()),
         id=data["id"],
         title=data.get("title") or data["id"],
         caption=" ".join((data.get("caption") or "").split()),
@@ -663,8 +701,15 @@ def find_variant(table: Table, row: Row, name: str) -> Variant:
     raise _no_match("variant", name, known, f" in {table.id} row {row.id}")
 
 
-def _spec(table: Table, row: Row, periods: tuple[tuple[int, int], ...] | None, share: bool):
+def _spec(
+    table: Table,
+    row: Row,
+    periods: tuple[tuple[int, int], ...] | None,
+    share: bool,
+    readings: dict[str, str],
+) -> ModelSpec:
     return ModelSpec(
+        resnet_stages=readings["resnet_stages"],  # type: ignore[arg-type]
         family=row.family,  # type: ignore[arg-type]
         dataset=table.dataset,  # type: ignore[arg-type]
         depth=row.depth,
@@ -683,12 +728,14 @@ def _cell(table: Table, row: Row, variant: Variant | None, share: bool) -> Cell:
         reported = (variant.share or Reported()) if share else variant.reported
         model, printed, periods = variant.name, variant.printed_name, variant.periods
     protocol = table.star_protocol if reported.star and table.star_protocol else table.protocol
+    readings = {**dict(table.readings), **dict(row.readings)}
     return Cell(
+        readings=tuple(readings.items()),
         table=table.id,
         row=row.id,
         model=model,
         share=share,
-        spec=_spec(table, row, periods, share),
+        spec=_spec(table, row, periods, share, readings),
         protocol=protocol,
         reported_params_m=reported.params_m,
         reported_error=reported.error,

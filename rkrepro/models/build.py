@@ -17,9 +17,9 @@ def build_model(
     """Build the (randomly initialised) network ``spec`` describes, on the current default device.
 
     ``memory_efficient`` checkpoints the concatenations of dense growth layers (Pleiss et al.
-    2017); ResNets have none, so it changes nothing for them. ``feature_buffer`` lets dense
-    blocks write their feature maps into one preallocated buffer instead of concatenating
-    them per layer (less memory, same results to float rounding; see
+    2017) and those of ``concat``-wired ResNet stages; plain ResNets have none.
+    ``feature_buffer`` lets dense blocks write their feature maps into one preallocated
+    buffer instead of concatenating them per layer (less memory, same results to float rounding; see
     :mod:`rkrepro.models.densenet`). Wrap the call in ``with torch.device("meta"):`` to get
     shapes and counts without allocating weights (a model moved off meta with ``to_empty``
     needs :func:`rkrepro.models.rknet.tie_shared_weights` to share again, and initialising).
@@ -29,7 +29,13 @@ def build_model(
     if spec.family == "resnet":
         if spec.periods is None:
             return CifarResNet(spec.depth, spec.num_classes)
-        return ResNetRKNet(spec.periods, spec.num_classes, share=spec.share)
+        return ResNetRKNet(
+            spec.periods,
+            spec.num_classes,
+            share=spec.share,
+            wiring=spec.resnet_stages,
+            memory_efficient=memory_efficient,
+        )
 
     k = arch.growth_rate(spec)
     imagenet = spec.dataset == "imagenet"

@@ -26,6 +26,8 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+        elif hasattr(module, "reset_coefficients"):  # learned RK coefficients (``lincomb``)
+            module.reset_coefficients()
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:

@@ -9,13 +9,27 @@ summation closes the step: y_{n+1} = y_n + sum_i group_i. Transitions map m_p*k 
 **From a ResNet (3.2).** Blocks with equal input and output dims are period blocks; the stem
 and the first (stride-2, widening) block of stages 2 and 3 stay as they are. In a period
 block the ReLU after the addition moves to the end of the residual mapping,
-F(y) = ReLU(BN(conv(ReLU(BN(conv(y)))))). The paper does not say how several stages are
-wired; we read them as follows: stage i of a time-step is its own mapping F_i (two convs,
-the parameters of one ResNet block), k_1 = F_1(y_n), k_i = F_i(y_n + sum_{j<i} k_j), and
-y_{n+1} = y_n + sum_i k_i. The Runge-Kutta coefficients (a_ij = b_j, h) are left to each
-mapping's last BN scale, which learns them. An unshared s x r period therefore has exactly
-the parameters of the s*r blocks it replaces, for any s*r equal to the block count, which
-matches the paper's Table 4 caption for the one-stage variants.
+F(y) = ReLU(BN(conv(ReLU(BN(conv(y)))))). Stage i of a time-step is its own mapping F_i
+(two 3x3 convs with BNs) and y_{n+1} = y_n + sum_i k_i. What F_i sees is the
+``resnet_stages`` reading (:data:`rkrepro.spec.RESNET_STAGES`):
+
+* ``concat`` (default): Eq. (7) literally, G_i(h, y_n, k_1, ..., k_{i-1}) with its inputs
+  given "separately": k_i = F_i([y_n, k_1, ..., k_{i-1}]), the channel concatenation, so
+  F_i's first conv has i*C inputs (second C -> C). This is Section 3's contrast with "as a
+  linear combination", the DenseNet analogue the paper rests on, and the authors' later
+  code (ZhuMai/RKCNN, ``RK_block``: stage j convolves cat(x, earlier stage outputs), the
+  block returns x + sum of stages).
+* ``lincomb``: the other reading of Section 3: k_i = F_i(y_n + sum_{j<i} a_ij k_j), y_{n+1} =
+  y_n + sum_i b_i k_i with learnable scalars ("all the coefficients ... will be learned"),
+  initialised to 1 (so training starts from the ``euler`` network).
+* ``euler``: k_i = F_i(y_n + sum_{j<i} k_j). y_n + k_1 is the state after one Euler step,
+  and so on: an s x r period is exactly s*r Euler steps (the same function class as the
+  1 x s*r variant). Kept for runs trained with it before ``concat`` became the default.
+
+With s = 1 all three are y + F(y) (no coefficients), so one-stage variants have exactly the
+parameters of the blocks they replace, as Table 4's caption says; multi-stage ``concat``
+periods have more (ResNet-20's RKNet-3x1_2x1_2x1: 321,338). The Runge-Kutta h and the
+``concat``/``euler`` coefficients are left to the last BN scale of each mapping.
 
 **Sharing** (``share=True``, "with share" in the tables): the convolution weights of a
 period are the same ``nn.Parameter`` objects in all r time-steps, while every time-step
@@ -27,7 +41,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from rkrepro.models.arch import RESNET_WIDTHS
 from rkrepro.models.densenet import DenseBlock, Transition
@@ -39,6 +55,7 @@ from rkrepro.models.layers import (
     init_weights,
 )
 from rkrepro.models.resnet import BasicBlock, ResNetStem
+from rkrepro.spec import DEFAULT_RESNET_STAGES, RESNET_STAGES
 
 
 def share_conv_weights(steps: Sequence[nn.Module]) -> None:
@@ -165,34 +182,87 @@ class DenseRKNet(nn.Module):
 
 
 class ResidualMapping(nn.Module):
-    """F(y) = ReLU(BN(conv(ReLU(BN(conv(y)))))): a period block with its ReLU moved inside."""
+    """F(y) = ReLU(BN(conv(ReLU(BN(conv(y)))))): a period block with its ReLU moved inside.
 
-    def __init__(self, channels: int) -> None:
+    ``inputs`` is how many C-channel tensors the first conv sees concatenated (``concat``
+    stage i has i). With ``memory_efficient`` the concatenation and the first conv are
+    checkpointed in training, so the (N, i*C, H, W) copy is not kept for backward (no BN
+    sits inside the checkpoint, so running statistics are updated once, as without it).
+    """
+
+    def __init__(self, channels: int, inputs: int = 1, memory_efficient: bool = False) -> None:
         super().__init__()
-        self.conv1 = conv3x3(channels, channels)
+        self.inputs = inputs
+        self.memory_efficient = memory_efficient
+        self.conv1 = conv3x3(inputs * channels, channels)
         self.bn1 = nn.BatchNorm2d(channels)
         self.conv2 = conv3x3(channels, channels)
         self.bn2 = nn.BatchNorm2d(channels)
         self.relu = nn.ReLU(inplace=True)
 
-    def forward(self, y: Tensor) -> Tensor:
-        return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(y))))))
+    def _first_conv(self, *features: Tensor) -> Tensor:
+        return self.conv1(features[0] if len(features) == 1 else torch.cat(features, 1))
+
+    def forward(self, *features: Tensor) -> Tensor:
+        if len(features) != self.inputs:
+            raise ValueError(f"mapping takes {self.inputs} inputs, got {len(features)}")
+        if self.memory_efficient and len(features) > 1 and torch.is_grad_enabled():
+            x = checkpoint(self._first_conv, *features, use_reentrant=False)
+        else:
+            x = self._first_conv(*features)
+        return self.relu(self.bn2(self.conv2(self.relu(self.bn1(x)))))
 
 
 class ResNetRKStep(nn.Module):
-    """k_1 = F_1(y), k_i = F_i(y + sum_{j<i} k_j); returns y + sum_i k_i."""
+    """One s-stage time-step y -> y + sum_i b_i k_i, stages wired as ``wiring`` says (see the
+    module docstring); ``b_i`` = 1 except for ``lincomb``."""
 
-    def __init__(self, stages: int, channels: int) -> None:
+    def __init__(
+        self,
+        stages: int,
+        channels: int,
+        wiring: str = DEFAULT_RESNET_STAGES,
+        memory_efficient: bool = False,
+    ) -> None:
         super().__init__()
-        self.mappings = nn.ModuleList(ResidualMapping(channels) for _ in range(stages))
+        if wiring not in RESNET_STAGES:
+            raise ValueError(f"unknown ResNet stage wiring {wiring!r}; known: {RESNET_STAGES}")
+        self.stages = stages
+        # s = 1 is y + F(y) under every reading: no concatenation, no coefficients.
+        self.wiring = wiring if stages > 1 else "euler"
+        self.mappings = nn.ModuleList(
+            ResidualMapping(channels, i + 1 if self.wiring == "concat" else 1, memory_efficient)
+            for i in range(stages)
+        )
+        if self.wiring == "lincomb":
+            # a[i - 1][j] = a_ij for stage i + 1 >= 2 and j < i; b[i] = b_i. Initialised to 1,
+            # the Euler wiring's values.
+            self.a = nn.ParameterList(nn.Parameter(torch.ones(i)) for i in range(1, stages))
+            self.b = nn.Parameter(torch.ones(stages))
+
+    def reset_coefficients(self) -> None:
+        """a_ij = b_i = 1 (called by :func:`init_weights`, e.g. after ``to_empty``)."""
+        if self.wiring == "lincomb":
+            with torch.no_grad():
+                for p in (*self.a, self.b):
+                    p.fill_(1.0)
 
     def forward(self, y: Tensor) -> Tensor:
-        total = None
-        for mapping in self.mappings:
-            k = mapping(y if total is None else y + total)
-            total = k if total is None else total + k
-        assert total is not None
-        return y + total
+        ks: list[Tensor] = []
+        for i, mapping in enumerate(self.mappings):
+            if not ks:
+                k = mapping(y)
+            elif self.wiring == "concat":
+                k = mapping(y, *ks)
+            elif self.wiring == "lincomb":
+                a = self.a[i - 1]
+                k = mapping(y + sum((a[j] * ks[j] for j in range(1, i)), a[0] * ks[0]))
+            else:
+                k = mapping(y + sum(ks[1:], ks[0]))
+            ks.append(k)
+        if self.wiring == "lincomb":
+            return y + sum((self.b[i] * ks[i] for i in range(1, len(ks))), self.b[0] * ks[0])
+        return y + sum(ks[1:], ks[0])
 
 
 class ResNetRKNet(nn.Module):
@@ -203,6 +273,8 @@ class ResNetRKNet(nn.Module):
         periods: Sequence[tuple[int, int]],
         num_classes: int = 10,
         share: bool = False,
+        wiring: str = DEFAULT_RESNET_STAGES,
+        memory_efficient: bool = False,
     ) -> None:
         super().__init__()
         if len(periods) != len(RESNET_WIDTHS):
@@ -215,7 +287,8 @@ class ResNetRKNet(nn.Module):
             if p > 0:
                 self.transitions.append(BasicBlock(channels, width, stride=2))
                 channels = width
-            self.periods.append(Period([ResNetRKStep(s, width) for _ in range(r)]))
+            steps = [ResNetRKStep(s, width, wiring, memory_efficient) for _ in range(r)]
+            self.periods.append(Period(steps))
         self.head = ClassifierHead(channels, num_classes, pre_activation=False)
         init_weights(self)
         if share:
