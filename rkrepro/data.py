@@ -27,9 +27,18 @@ from rkrepro.paths import DATA_DIR_ENV
 VERIFY_ENV = "RKREPRO_VERIFY_CHECKSUMS"  # "0": accept re-packed CIFAR files (md5s differ)
 DOWNLOAD_ENV = "RKREPRO_DOWNLOAD"  # "0": never try to download (offline machines, tests)
 
-# fb.resnet.torch datasets/cifar10.lua (also used for CIFAR-100 by the DenseNet code).
-CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
-CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+# Per-channel statistics of the Torch code's ``t.ColorNormalize`` on 0..255 floats, here /255:
+# datasets/cifar10.lua (fb.resnet.torch and liuzhuang13/DenseNet) and the DenseNet code's own
+# datasets/cifar100.lua (Table 2 trained with these, not with CIFAR-10's).
+CIFAR10_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
+CIFAR10_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+CIFAR100_MEAN = (129.3 / 255, 124.1 / 255, 112.4 / 255)
+CIFAR100_STD = (68.2 / 255, 65.4 / 255, 70.4 / 255)
+CIFAR_MEAN, CIFAR_STD = CIFAR10_MEAN, CIFAR10_STD  # the CIFAR-10 pair, as before
+CIFAR_NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+}
 CIFAR_PAD = 4
 # Test-set batch on a GPU (divides CIFAR's 10,000 test images).
 CUDA_EVAL_BATCH = 1000
@@ -91,13 +100,15 @@ def subset_indices(n: int, size: int | None) -> Tensor | None:
 
 @dataclass
 class ArraySplit:
-    """Images as uint8 [N, 3, H, W] and labels as int64 [N], on one device."""
+    """Images as uint8 [N, 3, H, W] and labels as int64 [N], on one device; ``dataset`` picks
+    the normalisation statistics."""
 
     x: Tensor
     y: Tensor
+    dataset: str = "cifar10"
 
     def to(self, device: torch.device) -> ArraySplit:
-        return ArraySplit(self.x.to(device), self.y.to(device))
+        return ArraySplit(self.x.to(device), self.y.to(device), self.dataset)
 
 
 def _cifar_class(dataset: str, verify: bool) -> type:
@@ -193,7 +204,7 @@ def load_cifar(dataset: str, root: Path) -> tuple[ArraySplit, ArraySplit]:
                 f"{folder}: {split} split is malformed ({len(x)} images, {len(y)} labels, "
                 f"labels must be in 0..{num_classes - 1})"
             )
-        splits.append(ArraySplit(x, y))
+        splits.append(ArraySplit(x, y, dataset))
     return splits[0], splits[1]
 
 
@@ -262,8 +273,11 @@ class CifarBatches:
         self.channels_last = channels_last
         # (rank, world): this process's share of each global batch (rkrepro.distributed sets it).
         self.shard = (0, 1)
-        self.mean = torch.tensor(CIFAR_MEAN, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(CIFAR_STD, device=device).view(1, 3, 1, 1)
+        if split.dataset not in CIFAR_NORMALISATION:
+            raise DataError(f"no CIFAR normalisation for data set {split.dataset!r}")
+        mean, std = CIFAR_NORMALISATION[split.dataset]
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
 
     @property
     def num_samples(self) -> int:
@@ -651,7 +665,7 @@ def cifar_batches(
     """
     subset = subset_indices(len(train.y), train_subset)
     if subset is not None:
-        train = ArraySplit(train.x[subset], train.y[subset])
+        train = ArraySplit(train.x[subset], train.y[subset], train.dataset)
     if eval_batch_size is None:
         eval_batch_size = CUDA_EVAL_BATCH if device.type == "cuda" else 2 * batch_size
     return (

@@ -7,7 +7,9 @@ without importing torch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Literal
 
 Family = Literal["densenet", "densenet-bc", "resnet"]
@@ -88,8 +90,61 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class LrSchedule:
+    """The learning-rate rule of the Torch code the paper trained with, for any run length.
+
+    ``drop_at`` (liuzhuang13/DenseNet ``train.lua``, CIFAR): with 1-based epochs,
+    ``decay = epoch >= 0.75*nEpochs and 2 or epoch >= 0.5*nEpochs and 1 or 0``, i.e. one
+    drop once ``epoch >= f * nEpochs`` for each fraction f. For 300 epochs the 150th already
+    trains at 0.01: 149 epochs at 0.1, 75 at 0.01, 76 at 0.001. A shortened run applies the
+    same rule to its own nEpochs, as the Torch code would.
+
+    ``drop_every`` (ImageNet): ``decay = floor((epoch - 1) / 30)``: epochs 1-30 at 0.1, 31-60
+    at 0.01, ... A shortened run keeps the period's fraction of the paper's length (the Torch
+    code's fixed 30 would mean no drop at all in a 9-epoch run).
+    """
+
+    drop_at: tuple[float, ...] = ()
+    drop_every: int | None = None
+
+    def milestones(self, epochs: int, paper_epochs: int) -> tuple[int, ...]:
+        """0-based ``MultiStepLR`` milestones: the number of epochs completed before each drop
+        (0 is allowed: a 1-epoch run of the ``drop_at`` rule trains at lr/100 from the start,
+        as ``train.lua`` does with nEpochs = 1)."""
+        if self.drop_every is not None:
+            period = self.drop_every
+            if epochs != paper_epochs:
+                period = max(1, math.floor(Fraction(self.drop_every * epochs, paper_epochs) + 0.5))
+            return tuple(range(period, epochs, period))
+        # The first 1-based epoch e with e >= f * N is ceil(f * N); it is 0-based epoch e - 1.
+        return tuple(min(epochs, math.ceil(Fraction(str(f)) * epochs)) - 1 for f in self.drop_at)
+
+    def describe(self) -> str:
+        if self.drop_every is not None:
+            return f"decay = floor((epoch - 1) / {self.drop_every}) (1-based epochs)"
+        parts = " and ".join(f"epoch >= {f:g} * nEpochs" for f in self.drop_at)
+        return f"one drop once {parts} (1-based epochs)"
+
+
+def scaled_milestones(
+    milestones: tuple[int, ...], paper_epochs: int, epochs: int
+) -> tuple[int, ...]:
+    """Explicit milestones of a shortened run: the same fractions of training, rounded half up
+    (the rule for tables that give ``lr_milestones`` without an ``lr_schedule``)."""
+    if epochs == paper_epochs:
+        return tuple(milestones)
+    scaled = (max(1, int(m * epochs / paper_epochs + 0.5)) for m in milestones)
+    return tuple(sorted({m for m in scaled if m <= epochs}))
+
+
+@dataclass(frozen=True)
 class Protocol:
-    """A table's training protocol (Section 4 of the paper)."""
+    """A table's training protocol (Section 4 of the paper).
+
+    ``lr_milestones`` are ``MultiStepLR`` milestones (0-based: epochs completed before each
+    drop) for ``epochs``; ``lr_schedule``, when the table gives one, is the rule they come
+    from, so a shortened run gets the Torch code's milestones (:meth:`milestones_for`).
+    """
 
     dataset: Dataset
     augmentation: str
@@ -102,3 +157,10 @@ class Protocol:
     lr_gamma: float = 0.1
     nesterov: bool = True
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
+    lr_schedule: LrSchedule | None = None
+
+    def milestones_for(self, epochs: int) -> tuple[int, ...]:
+        """The milestones of a run of ``epochs`` epochs under this (paper-length) protocol."""
+        if self.lr_schedule is not None:
+            return self.lr_schedule.milestones(epochs, self.epochs)
+        return scaled_milestones(self.lr_milestones, self.epochs, epochs)

@@ -22,7 +22,7 @@ import yaml
 
 from rkrepro import readings as readings_mod
 from rkrepro.errors import TargetError
-from rkrepro.spec import NUM_CLASSES, ModelSpec, Protocol, variant_name
+from rkrepro.spec import NUM_CLASSES, LrSchedule, ModelSpec, Protocol, variant_name
 
 TABLES_DIR_ENV = "RKREPRO_TABLES_DIR"
 SHARE_CHOICES = ("both", "share", "no-share")
@@ -261,6 +261,7 @@ _PROTOCOL_KEYS: dict[str, tuple[type, ...]] = {
     "lr_milestones": (list,),
     "lr_gamma": (float, int),
     "nesterov": (bool,),
+    "lr_schedule": (dict,),
 }
 _PROTOCOL_REQUIRED = (
     "dataset",
@@ -269,8 +270,8 @@ _PROTOCOL_REQUIRED = (
     "lr",
     "momentum",
     "weight_decay",
-    "lr_milestones",
 )
+_SCHEDULE_KEYS: dict[str, tuple[type, ...]] = {"drop_at": (list,), "drop_every": (int,)}
 _STAR_KEYS: dict[str, tuple[type, ...]] = {
     "note": (str,),
     "batch_size": (int,),
@@ -428,8 +429,10 @@ def _parse_protocol(data: Any, where: _Where) -> Protocol:
     for key in ("lr", "momentum", "weight_decay"):
         if not math.isfinite(data[key]) or data[key] < 0:
             raise where.fail(f"field {key!r} must be >= 0, got {data[key]!r}")
-    milestones = _milestones(data["lr_milestones"], data["epochs"], where)
+    schedule = _schedule(data.get("lr_schedule"), where.at("lr_schedule"))
+    milestones = _checked_milestones(data.get("lr_milestones"), schedule, data["epochs"], where)
     return Protocol(
+        lr_schedule=schedule,
         dataset=data["dataset"],
         augmentation=data.get("augmentation") or "",
         batch_size=data["batch_size"],
@@ -441,6 +444,45 @@ def _parse_protocol(data: Any, where: _Where) -> Protocol:
         lr_gamma=float(_get(data, "lr_gamma", 0.1)),
         nesterov=bool(data.get("nesterov", True)),
     )
+
+
+def _schedule(value: Any, where: _Where) -> LrSchedule | None:
+    """``{drop_at: [0.5, 0.75]}`` or ``{drop_every: 30}`` (see :class:`LrSchedule`)."""
+    if value is None:
+        return None
+    data = _check_mapping(value, _SCHEDULE_KEYS, where, what="lr_schedule")
+    if (data.get("drop_at") is None) == (data.get("drop_every") is None):
+        raise where.fail("give exactly one of 'drop_at' (fractions) or 'drop_every' (epochs)")
+    if data.get("drop_every") is not None:
+        if data["drop_every"] < 1:
+            raise where.fail(f"'drop_every' must be >= 1, got {data['drop_every']!r}")
+        return LrSchedule(drop_every=data["drop_every"])
+    fractions = data["drop_at"]
+    if not fractions or any(
+        isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1 for f in fractions
+    ):
+        raise where.fail(f"'drop_at' must list fractions in (0, 1], got {fractions!r}")
+    if list(fractions) != sorted(fractions):
+        raise where.fail("'drop_at' fractions must increase")
+    return LrSchedule(drop_at=tuple(float(f) for f in fractions))
+
+
+def _checked_milestones(
+    value: Any, schedule: LrSchedule | None, epochs: int, where: _Where
+) -> tuple[int, ...]:
+    """``lr_milestones`` as given, or derived from ``lr_schedule``; both given must agree, so a
+    table cannot state one schedule and train another."""
+    if schedule is None:
+        if value is None:
+            raise where.fail("missing required field 'lr_milestones' (or give 'lr_schedule')")
+        return _milestones(value, epochs, where)
+    derived = schedule.milestones(epochs, epochs)
+    if value is not None and _milestones(value, epochs, where) != derived:
+        raise where.fail(
+            f"lr_milestones {list(value)} disagree with lr_schedule ({schedule.describe()}), "
+            f"which gives {list(derived)} for {epochs} epochs"
+        )
+    return derived
 
 
 def _milestones(value: Any, epochs: int, where: _Where) -> tuple[int, ...]:
@@ -575,13 +617,16 @@ def parse_table(data: Any, source: Path) -> Table:
         batch_size = _get(star, "batch_size", protocol.batch_size)
         if epochs < 1 or batch_size < 1:
             raise swhere.fail("epochs and batch_size must be >= 1")
-        star_protocol = replace(
-            protocol,
-            batch_size=batch_size,
-            epochs=epochs,
-            lr_milestones=_milestones(
+        if protocol.lr_schedule is not None:
+            star_milestones = _checked_milestones(
+                star.get("lr_milestones"), protocol.lr_schedule, epochs, swhere
+            )
+        else:
+            star_milestones = _milestones(
                 _get(star, "lr_milestones", list(protocol.lr_milestones)), epochs, swhere
-            ),
+            )
+        star_protocol = replace(
+            protocol, batch_size=batch_size, epochs=epochs, lr_milestones=star_milestones
         )
         star_note = star.get("note")
     if not data["rows"]:

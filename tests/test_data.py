@@ -146,6 +146,30 @@ def test_test_batches_are_plain_normalised_images() -> None:
     assert yb.tolist() == y[:4].tolist()
 
 
+def test_cifar100_is_normalised_with_its_own_statistics(tmp_path: Path) -> None:
+    """liuzhuang13/DenseNet datasets/cifar100.lua: mean {129.3, 124.1, 112.4}, std {68.2, 65.4,
+    70.4} on 0..255 values; CIFAR-10 keeps fb.resnet.torch's {125.3, 123.0, 113.9} / {63.0,
+    62.1, 66.7}. Loaded from real files, through the batch pipeline, subset included."""
+    h.write_random_cifar100(tmp_path, n_train=40, n_test=10)
+    train, test = data.load_cifar("cifar100", tmp_path)
+    assert train.dataset == test.dataset == "cifar100"
+    raw = test.x[:4].double()
+    mean = torch.tensor([129.3, 124.1, 112.4], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor([68.2, 65.4, 70.4], dtype=torch.float64).view(1, 3, 1, 1)
+    tr, te = data.cifar_batches(train, test, 4, torch.device("cpu"), 0, 20, eval_batch_size=4)
+    xb, _ = next(te.batches(0))
+    torch.testing.assert_close(xb.double(), (raw - mean) / std, rtol=1e-5, atol=1e-5)
+    assert tr.split.dataset == "cifar100"  # the training subset keeps the statistics
+    torch.testing.assert_close(tr.mean.flatten().double(), mean.flatten() / 255)
+    ten = data.CifarBatches(data.ArraySplit(test.x, test.y), 4, torch.device("cpu"), False)
+    c10 = (raw - torch.tensor([125.3, 123.0, 113.9], dtype=torch.float64).view(1, 3, 1, 1)) / (
+        torch.tensor([63.0, 62.1, 66.7], dtype=torch.float64).view(1, 3, 1, 1)
+    )
+    torch.testing.assert_close(next(ten.batches(0))[0].double(), c10, rtol=1e-5, atol=1e-5)
+    with pytest.raises(DataError, match="no CIFAR normalisation"):
+        data.CifarBatches(data.ArraySplit(test.x, test.y, "svhn"), 4, torch.device("cpu"), False)
+
+
 def test_train_subset_is_fixed_and_seed_independent() -> None:
     a = data.subset_indices(1000, 100)
     b = data.subset_indices(1000, 100)

@@ -19,8 +19,10 @@ from rkrepro.targets import (
     format_variant_name,
     load_tables,
     normalise_name,
+    parse_table,
     parse_variant_name,
     resolve_cells,
+    with_readings,
 )
 
 SHIPPED = Path(__file__).resolve().parent.parent / "tables"
@@ -89,8 +91,66 @@ def test_imagenet_cells_carry_top1_and_top5(tables):
 def test_cifar_protocol_is_the_papers(tables):
     for table_id in ("table1", "table2", "table4"):
         p = tables[table_id].protocol
-        assert (p.batch_size, p.epochs, p.lr_milestones) == (64, 300, (150, 225))
+        # 0-based MultiStepLR milestones: the Torch code's 150th epoch already trains at 0.01.
+        assert (p.batch_size, p.epochs, p.lr_milestones) == (64, 300, (149, 224))
         assert (p.lr, p.momentum, p.weight_decay) == (0.1, 0.9, 1e-4)
+
+
+def _lr_per_epoch(milestones: tuple[int, ...], epochs: int) -> list[float]:
+    """What MultiStepLR gives each 1-based epoch: 0.1 * 0.1^(milestones <= epoch - 1)."""
+    return [0.1 * 0.1 ** sum(m <= e - 1 for m in milestones) for e in range(1, epochs + 1)]
+
+
+def _torch_cifar_lr(epoch: int, n_epochs: int) -> float:
+    """liuzhuang13/DenseNet train.lua, Trainer:learningRate for cifar10/cifar100, verbatim."""
+    decay = 2 if epoch >= 0.75 * n_epochs else 1 if epoch >= 0.5 * n_epochs else 0
+    return 0.1 * 0.1**decay
+
+
+def _torch_imagenet_lr(epoch: int) -> float:
+    """train.lua for imagenet: decay = math.floor((epoch - 1) / 30)."""
+    return 0.1 * 0.1 ** ((epoch - 1) // 30)
+
+
+def test_lr_rule_is_the_torch_codes(tables):
+    """Every epoch's learning rate against the Lua formula: full runs, and shortened CIFAR
+    runs of every length (the rule is relative to nEpochs)."""
+    cifar = tables["table1"].protocol
+    lrs = _lr_per_epoch(cifar.lr_milestones, 300)
+    assert [lrs.count(v) for v in sorted(set(lrs), reverse=True)] == [149, 75, 76]
+    for n in range(1, 301):
+        got = _lr_per_epoch(cifar.milestones_for(n), n)
+        assert got == [_torch_cifar_lr(e, n) for e in range(1, n + 1)], n
+    plain, star = tables["table3"].protocol, tables["table3"].star_protocol
+    for p in (plain, star):
+        got = _lr_per_epoch(p.milestones_for(p.epochs), p.epochs)
+        assert got == [_torch_imagenet_lr(e) for e in range(1, p.epochs + 1)]
+    # Shortened ImageNet runs keep the period's share of the run (3 of 9 epochs).
+    assert plain.milestones_for(9) == (3, 6) and star.milestones_for(10) == (3, 6, 9)
+
+
+@pytest.mark.bad_input
+def test_lr_schedule_errors(tmp_path):
+    base = yaml.safe_load((SHIPPED / "table4.yaml").read_text())
+    cases = [
+        ({"drop_at": [0.5, 0.75]}, [150, 225], "disagree with lr_schedule"),
+        ({"drop_at": [0.75, 0.5]}, None, "must increase"),
+        ({"drop_at": [0.5], "drop_every": 30}, None, "exactly one"),
+        ({"drop_at": [1.5]}, None, r"fractions in \(0, 1\]"),
+        ({"drop_every": 0}, None, "must be >= 1"),
+        ({"drop_evry": 30}, None, "did you mean 'drop_every'"),
+    ]
+    for schedule, milestones, message in cases:
+        data = {**base, "protocol": {**base["protocol"], "lr_schedule": schedule}}
+        data["protocol"].pop("lr_milestones")
+        if milestones is not None:
+            data["protocol"]["lr_milestones"] = milestones
+        with pytest.raises(TargetError, match=message):
+            parse_table(data, tmp_path / "t.yaml")
+    data = {**base, "protocol": {**base["protocol"]}}
+    del data["protocol"]["lr_schedule"], data["protocol"]["lr_milestones"]
+    with pytest.raises(TargetError, match="missing required field 'lr_milestones'"):
+        parse_table(data, tmp_path / "t.yaml")
 
 
 def _dense_block_layers(row) -> list[int]:
@@ -328,3 +388,80 @@ def test_a_user_table_with_any_variant_loads(tmp_path):
     cells = resolve_cells(tables, "mine", "tiny-bc")
     assert [c.model for c in cells] == ["original", "RKNet-3x2_1x3_2x2", "RKNet-3x2_1x3_2x2"]
     assert cells[-1].spec.num_classes == 100
+
+
+# ------------------------------------------------------------------------------- readings
+
+
+def test_tables_name_their_readings(tables):
+    """Every shipped table names its readings; cells carry them, and the ResNet stage wiring
+    reaches the model spec, where it applies to multi-stage variants only."""
+    from rkrepro import readings
+
+    for table in tables.values():
+        assert set(dict(table.readings)) == set(readings.READINGS)
+    cells = {c.key: c for c in all_cells(tables, "table4")}
+    multi = cells["table4/resnet-20/RKNet-3x1_2x1_2x1/noshare"]
+    one = cells["table4/resnet-20/RKNet-1x3_1x2_1x2/noshare"]
+    assert multi.reading == dict(readings.DEFAULTS)
+    assert readings.DEFAULTS["resnet_stages"] == "concat"
+    assert multi.spec.resnet_stages == "concat" and "resnet_stages" in multi.applicable_readings()
+    assert "resnet_stages" not in one.applicable_readings()  # s = 1: every wiring is the same
+    dense = all_cells(tables, "table1")[0]
+    assert "resnet_stages" not in dense.applicable_readings()
+    lincomb = with_readings(multi, readings.parse_overrides(["resnet_stages=lincomb"]))
+    assert lincomb.spec.resnet_stages == "lincomb" and lincomb.reading["resnet_stages"] == "lincomb"
+    assert lincomb.key == multi.key and lincomb != multi  # same cell, another reading
+
+
+def test_row_readings_override_the_tables(tmp_path):
+    data = yaml.safe_load((SHIPPED / "table4.yaml").read_text())
+    data["rows"][0]["readings"] = {"resnet_stages": "euler", "reported_error": "best"}
+    table = parse_table(data, tmp_path / "t.yaml")
+    cells = {c.key: c for c in all_cells({"table4": table})}
+    row0 = cells["table4/resnet-20/RKNet-3x1_2x1_2x1/noshare"]
+    row1 = cells["table4/resnet-32/RKNet-5x1_4x1_4x1/noshare"]
+    assert row0.spec.resnet_stages == "euler" and row0.reading["reported_error"] == "best"
+    assert row1.spec.resnet_stages == "concat" and row1.reading["reported_error"] == "final"
+
+
+@pytest.mark.bad_input
+def test_bad_readings_are_one_line_errors(tmp_path):
+    from rkrepro import readings
+
+    data = yaml.safe_load((SHIPPED / "table4.yaml").read_text())
+    for bad, message in [
+        ({"resnet_stage": "concat"}, "unknown reading 'resnet_stage'"),
+        ({"resnet_stages": "rk4"}, "resnet_stages must be one of concat|lincomb|euler"),
+    ]:
+        with pytest.raises(TargetError, match=message) as caught:
+            parse_table({**data, "readings": bad}, tmp_path / "t.yaml")
+        assert "\n" not in str(caught.value)
+    rows = [{**data["rows"][0], "readings": {"precision": "fp8"}}]
+    with pytest.raises(TargetError, match=r"row 'resnet-20': readings: reading precision"):
+        parse_table({**data, "rows": rows}, tmp_path / "t.yaml")
+    for text, message in [
+        ("resnet_stages", "expected NAME=VALUE"),
+        ("stages=concat", "unknown reading 'stages'"),
+        ("reported_error=median", "must be one of final|best"),
+    ]:
+        with pytest.raises(TargetError, match=message):
+            readings.parse_overrides([text])
+
+
+def test_runs_without_reading_tags_resolve_to_what_they_were_trained_as():
+    from rkrepro import readings
+    from rkrepro.spec import ModelSpec
+
+    spec = ModelSpec("resnet", "cifar10", 20, periods=((3, 1), (2, 1), (2, 1)))
+    legacy = readings.from_tags({"rkrepro.table": "table4"}, spec)
+    assert legacy == {"resnet_stages": "euler", "reported_error": "final", "precision": "fp32"}
+    assert readings.from_tags({"rkrepro.precision": "bf16-autocast"}, spec)["precision"] == (
+        "bf16-autocast"
+    )
+    new = readings.tags(dict(readings.DEFAULTS), spec)
+    assert readings.from_tags(new, spec)["resnet_stages"] == "concat"
+    one_stage = ModelSpec("resnet", "cifar10", 20, periods=((1, 3), (1, 2), (1, 2)))
+    assert "rkrepro.reading.resnet_stages" not in readings.tags(dict(readings.DEFAULTS), one_stage)
+    assert readings.identity(dict(readings.DEFAULTS), spec) == {"resnet_stages": "concat"}
+    assert readings.identity(dict(readings.DEFAULTS), one_stage) == {}
