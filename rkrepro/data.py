@@ -4,7 +4,8 @@ CIFAR lives in memory as uint8 (on the GPU when training there) and is augmented
 batch at a time: per-image PIL transforms in DataLoader workers would starve a GPU on 32x32
 images. Every random choice of an epoch (order, crop offsets, flips) comes from a generator
 seeded by (seed, epoch), so a run resumed at any step sees exactly the batches it would have
-seen uninterrupted. ImageNet goes through torchvision's ImageFolder and worker processes.
+seen uninterrupted. ImageNet goes through torchvision's ImageFolder and worker processes,
+with fb.resnet.torch's own transforms (:mod:`rkrepro.fb_transforms`), not torchvision's.
 """
 
 from __future__ import annotations
@@ -424,31 +425,11 @@ def _encoded_collate(batch: list[tuple[Tensor, int]]) -> tuple[list[Tensor], Ten
 
 
 def gpu_imagenet_transform(train: bool, device: torch.device):
-    """Per-image transforms of decoded uint8 CUDA images, the same steps as
-    :func:`imagenet_transforms` (tensor versions of torchvision's, colour jitter included)."""
-    from torchvision.transforms import v2
+    """Per-image transforms of decoded uint8 CUDA images: the same fb.resnet.torch steps as
+    :func:`imagenet_transforms` (:mod:`rkrepro.fb_transforms` works on any device)."""
+    from rkrepro import fb_transforms as fb
 
-    lighting = Lighting(0.1)
-    lighting.eigval, lighting.eigvec = lighting.eigval.to(device), lighting.eigvec.to(device)
-
-    def light(img: Tensor) -> Tensor:
-        alpha = torch.randn(3, device=device) * lighting.std
-        return img + (lighting.eigvec * alpha * lighting.eigval).sum(dim=1).view(3, 1, 1)
-
-    to_float = v2.ToDtype(torch.float32, scale=True)
-    normalize = v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    if train:
-        return v2.Compose(
-            [
-                v2.RandomResizedCrop(224, antialias=True),
-                v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
-                to_float,
-                light,
-                normalize,
-                v2.RandomHorizontalFlip(),
-            ]
-        )
-    return v2.Compose([v2.Resize(256, antialias=True), v2.CenterCrop(224), to_float, normalize])
+    return fb.ImageNetTrain() if train else fb.ImageNetEval()
 
 
 class LoaderBatches:
@@ -586,25 +567,13 @@ def load_image(path: str):
 
 
 def imagenet_transforms() -> tuple[object, object]:
-    """(train, eval) transforms: scale/aspect crop, colour jitter 0.4, PCA lighting 0.1,
-    normalise, flip; eval resizes to 256 and takes the centre 224 crop."""
-    from torchvision import transforms
+    """(train, eval) transforms of fb.resnet.torch's ``datasets/imagenet.lua``, on float images
+    (:mod:`rkrepro.fb_transforms`): RandomSizedCrop 224 (bicubic), ColorJitter 0.4 in random
+    order without clamping, PCA Lighting 0.1, normalise, flip; eval: bicubic Scale 256,
+    normalise, centre 224 crop."""
+    from rkrepro import fb_transforms as fb
 
-    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_tf = transforms.Compose(
-        [
-            transforms.RandomResizedCrop(224),
-            transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
-            transforms.ToTensor(),
-            Lighting(0.1),
-            normalize,
-            transforms.RandomHorizontalFlip(),
-        ]
-    )
-    val_tf = transforms.Compose(
-        [transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), normalize]
-    )
-    return train_tf, val_tf
+    return fb.ImageNetTrain(), fb.ImageNetEval()
 
 
 def imagenet_batches(
