@@ -151,3 +151,29 @@ def row_structure(table: Table, row: Row) -> RichTable:
             *parts,
         )
     return out
+
+
+def row_readings(table: Table, row: Row) -> Text:
+    """The row's readings (rkrepro.readings), each with its one-line justification and where
+    it applies, then the learning-rate rule the protocol follows."""
+    from rkrepro import readings
+
+    cells = row_cells(table, row)
+    values = cells[0].reading
+    lines = Text("Readings (override with rkrepro run --reading NAME=VALUE):\n", style="bold")
+    for name, value in values.items():
+        reading = readings.READINGS[name]
+        applies = [c for c in cells if reading.applies(c.spec)]
+        where = "all models" if len(applies) == len(cells) else f"{len(applies)} of the models"
+        if not applies:
+            where = "no model of this row"
+        source = " (row)" if name in dict(row.readings) else ""
+        lines.append(f"  {readings.describe(name, value)}{source}")
+        lines.append(f"  [{reading.kind}; {where}]\n", style="dim")
+    schedule = table.protocol.lr_schedule
+    rule = schedule.describe() if schedule else "explicit milestones"
+    lines.append(
+        f"LR: {table.protocol.lr:g}, /10 after epochs {list(table.protocol.lr_milestones)} of "
+        f"{table.protocol.epochs} (0-based milestones; {rule})",
+    )
+    return lines

@@ -71,6 +71,18 @@ def test_show_prints_the_period_structure(runner):
     assert "1×2 · 144" in result.output
 
 
+def test_show_prints_each_reading_with_its_justification(runner):
+    result = runner.invoke(app, ["show", "table4", "--row", "resnet-20"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "resnet_stages = concat: Eq. (7) literally" in out and "1 of the models" in out
+    assert "reported_error = final: the last epoch's test error" in out
+    assert "precision = fp32: the Torch code trains in fp32" in out
+    assert "[149, 224] of 300" in out
+    dense = runner.invoke(app, ["show", "table1", "--row", "densenet-bc-k12"])
+    assert "resnet_stages" in dense.output and "no model of this row" in dense.output
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

@@ -303,3 +303,67 @@ def test_cuda_graph_step_trains_like_eager(tmp_path: Path) -> None:
         histories.append(trainer.fit())
         assert (trainer.graph is not None) == fast.cuda_graph
     assert histories[0][0].train_loss == pytest.approx(histories[1][0].train_loss, rel=1e-3)
+
+
+def test_readings_are_run_identity_and_tags() -> None:
+    """A multi-stage ResNet cell under concat, lincomb and euler: three runs, each tagged with
+    its reading; a one-stage cell or a DenseNet cell hashes the same under every wiring."""
+    from rkrepro.readings import TAG_PREFIX
+    from rkrepro.targets import all_cells, load_tables
+
+    tables = load_tables()
+    cells = {c.key: c for c in all_cells(tables, "table4")}
+    multi = cells["table4/resnet-20/RKNet-3x1_2x1_2x1/noshare"]
+    one = cells["table4/resnet-20/RKNet-1x3_1x2_1x2/noshare"]
+    dense = all_cells(tables, "table1")[0]
+
+    def plan(cell, *reading: str):
+        return make_plans([cell], [0], RunOptions(reading=reading), "cpu")[0]
+
+    wirings = {w: plan(multi, f"resnet_stages={w}") for w in ("concat", "lincomb", "euler")}
+    assert len({p.config_hash for p in wirings.values()}) == 3
+    assert plan(multi).config_hash == wirings["concat"].config_hash  # the table's default
+    for wiring, p in wirings.items():
+        assert p.cell.spec.resnet_stages == wiring
+        assert p.tags()[TAG_PREFIX + "resnet_stages"] == wiring
+        assert p.identity()["readings"] == {"resnet_stages": wiring}
+        assert p.config()["reading"]["resnet_stages"] == wiring
+    for cell in (one, dense):
+        base = plan(cell)
+        assert "readings" not in base.identity() and "resnet_stages" not in base.identity()["spec"]
+        assert plan(cell, "resnet_stages=lincomb").config_hash == base.config_hash
+        assert TAG_PREFIX + "resnet_stages" not in base.tags()
+    # Reporting readings label a run without changing what it trains.
+    best = plan(multi, "reported_error=best")
+    assert best.config_hash == wirings["concat"].config_hash
+    assert best.tags()[TAG_PREFIX + "reported_error"] == "best"
+    assert plan(dense).tags()[TAG_PREFIX + "precision"] == "fp32"
+    cuda = make_plans([dense], [0], RunOptions(), "cuda")[0]
+    assert cuda.tags()[TAG_PREFIX + "precision"] == "bf16-autocast"  # what it trains in
+    with pytest.raises(RkreproError, match="precision follows the device"):
+        plan(dense, "precision=fp32")
+    with pytest.raises(RkreproError, match="unknown reading 'stages'"):
+        plan(dense, "stages=concat")
+    args = RunOptions(reading=("resnet_stages=euler", "reported_error=best")).job_args()
+    assert args[-4:] == ["--reading", "resnet_stages=euler", "--reading", "reported_error=best"]
+
+
+def test_protocol_changes_are_run_identity() -> None:
+    """The Torch code's LR rule (in the milestones, also for shortened runs), CIFAR-100's own
+    normalisation and fb.resnet.torch's ImageNet transforms name new runs; CIFAR-10's pipeline
+    did not change."""
+    from rkrepro.targets import all_cells, load_tables
+
+    tables = load_tables()
+
+    def identity(table: str, **options):
+        cell = all_cells(tables, table)[0]
+        return make_plans([cell], [0], RunOptions(**options), "cpu")[0].identity()["protocol"]
+
+    assert identity("table1")["lr_milestones"] == [149, 224]
+    assert identity("table1", epochs=30)["lr_milestones"] == [14, 22]  # not (15, 23)
+    assert "normalisation" not in identity("table1") and "transforms" not in identity("table1")
+    assert identity("table2")["normalisation"] == "densenet-cifar100.lua"
+    assert identity("table3")["transforms"] == "fb.resnet.torch"
+    assert identity("table3")["lr_milestones"] == [30, 60]
+    assert identity("table3", epochs=9)["lr_milestones"] == [3, 6]

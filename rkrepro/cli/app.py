@@ -92,13 +92,15 @@ def show_command(
     row: Annotated[str, typer.Option("--row", "-r", help="Row id, e.g. densenet-bc-k12.")],
     tables_dir: TablesDir = None,
 ) -> None:
-    """A row's models with their period structure (s, r, channels per period)."""
+    """A row's models with their period structure (s, r, channels per period) and readings."""
     from rkrepro import listing, targets
 
     tables = targets.load_tables(tables_dir)
     found = targets.find_table(tables, table)
     found_row = targets.find_row(found, row)
-    _console().print(listing.row_structure(found, found_row))
+    console = _console()
+    console.print(listing.row_structure(found, found_row))
+    console.print(listing.row_readings(found, found_row))
 
 
 @app.command("params")

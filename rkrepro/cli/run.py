@@ -60,6 +60,16 @@ def run_command(
         bool, typer.Option("--force", help="Start new runs even where a finished one exists.")
     ] = False,
     tables_dir: TablesDir = None,
+    reading: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--reading",
+            help="Train under another reading of the paper, NAME=VALUE (repeatable), e.g. "
+            "resnet_stages=lincomb; `rkrepro show` lists a row's readings. Part of the run's "
+            "identity.",
+            show_default=False,
+        ),
+    ] = None,
     memory_efficient: Annotated[
         bool,
         typer.Option(help="Checkpoint dense-layer concatenations: less GPU memory, slower."),

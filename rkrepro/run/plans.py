@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rkrepro import mlflow_keys
+from rkrepro import readings as readings_mod
 from rkrepro.errors import RkreproError
 from rkrepro.fast_path import FastPath, run_precision
 from rkrepro.paths import default_data_dir, resolve_tracking_uri
-from rkrepro.spec import Protocol
+from rkrepro.spec import Protocol, scaled_milestones
+from rkrepro.targets import with_readings
 
 if TYPE_CHECKING:
     import torch
@@ -63,12 +65,27 @@ class RunOptions:
     workers: int = 8
     sync_bn: bool = False
     fast_path: str | None = None  # --fast-path; None: $RKREPRO_FAST_PATH, else the defaults
+    reading: tuple[str, ...] = ()  # --reading NAME=VALUE (repeatable), see rkrepro.readings
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> RunOptions:
         """The options among ``values`` (e.g. a command's arguments); ``None`` keeps a default."""
         chosen = {f.name: values[f.name] for f in fields(cls) if values.get(f.name) is not None}
+        if isinstance(chosen.get("reading"), list):
+            chosen["reading"] = tuple(chosen["reading"])
         return cls(**chosen)
+
+    def readings(self) -> dict[str, str]:
+        """The checked ``--reading`` overrides. ``precision`` is not one: a run's precision is
+        what its device and --fast-path/--amp give (and is recorded as its reading)."""
+        overrides = readings_mod.parse_overrides(self.reading)
+        if "precision" in overrides:
+            raise RkreproError(
+                "--reading precision=... is not a choice: the precision follows the device, "
+                "--amp and --fast-path (use --fast-path -bf16 for fp32 on CUDA); every run "
+                "records the precision it trained in"
+            )
+        return overrides
 
     def fast(self) -> FastPath:
         """The requested fast path (before :meth:`FastPath.for_device`)."""
@@ -85,6 +102,9 @@ class RunOptions:
             if "arg" in f.metadata:
                 value = f.metadata["arg"](value)
             if value is None or value is False:
+                continue
+            if isinstance(value, tuple):  # a repeatable option
+                args += [a for item in value for a in (flag, str(item))]
                 continue
             args += [flag] if value is True else [flag, str(value)]
         return args
@@ -158,14 +178,21 @@ def per_rank_batch(batch_size: int, world: int, what: str = "") -> int:
 # Plans.
 
 
+# Identity entries of the data pipelines issue 13 made the Torch code's: CIFAR-100's own
+# normalisation statistics (datasets/cifar100.lua) and fb.resnet.torch's ImageNet transforms
+# (rkrepro.fb_transforms). CIFAR-10's pipeline did not change, so it adds nothing.
+PIPELINE_IDENTITY: dict[str, dict[str, str]] = {
+    "cifar100": {"normalisation": "densenet-cifar100.lua"},
+    "imagenet": {"transforms": "fb.resnet.torch"},
+}
+
+
 def scale_milestones(
     milestones: tuple[int, ...], paper_epochs: int, epochs: int
 ) -> tuple[int, ...]:
-    """Milestones of a shortened run: the same fractions of training, rounded half up."""
-    if epochs == paper_epochs:
-        return tuple(milestones)
-    scaled = (max(1, int(m * epochs / paper_epochs + 0.5)) for m in milestones)
-    return tuple(sorted({m for m in scaled if m <= epochs}))
+    """Milestones of a shortened run of a table without an ``lr_schedule``: the same fractions
+    of training, rounded half up (:func:`rkrepro.spec.scaled_milestones`)."""
+    return scaled_milestones(milestones, paper_epochs, epochs)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,9 +220,15 @@ class Plan:
     def identity(self) -> dict[str, Any]:
         """Everything that changes what is trained; the hash of this names the run."""
         p, o = self.protocol, self.options
+        spec = asdict(self.cell.spec)
+        # The stage wiring enters as a reading, and only where it changes the network, so
+        # every configuration it cannot affect hashes as before readings existed.
+        spec.pop("resnet_stages")
+        training_readings = readings_mod.identity(self.cell.reading, self.cell.spec)
         return {
             "cell": self.cell.key,
-            "spec": asdict(self.cell.spec),
+            "spec": spec,
+            **({"readings": training_readings} if training_readings else {}),
             "seed": self.seed,
             "protocol": {
                 "dataset": p.dataset,
@@ -211,6 +244,9 @@ class Plan:
                 "lr_milestones": list(p.lr_milestones),
                 "lr_gamma": float(p.lr_gamma),
                 "train_subset": o.train_subset,
+                # What issue 13 changed in the data pipelines (the LR rule shows in the
+                # milestones): named, so runs trained before it never share a hash.
+                **PIPELINE_IDENTITY.get(p.dataset, {}),
             },
             "memory_efficient": o.memory_efficient,
             "amp": o.amp,
@@ -236,9 +272,16 @@ class Plan:
     def protocol_kind(self) -> str:
         return mlflow_keys.PROTOCOL_SHORTENED if self.shortened else mlflow_keys.PROTOCOL_PAPER
 
+    @property
+    def readings(self) -> dict[str, str]:
+        """Every reading that applies to this run, with the precision it actually trains in."""
+        values = {**self.cell.reading, "precision": self.precision}
+        return readings_mod.applicable(values, self.cell.spec)
+
     def config(self) -> dict[str, Any]:
         """The whole resolved configuration (MLflow params and the config artifact)."""
         config = self.identity()
+        config["reading"] = self.readings
         config["config_hash"] = self.config_hash
         config["precision"] = self.precision
         config["fast_path"] = self.fast_path
@@ -268,6 +311,7 @@ class Plan:
             mlflow_keys.TAG_CONFIG_HASH: self.config_hash,
             mlflow_keys.TAG_PRECISION: self.precision,
             mlflow_keys.TAG_FAST_PATH: self.fast_path,
+            **{readings_mod.TAG_PREFIX + k: v for k, v in self.readings.items()},
         }
 
     @property
@@ -301,15 +345,14 @@ def make_plans(
         raise RkreproError(f"--epochs must be >= 1, got {options.epochs}")
     if options.train_subset is not None and options.train_subset < 1:
         raise RkreproError(f"--train-subset must be >= 1, got {options.train_subset}")
+    overrides = options.readings()
     plans = []
     for cell in cells:
+        cell = with_readings(cell, overrides)
         paper = cell.protocol
         epochs = options.epochs or paper.epochs
-        protocol = replace(
-            paper,
-            epochs=epochs,
-            lr_milestones=scale_milestones(paper.lr_milestones, paper.epochs, epochs),
-        )
+        # The Torch code's rule where the table gives one (lr_schedule), else scaled milestones.
+        protocol = replace(paper, epochs=epochs, lr_milestones=paper.milestones_for(epochs))
         effective = on_device.for_dataset(paper.dataset)
         plans += [
             Plan(
