@@ -117,17 +117,19 @@ def check(values: Mapping[str, object], where: str) -> dict[str, str]:
     return checked
 
 
-def parse_overrides(texts: list[str] | tuple[str, ...]) -> dict[str, str]:
+def parse_overrides(
+    texts: list[str] | tuple[str, ...], option: str = "--reading"
+) -> dict[str, str]:
     """``["resnet_stages=lincomb", ...]`` (the ``--reading`` option) -> a checked mapping."""
     pairs: dict[str, str] = {}
     for text in texts:
         name, sep, value = text.partition("=")
         if not sep or not name.strip() or not value.strip():
             raise TargetError(
-                f"--reading {text!r}: expected NAME=VALUE (e.g. resnet_stages=lincomb)"
+                f"{option} {text!r}: expected NAME=VALUE (e.g. resnet_stages=lincomb)"
             )
         pairs[name.strip()] = value.strip()
-    return check(pairs, "--reading")
+    return check(pairs, option)
 
 
 def applicable(readings: Mapping[str, str], spec: ModelSpec) -> dict[str, str]:

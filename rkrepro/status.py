@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from rkrepro import mlflow_keys, targets
+from rkrepro import mlflow_keys, readings, targets
 from rkrepro.errors import TrackingError
 from rkrepro.paths import resolve_tracking_uri, sqlite_path
 
 if TYPE_CHECKING:
+    from rkrepro.spec import ModelSpec
     from rkrepro.targets import Cell
 
 NOT_STARTED = "not started"
@@ -49,6 +50,7 @@ _CELL_TAGS = (
     mlflow_keys.TAG_PROTOCOL,
     mlflow_keys.TAG_PRECISION,
     mlflow_keys.TAG_SUPERSEDED,  # a run replaced by a newer one is not read at all
+    *(readings.TAG_PREFIX + name for name in readings.READINGS),
 )
 
 
@@ -73,6 +75,19 @@ class RunRecord:
     metrics: Mapping[str, float] = field(default_factory=dict, compare=False, hash=False)
     # Runs logged before the tag existed all trained in fp32 (no GPU had run bf16 yet).
     precision: str = mlflow_keys.PRECISION_FP32
+    # (name, value) of the run's rkrepro.reading.* tags; empty for runs logged before readings
+    # existed, which :meth:`resolved_readings` resolves to what they were trained as.
+    readings: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def legacy(self) -> bool:
+        """Trained before readings existed (and so before issue 13's protocol changes)."""
+        return not self.readings
+
+    def resolved_readings(self, spec: ModelSpec | None = None) -> dict[str, str]:
+        tags = {readings.TAG_PREFIX + k: v for k, v in self.readings}
+        tags[mlflow_keys.TAG_PRECISION] = self.precision
+        return readings.from_tags(tags, spec)
 
     @property
     def cell_id(self) -> tuple[str, str, str, bool]:
@@ -109,6 +124,11 @@ def _record(run_id: str, status: str, start: object, tags: Mapping[str, object],
         start_time=int(start) if isinstance(start, int | float) and not math.isnan(start) else 0,
         metrics=metrics,
         precision=text[mlflow_keys.TAG_PRECISION] or mlflow_keys.PRECISION_FP32,
+        readings=tuple(
+            (name, text[readings.TAG_PREFIX + name])
+            for name in readings.READINGS
+            if text[readings.TAG_PREFIX + name]
+        ),
     )
 
 

@@ -21,7 +21,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from rkrepro import mlflow_keys, status, targets
+from rkrepro import mlflow_keys, readings, status, targets
 from rkrepro import report as reporting
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -33,6 +33,7 @@ START = 1_700_000_000_000  # ms; runs get increasing start times so reruns have 
 
 PAPER, SHORT = mlflow_keys.PROTOCOL_PAPER, mlflow_keys.PROTOCOL_SHORTENED
 R20_V = "RKNet-1x3_1x2_1x2"
+R20_MULTI = "RKNet-3x1_2x1_2x1"
 RUNS = [
     # table4 resnet-20: original within (7.30 vs 7.27), a rerun of seed 0 supersedes 9.99.
     ("table4", "resnet-20", "original", False, 0, PAPER, "FINISHED", [20.0, 12.0, 9.99]),
@@ -77,6 +78,9 @@ def _fill(uri: str) -> dict[str, list[str]]:
             mlflow_keys.TAG_SHARE: "true" if share else "false",
             mlflow_keys.TAG_SEED: str(seed),
             mlflow_keys.TAG_PROTOCOL: protocol,
+            # as rkrepro.run.plans.Plan.tags writes them: the readings that apply
+            readings.TAG_PREFIX + "reported_error": "final",
+            **({readings.TAG_PREFIX + "resnet_stages": "concat"} if model == R20_MULTI else {}),
         }
         run = client.create_run(experiments[table], start_time=START + 1000 * index, tags=tags)
         run_id = run.info.run_id
@@ -459,3 +463,81 @@ def test_a_non_fp32_number_is_labelled(tmp_path):
     assert "[bf16-autocast]" in line
     fp32_only = next(r for r in reporting.records(result) if r["row"] == "resnet-32")
     assert fp32_only["precision"] == ""  # no finished run counted: no precision to show
+
+
+# --------------------------------------------------------------------------------------------
+# Readings.
+
+
+def test_runs_count_only_under_the_reading_they_were_trained_as(tmp_path):
+    """A legacy run (no reading tags: trained with the euler wiring before readings existed)
+    of a multi-stage ResNet never counts as concat; --reading and --compare show it under
+    its own reading, beside the concat runs, in both readers and the records."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment(mlflow_keys.experiment_name("table4"))
+    base = {
+        mlflow_keys.TAG_TABLE: "table4",
+        mlflow_keys.TAG_ROW: "resnet-20",
+        mlflow_keys.TAG_MODEL: R20_MULTI,
+        mlflow_keys.TAG_SHARE: "false",
+        mlflow_keys.TAG_PROTOCOL: PAPER,
+    }
+    concat = {readings.TAG_PREFIX + "resnet_stages": "concat"}
+    lincomb = {readings.TAG_PREFIX + "resnet_stages": "lincomb"}
+    for seed, (extra, final, best) in enumerate(
+        [({}, 7.90, 7.80), (concat, 7.50, 7.40), (concat, 7.70, 7.60), (lincomb, 7.10, 7.00)]
+    ):
+        tags = {**base, mlflow_keys.TAG_SEED: str(seed), **extra}
+        run = client.create_run(experiment, start_time=START + seed, tags=tags)
+        client.log_metric(run.info.run_id, mlflow_keys.M_FINAL_TEST_ERROR, final)
+        client.log_metric(run.info.run_id, mlflow_keys.M_BEST_TEST_ERROR, best)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    fast = status.fetch_runs(uri, ["table4"], reader="sqlite")
+    assert fast == status.fetch_runs(uri, ["table4"], reader="mlflow")
+    assert [r.legacy for r in fast] == [True, False, False, False]
+    key = f"table4/resnet-20/{R20_MULTI}/noshare"
+
+    default = _result(_report(uri, "table4"), key)
+    assert default.paper.error.seeds == ("1", "2") and default.paper.error.mean == pytest.approx(
+        7.6
+    )
+    assert dict(default.paper.readings)["resnet_stages"] == "concat"
+    assert len(default.other_readings) == 2  # the euler and the lincomb run, not counted
+
+    euler = _result(_report(uri, "table4", readings={"resnet_stages": "euler"}), key)
+    assert euler.paper.error.seeds == ("0",) and euler.paper.legacy == 1
+
+    side = _report(uri, "table4", compare={"resnet_stages": "lincomb"})
+    both = _result(side, key)
+    assert both.paper.error.mean == pytest.approx(7.6)
+    assert both.compare.error.mean == pytest.approx(7.1) and both.compare.error.seeds == ("3",)
+    line = next(x for x in reporting.to_markdown(side).splitlines() if "RKNet-3×1" in x)
+    assert "[resnet_stages=concat]" in line
+    assert "[resnet_stages=lincomb, reported_error=final] 7.10 (n=1) / -0.47" in line
+    record = next(r for r in reporting.records(side) if r["model"] == R20_MULTI)
+    assert record["readings"] == "resnet_stages=concat, reported_error=final"
+    assert record["compare_readings"].startswith("resnet_stages=lincomb")
+    assert record["compare_error_mean"] == pytest.approx(7.1) and record["other_reading_runs"] == 2
+
+    best = _result(_report(uri, "table4", compare={"reported_error": "best"}), key)
+    assert best.compare.error.mean == pytest.approx(7.5)  # the same runs, best-epoch metric
+    assert dict(best.compare.readings)["reported_error"] == "best"
+
+
+def test_report_cli_reading_options(tmp_path):
+    runner = CliRunner()
+    uri = f"sqlite:///{tmp_path / 'none.db'}"
+    ok = runner.invoke(
+        _app(),
+        ["report", "table4", "--tracking-uri", uri, "--format", "json",
+         "--reading", "resnet_stages=euler", "--compare", "reported_error=best"],
+    )  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    document = json.loads(ok.output)
+    assert document["readings"] == {"resnet_stages": "euler"}
+    assert document["compare"] == {"reported_error": "best"}
+    bad = runner.invoke(_app(), ["report", "table4", "--tracking-uri", uri, "--compare", "x"])
+    assert bad.exit_code != 0 and "--compare 'x': expected NAME=VALUE" in bad.output

@@ -129,10 +129,29 @@ def report_command(
         typer.Option("--best", help="Best-epoch error instead of the paper's final-epoch error."),
     ] = False,
     include_shortened: ShortenedOpt = False,
+    reading: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--reading",
+            help="Report under another reading, NAME=VALUE (repeatable), e.g. "
+            "resnet_stages=lincomb: only runs trained under it count.",
+            show_default=False,
+        ),
+    ] = None,
+    compare: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--compare",
+            help="Show each cell also under this reading, NAME=VALUE (repeatable), e.g. "
+            "resnet_stages=euler or reported_error=best: two readings side by side.",
+            show_default=False,
+        ),
+    ] = None,
     tracking_uri: TrackingUri = None,
     tables_dir: TablesDir = None,
 ) -> None:
     """The paper's tables with reproduced numbers: reported / reproduced / difference."""
+    from rkrepro import readings
     from rkrepro import report as reporting
 
     chosen = format or SUFFIX_FORMATS.get(out.suffix.lower() if out else "", ReportFormat.rich)
@@ -143,6 +162,8 @@ def report_command(
         best=best,
         tolerance=tolerance,
         include_shortened=include_shortened,
+        readings=readings.parse_overrides(reading or []),
+        compare=readings.parse_overrides(compare or [], "--compare") or None,
     )
     images: list[Path] = []
     if plots is not None:

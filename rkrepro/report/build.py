@@ -88,6 +88,17 @@ class Reproduced:
     error: Stat | None
     top5: Stat | None
     counted: tuple[RunRecord, ...] = ()  # the latest finished run of each seed behind ``error``
+    # The readings this number is under (training readings that apply, reported_error).
+    readings: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def legacy(self) -> int:
+        """Counted runs trained before readings existed (before issue 13's protocol)."""
+        return sum(r.legacy for r in self.counted)
+
+    @property
+    def reading_text(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.readings)
 
     def count(self, *statuses: str) -> int:
         return sum(r.status in statuses for r in self.runs)
@@ -112,6 +123,9 @@ class CellResult:
     tolerance: float
     paper: Reproduced
     shortened: Reproduced | None = None
+    compare: Reproduced | None = None  # paper-protocol runs under the --compare readings
+    # Runs of the cell left out because they were trained under other readings.
+    other_readings: tuple[RunRecord, ...] = ()
 
     @property
     def params_m(self) -> float:
@@ -184,6 +198,8 @@ class Report:
     best: bool = False
     include_shortened: bool = False
     tolerance_override: float | None = None
+    readings: tuple[tuple[str, str], ...] = ()  # --reading overrides
+    compare: tuple[tuple[str, str], ...] = ()  # --compare readings, shown beside
 
     @property
     def metric(self) -> str:
@@ -214,6 +230,8 @@ def load_report(
     include_shortened: bool = False,
     counter: ParamCounter | None = None,
     reader: Reader = "auto",
+    readings: dict[str, str] | None = None,
+    compare: dict[str, str] | None = None,
 ) -> tuple[Report, list[RunRecord]]:
     """Read the tables and the store: one ``mlflow.search_runs`` per table for a server, a
     read-only sqlite3 query for a local store (``reader="auto"``; both give the same records)."""
@@ -229,6 +247,8 @@ def load_report(
         tolerance=tolerance,
         include_shortened=include_shortened,
         counter=counter,
+        readings=readings,
+        compare=compare,
     )
     return report, records
 
@@ -241,55 +261,114 @@ def build_report(
     tolerance: float | None = None,
     include_shortened: bool = False,
     counter: ParamCounter | None = None,
+    readings: dict[str, str] | None = None,
+    compare: dict[str, str] | None = None,
 ) -> Report:
-    """Pure: tables + run records -> :class:`Report` (no I/O besides parameter counting)."""
-    from rkrepro.targets import row_cells
+    """Pure: tables + run records -> :class:`Report` (no I/O besides parameter counting).
 
-    metric = mlflow_keys.M_BEST_TEST_ERROR if best else mlflow_keys.M_FINAL_TEST_ERROR
+    A cell's number counts only runs trained under the cell's training readings (the table's,
+    with ``readings`` overriding), resolved from each run's tags: a run without reading tags
+    resolves to what it was trained as (:data:`rkrepro.readings.LEGACY`), so e.g. an old
+    ``euler`` run of a multi-stage ResNet is never reported as ``concat``. The metric follows
+    the ``reported_error`` reading (``best=True``: best epoch everywhere). ``compare`` gives
+    every cell a second number under other readings, for side-by-side display.
+    """
+    from rkrepro.targets import row_cells, with_readings
+
+    overrides = {**(readings or {}), **({"reported_error": "best"} if best else {})}
     by_cell: dict[tuple, list[RunRecord]] = {}
     for record in records:
         by_cell.setdefault((*record.cell_id, record.protocol), []).append(record)
-    cells = [cell for table in tables for row in table.rows for cell in row_cells(table, row)]
+    cells = [
+        with_readings(cell, overrides)
+        for table in tables
+        for row in table.rows
+        for cell in row_cells(table, row)
+    ]
     counts = param_counts([cell.spec for cell in cells], counter)
+    by_table: dict[str, list[Cell]] = {}
+    for cell in cells:
+        by_table.setdefault(cell.table, []).append(cell)
     reports = []
     for table in tables:
         tol = tolerance if tolerance is not None else DEFAULT_TOLERANCE_PP[table.dataset]
         results = []
-        for row in table.rows:
-            for cell in row_cells(table, row):
-                runs = {
-                    protocol: by_cell.get((*cell_id_of(cell), protocol), [])
-                    for protocol in (mlflow_keys.PROTOCOL_PAPER, mlflow_keys.PROTOCOL_SHORTENED)
-                }
-                paper_count, total = counts[cell.spec]
-                shortened = _reduce(
-                    mlflow_keys.PROTOCOL_SHORTENED, runs[mlflow_keys.PROTOCOL_SHORTENED], metric
+        for cell in by_table.get(table.id, []):
+            runs = {
+                protocol: by_cell.get((*cell_id_of(cell), protocol), [])
+                for protocol in (mlflow_keys.PROTOCOL_PAPER, mlflow_keys.PROTOCOL_SHORTENED)
+            }
+            paper_count, total = counts[cell.spec]
+            paper_runs, others = _under(cell, runs[mlflow_keys.PROTOCOL_PAPER])
+            short_runs, _ = _under(cell, runs[mlflow_keys.PROTOCOL_SHORTENED])
+            shortened = _reduce(mlflow_keys.PROTOCOL_SHORTENED, short_runs, cell)
+            alternative = None
+            if compare:
+                other = with_readings(cell, compare)
+                alt_runs, _ = _under(other, runs[mlflow_keys.PROTOCOL_PAPER])
+                alternative = _reduce(mlflow_keys.PROTOCOL_PAPER, alt_runs, other)
+            results.append(
+                CellResult(
+                    cell=cell,
+                    params_paper=paper_count,
+                    params_total=total,
+                    tolerance=tol,
+                    paper=_reduce(mlflow_keys.PROTOCOL_PAPER, paper_runs, cell),
+                    shortened=shortened if include_shortened else None,
+                    compare=alternative,
+                    other_readings=tuple(others),
                 )
-                results.append(
-                    CellResult(
-                        cell=cell,
-                        params_paper=paper_count,
-                        params_total=total,
-                        tolerance=tol,
-                        paper=_reduce(
-                            mlflow_keys.PROTOCOL_PAPER, runs[mlflow_keys.PROTOCOL_PAPER], metric
-                        ),
-                        shortened=shortened if include_shortened else None,
-                    )
-                )
+            )
         reports.append(TableReport(table, tol, tuple(results), tuple(_claims(results))))
-    return Report(tuple(reports), best, include_shortened, tolerance)
+    return Report(
+        tuple(reports),
+        best,
+        include_shortened,
+        tolerance,
+        tuple((readings or {}).items()),
+        tuple((compare or {}).items()),
+    )
 
 
-def _reduce(protocol: str, runs: list[RunRecord], metric: str) -> Reproduced:
+def training_readings(values: dict[str, str], spec: ModelSpec) -> dict[str, str]:
+    """The readings that make two runs of one cell different trainings (precision apart: it
+    is shown per number, as before readings existed)."""
+    from rkrepro import readings as readings_mod
+
+    return readings_mod.identity(values, spec)
+
+
+def _under(cell: Cell, runs: list[RunRecord]) -> tuple[list[RunRecord], list[RunRecord]]:
+    """(runs trained under ``cell``'s training readings, the others)."""
+    wanted = training_readings(cell.reading, cell.spec)
+    mine, others = [], []
+    for run in runs:
+        trained = training_readings(run.resolved_readings(cell.spec), cell.spec)
+        (mine if trained == wanted else others).append(run)
+    return mine, others
+
+
+def reported_metric(cell: Cell) -> str:
+    """The metric the cell's ``reported_error`` reading compares with the paper."""
+    if cell.reading.get("reported_error") == "best":
+        return mlflow_keys.M_BEST_TEST_ERROR
+    return mlflow_keys.M_FINAL_TEST_ERROR
+
+
+def _reduce(protocol: str, runs: list[RunRecord], cell: Cell) -> Reproduced:
     """Latest finished run per seed; a seed counts once even if it was rerun."""
+    metric = reported_metric(cell)
     latest: dict[str, RunRecord] = {}
     for run in sorted(runs, key=lambda r: (r.start_time, r.run_id)):
         if run.status == FINISHED and run.metric(metric) is not None:
             latest[run.seed] = run
     counted = tuple(latest[seed] for seed in sorted(latest, key=seed_order))
     error, top5 = _stat(counted, metric), _stat(counted, mlflow_keys.M_FINAL_TEST_TOP5)
-    return Reproduced(protocol, tuple(runs), error, top5, counted)
+    shown = {
+        **training_readings(cell.reading, cell.spec),
+        "reported_error": cell.reading.get("reported_error", "final"),
+    }
+    return Reproduced(protocol, tuple(runs), error, top5, counted, tuple(shown.items()))
 
 
 def _stat(runs: Sequence[RunRecord], metric: str) -> Stat | None:

@@ -10,7 +10,7 @@ import html
 import io
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +80,13 @@ RECORD_FIELDS = (
     "n",
     "seeds",
     "precision",
+    "readings",
+    "legacy_runs",
+    "other_reading_runs",
+    "compare_readings",
+    "compare_error_mean",
+    "compare_error_std",
+    "compare_n",
     "diff",
     "tolerance_pp",
     "verdict",
@@ -101,6 +108,7 @@ def _record(report: Report, result: CellResult, rep: Reproduced, label: str) -> 
     cell = result.cell
     paper = rep.protocol == mlflow_keys.PROTOCOL_PAPER
     error, top5 = rep.error, rep.top5
+    compare = result.compare if paper else None
     return {
         "table": cell.table,
         "row": cell.row,
@@ -119,6 +127,13 @@ def _record(report: Report, result: CellResult, rep: Reproduced, label: str) -> 
         "n": error.n if error else 0,
         "seeds": list(error.seeds) if error else [],
         "precision": ",".join(rep.precisions),
+        "readings": rep.reading_text,
+        "legacy_runs": rep.legacy,
+        "other_reading_runs": len(result.other_readings) if paper else 0,
+        "compare_readings": compare.reading_text if compare else "",
+        "compare_error_mean": compare.error.mean if compare and compare.error else None,
+        "compare_error_std": compare.error.std if compare and compare.error else None,
+        "compare_n": compare.error.n if compare and compare.error else 0,
         "diff": difference(error, cell.reported_error),
         "tolerance_pp": result.tolerance,
         "verdict": verdict_of(rep, cell.reported_error, result.tolerance) if paper else SHORTENED,
@@ -172,13 +187,15 @@ def to_json(report: Report) -> str:
         "metric": report.metric,
         "metric_label": report.metric_label,
         "include_shortened": report.include_shortened,
+        "readings": dict(report.readings),
+        "compare": dict(report.compare),
         "tables": tables,
     }
     return json.dumps(document, indent=2, allow_nan=False) + "\n"
 
 
 def _only(report: Report, table_report: TableReport) -> Report:
-    return Report((table_report,), report.best, report.include_shortened)
+    return replace(report, tables=(table_report,))
 
 
 def to_csv(report: Report) -> str:
@@ -308,6 +325,15 @@ def _error_entry(result: CellResult) -> Entry:
         notes = (f"[shortened] {text}" + (f" / {diff}" if diff else ""),)
     if result.paper.not_fp32:  # the paper trained in fp32: say when a number did not
         notes = (*notes, f"[{', '.join(result.paper.not_fp32)}]")
+    if "resnet_stages" in dict(result.paper.readings):  # the reading this number is under
+        notes = (*notes, f"[resnet_stages={dict(result.paper.readings)['resnet_stages']}]")
+    if result.paper.legacy:
+        notes = (*notes, f"[{result.paper.legacy} run(s) before the Torch-exact protocol]")
+    if result.compare is not None:
+        alt = result.compare
+        text = _stat_text(alt.error) if alt.error else _state_text(alt)
+        diff = _signed(difference(alt.error, cell.reported_error))
+        notes = (*notes, f"[{alt.reading_text}] {text}" + (f" / {diff}" if diff else ""))
     verdict = result.verdict
     reproduced = _stat_text(result.paper.error) if result.paper.error else "-"
     return Entry(
@@ -383,6 +409,22 @@ def _notes(report: Report, table_report: TableReport) -> list[str]:
     ]
     if table.dataset == "imagenet":
         notes.append("Top-5 is the final-epoch value in every mode and is not judged.")
+    chosen = {**dict(table.readings), **dict(report.readings)}
+    if report.best:
+        chosen["reported_error"] = "best"
+    from rkrepro.readings import READINGS  # only those that apply to a model of the table
+
+    used = {n for r in table_report.results for n in READINGS if READINGS[n].applies(r.cell.spec)}
+    chosen = {k: v for k, v in chosen.items() if k in used}
+    notes.append(
+        "Readings: "
+        + ", ".join(f"{k}={v}" for k, v in chosen.items())
+        + (" (--reading)" if report.readings else " (the table's)")
+        + "; only runs trained under them count, [name=value] notes say which."
+    )
+    if report.compare:
+        compare = ", ".join(f"{k}={v}" for k, v in report.compare)
+        notes.append(f"[{compare}] lines: the same cell under --compare {compare}, not judged.")
     if table.star_note:
         notes.append(table.star_note)
     return notes
