@@ -338,3 +338,56 @@ def test_kill_and_sigterm_resume_to_the_uninterrupted_result(
         ), name
     for name in (mlflow_keys.M_FINAL_TEST_ERROR, mlflow_keys.M_BEST_TEST_ERROR):
         assert run.data.metrics[name] == ref_run.data.metrics[name]
+
+
+RESNET_TABLE = """\
+id: tinyres
+dataset: cifar10
+readings: {resnet_stages: concat}
+protocol: {dataset: cifar10, batch_size: 32, epochs: 300, lr: 0.1, momentum: 0.9,
+           weight_decay: 1.0e-4, lr_schedule: {drop_at: [0.5, 0.75]}}
+rows:
+  - id: resnet-14
+    family: resnet
+    depth: 14
+    original: {params_m: null, error: null}
+    variants:
+      - {name: RKNet-2x1_1x1_1x1, error: 50.0}
+"""
+
+
+def test_a_reading_is_its_own_run_end_to_end(ws: Workspace) -> None:
+    """`rkrepro run --reading` trains another network, tagged and hashed apart; the default
+    reading's run is found again; the report counts each run only under its own reading."""
+    import json
+
+    (ws.root / "tables" / "tinyres.yaml").write_text(RESNET_TABLE, encoding="utf-8")
+    args = ["run", "tinyres", "--row", "resnet-14", "--variant", "RKNet-2x1_1x1_1x1"]
+    args += ["--epochs", "1", "--train-subset", "32", "--device", "cpu"]
+    runner = CliRunner()
+    for extra in ([], ["--reading", "resnet_stages=lincomb"]):
+        result = runner.invoke(app, [*args, *extra])
+        assert result.exit_code == 0, result.output
+    client = ws.client()
+    exp = client.get_experiment_by_name(mlflow_keys.experiment_name("tinyres"))
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    assert [r.data.tags["rkrepro.reading.resnet_stages"] for r in runs] == ["concat", "lincomb"]
+    assert len({r.data.tags[mlflow_keys.TAG_CONFIG_HASH] for r in runs}) == 2
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert runs[1].data.params["readings.resnet_stages"] == "lincomb"
+    # A lincomb network has the learned coefficients: more parameters in total, same conv count.
+    concat, lincomb = (r.data.metrics for r in runs)
+    assert lincomb[mlflow_keys.M_PARAMS_PAPER] < concat[mlflow_keys.M_PARAMS_PAPER]
+    again = runner.invoke(app, args)  # the concat run is done: skipped, not retrained
+    assert again.exit_code == 0 and len(client.search_runs([exp.experiment_id])) == 2
+
+    def reported(*extra: str) -> float:
+        out = runner.invoke(app, ["report", "tinyres", "--format", "json", "--include-shortened",
+                                  *extra])  # fmt: skip
+        assert out.exit_code == 0, out.output
+        cells = json.loads(out.output)["tables"][0]["cells"]
+        (cell,) = [c for c in cells if c["model"] == "RKNet-2x1_1x1_1x1" and c["n"]]
+        return cell["readings"], cell["run_ids"]
+
+    assert reported() == ("resnet_stages=concat, reported_error=final", [runs[0].info.run_id])
+    assert reported("--reading", "resnet_stages=lincomb")[1] == [runs[1].info.run_id]
