@@ -56,6 +56,7 @@ def cell_record(cell: Cell, status: dict[str, str]) -> dict[str, Any]:
             "star": cell.star,
             "batch_size": cell.protocol.batch_size,
             "epochs": cell.protocol.epochs,
+            "readings": cell.applicable_readings(),
             "status": status.get(cell.key, NOT_STARTED),
         }
     )

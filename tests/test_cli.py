@@ -49,6 +49,13 @@ def test_list_json_has_one_object_per_model_cell(runner):
     assert {r["status"] for r in records} == {"not started"}
     imagenet = next(r for r in records if r["table"] == "table3")
     assert (imagenet["top1"], imagenet["top5"]) == (25.02, 7.71) and "error" not in imagenet
+    multi = next(r for r in records if r["model"] == "RKNet-3x1_2x1_2x1")
+    assert multi["readings"] == {
+        "resnet_stages": "concat",
+        "reported_error": "final",
+        "precision": "fp32",
+    }
+    assert "resnet_stages" not in bc12[0]["readings"]
 
 
 def test_list_rich_shows_rows_and_numbers(runner):
