@@ -577,9 +577,14 @@ def run(args: argparse.Namespace) -> int:
                 "periods": spec.periods,
                 "m": spec.m,
                 "share": spec.share,
+                "resnet_stages": spec.resnet_stages,
             },
-            "protocol": {  # every field but the free-form extras, rebuilt in each arm
-                f.name: getattr(protocol, f.name) for f in fields(protocol) if f.name != "extra"
+            # Every field but the free-form extras and the LR rule (its milestones are here),
+            # rebuilt in each arm.
+            "protocol": {
+                f.name: getattr(protocol, f.name)
+                for f in fields(protocol)
+                if f.name not in ("extra", "lr_schedule")
             },
             "root": str(root),
             "seed": 0,

@@ -209,6 +209,7 @@ def test_dry_run_trains_nothing_and_creates_no_store(ws: Workspace) -> None:
     # --device auto: the precision is the one the runs would get here
     expected = "bf16-autocast" if torch.cuda.is_available() else "fp32 (fast path: channels_last"
     assert f"precision {expected}" in result.output
+    assert "readings: reported_error=final, precision=" in result.output
     assert not (ws.runs / "mlflow.db").exists() and not (ws.runs / "checkpoints").exists()
 
 

@@ -108,6 +108,15 @@ def show(runner: Runner, plans: list[Plan], parallel: str | None = None) -> None
         highlight=False,
         soft_wrap=True,
     )
+    wirings = sorted({p.readings["resnet_stages"] for p in plans if "resnet_stages" in p.readings})
+    others = {k: v for k, v in first.readings.items() if k != "resnet_stages"}
+    console.print(
+        "readings: "
+        + ", ".join(f"{k}={v}" for k, v in others.items())
+        + (f", resnet_stages={'/'.join(wirings)} (multi-stage cells)" if wirings else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
     sources = sorted({e.source for e in estimates.values()})
     line = f"estimate: {cost.format_hours(gpu_hours)} GPU-hours still to train"
     if parallel:
