@@ -35,6 +35,16 @@ LOCK_BACKOFF_S = 0.05
 LOCK_BACKOFF_MAX_S = 8.0
 _LOCK_MARKERS = ("database is locked", "database is busy", "database table is locked")
 
+# A tracking server that stops answering must not hold a run for minutes in MLflow's default
+# HTTP retry backoff (7 retries, factor 2: about 4 minutes per call). These bound every call to
+# about a minute; a variable the user set wins.
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+_UNREACHABLE = ("max retries exceeded", "connection refused", "read timed out", "timed out")
+
 RESUMABLE = ("RUNNING", "KILLED", "FAILED", "SCHEDULED")
 
 
@@ -340,7 +350,15 @@ def wrap_errors(uri: str):
         try:
             yield
         except MlflowException as error:
-            first = (error.message or str(error)).strip().splitlines()[0]
+            text = (error.message or str(error)).strip()
+            if uri.startswith(("http://", "https://")) and any(
+                marker in text.lower() for marker in _UNREACHABLE
+            ):
+                raise TrackingError(
+                    f"MLflow tracking server {uri} stopped answering; this command stops here, "
+                    f"every checkpoint is kept: rerun the same command once the server is back"
+                ) from None
+            first = text.splitlines()[0] if text else type(error).__name__
             raise TrackingError(f"tracking store {uri}: {first}") from None
 
     return _wrapped()
@@ -372,6 +390,9 @@ class Tracker:
 
     def __init__(self, uri: str | None) -> None:
         self.uri = resolve_tracking_uri(uri)
+        if self.uri.startswith(("http://", "https://")):
+            for name, value in HTTP_LIMITS.items():
+                os.environ.setdefault(name, value)
         self.client: Any = None
         self._experiments: dict[str, str | None] = {}
 

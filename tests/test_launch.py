@@ -386,29 +386,71 @@ def test_slurm_task_preempted_requeues_and_resumes_the_same_run(
         assert [s for s, _ in _series(ws, run.info.run_id, name)] == list(range(1, 6))
 
 
+def _script(settings: slurm.SlurmSettings, monkeypatch: pytest.MonkeyPatch) -> str:
+    from submitit.slurm.slurm import SlurmExecutor
+
+    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # "srun exists"
+    executor = slurm.make_executor(settings)
+    return executor._executor._make_submission_file_text("CMD", "uid")
+
+
 def test_slurm_script_asks_for_what_the_options_say(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("submitit")
-    from submitit.slurm.slurm import SlurmExecutor
-
-    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # "srun exists"
+    monkeypatch.setattr(slurm, "node_cpus", lambda partition: 64)
     settings = slurm.SlurmSettings(
         partition="gpu", account="proj", gpus_per_node=4, time_min=600, folder=tmp_path / "%j"
     )
-    executor = slurm.make_executor(settings)
-    script = executor._executor._make_submission_file_text("CMD", "uid")
+    script = _script(settings, monkeypatch)
     for part in (
         "--partition=gpu",
         "--account=proj",
         "--gpus-per-node=4",
         "--time=600",
         "--cpus-per-task=32",
-        f"--signal=USR2@{slurm.SLURM_SIGNAL_DELAY_S}",
+        f"--signal=USR2@{slurm.SIGNAL_DELAY_MAX_S}",
         "--nodes=1",
         "--ntasks-per-node=1",
     ):
         assert part in script, part
+
+
+def test_a_cpu_slurm_job_asks_for_no_gpu_and_what_the_node_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("submitit")
+    monkeypatch.setattr(slurm, "node_cpus", lambda partition: 2)
+    settings = slurm.SlurmSettings(gpus_per_node=0, time_min=3, folder=tmp_path / "%j")
+    script = _script(settings, monkeypatch)
+    assert "gpus" not in script and "gres" not in script
+    assert "--cpus-per-task=2" in script  # the node's 2 CPUs, not 8 that would pend forever
+    assert "--signal=USR2@18" in script  # a tenth of 3 minutes, not 180 s after every start
+    gpu = slurm.SlurmSettings(gpus_per_node=1, folder=tmp_path / "%j")
+    assert "--cpus-per-task=2" in _script(gpu, monkeypatch)  # 8 per GPU, capped by the node
+    assert slurm.SlurmSettings(time_min=3, signal_delay_s=40).signal_delay == 40
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"partition": "gpu\n#SBATCH --time=1"},
+            "--partition 'gpu\\n#SBATCH --time=1': a SLURM name",
+        ),
+        ({"account": "a;rm -rf ~"}, "--slurm-account"),
+        ({"time_min": 0}, "--time must be >= 1 minute"),
+        ({"time_min": 3, "signal_delay_s": 600}, "--signal-delay 600: must be between"),
+        ({"gpus_per_node": -1}, "--gpus-per-node must be >= 0"),
+    ],
+)
+def test_slurm_values_that_would_reach_a_job_script_are_checked(
+    settings: dict, message: str
+) -> None:
+    with pytest.raises(RkreproError) as caught:
+        slurm.SlurmSettings(**settings)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_a_requeued_task_resumes_instead_of_forcing_again() -> None:

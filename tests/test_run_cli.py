@@ -339,6 +339,8 @@ def test_kill_and_sigterm_resume_to_the_uninterrupted_result(
         ), name
     for name in (mlflow_keys.M_FINAL_TEST_ERROR, mlflow_keys.M_BEST_TEST_ERROR):
         assert run.data.metrics[name] == ref_run.data.metrics[name]
+    for name in (mlflow_keys.M_PARAMS_PAPER, mlflow_keys.M_PARAMS_TOTAL):  # once, not per resume
+        assert len(_series(ws, runs, run.info.run_id, name)) == 1, name
 
 
 RESNET_TABLE = """\

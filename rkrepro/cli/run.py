@@ -145,8 +145,8 @@ def run_command(
     gpus_per_node: Annotated[
         Optional[int],
         typer.Option(
-            help="slurm: GPUs per task (default: --nproc-per-node, or 1); with more than one "
-            "the task runs torchrun.",
+            help="slurm: GPUs per task (default: --nproc-per-node, or 1; 0 with --device cpu): "
+            "0 asks for no GPU; with more than one the task runs torchrun.",
             show_default=False,
             rich_help_panel=_SLURM,
         ),
@@ -156,7 +156,7 @@ def run_command(
         typer.Option(
             "--time",
             help="slurm: time limit per task in minutes; a task that reaches it checkpoints "
-            "and is requeued.",
+            "and is requeued (not when it made no progress since it started).",
             rich_help_panel=_SLURM,
         ),
     ] = 24 * 60,
@@ -167,7 +167,17 @@ def run_command(
     cpus_per_task: Annotated[
         Optional[int],
         typer.Option(
-            help="slurm: CPUs per task (default 8 per GPU).",
+            help="slurm: CPUs per task (default: 8 per GPU, or a whole node for a CPU job; "
+            "never more than the partition's nodes have).",
+            show_default=False,
+            rich_help_panel=_SLURM,
+        ),
+    ] = None,
+    signal_delay: Annotated[
+        Optional[int],
+        typer.Option(
+            help="slurm: seconds before the time limit that a task is told to checkpoint "
+            "(default: a tenth of --time, 15 to 180 s).",
             show_default=False,
             rich_help_panel=_SLURM,
         ),
@@ -200,6 +210,7 @@ def run_command(
         account=slurm_account,
         cpus_per_task=cpus_per_task,
         time_min=time,
+        signal_delay_s=signal_delay,
         cluster=os.environ.get(slurm.SUBMITIT_CLUSTER_ENV) or "slurm",
     )
     console = Console(soft_wrap=True) if not sys.stdout.isatty() else Console()

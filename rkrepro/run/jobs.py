@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import rkrepro
+from rkrepro.errors import RkreproError
 from rkrepro.paths import RUNS_DIR_ENV, runs_dir, sqlite_path
 
 if TYPE_CHECKING:
@@ -69,6 +70,12 @@ def job_for(plan: Plan, device: str = "auto", nproc: int = 1) -> Job:
         ]
     else:
         head = ["-m", "rkrepro"]
+    for arg in args:
+        if any(ord(c) < 32 or ord(c) == 127 for c in arg):
+            raise RkreproError(
+                f"{plan.label}: {ascii(arg)[:80]} holds a control character; it cannot go "
+                f"into a job's command line"
+            )
     share = "share" if cell.share else "noshare"
     log = runs_dir() / "logs" / cell.table / cell.row / f"{cell.model}-{share}-seed{plan.seed}.log"
     return Job(plan.label, tuple(head + args), log, nproc)

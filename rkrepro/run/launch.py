@@ -41,6 +41,7 @@ from rkrepro.run.plans import (
     visible_gpu_count,
 )
 from rkrepro.run.progress import format_duration
+from rkrepro.run.slurm import SUBMITIT_CLUSTER_ENV
 
 if TYPE_CHECKING:
     from rkrepro.run.runner import Runner
@@ -356,10 +357,17 @@ class LaunchPlan:
         if launcher == "slurm":
             if gpu_list is not None or opts.cpu_jobs is not None:
                 raise RkreproError("--launcher slurm takes --gpus-per-node, not --gpus/--cpu-jobs")
-            per_node = opts.gpus_per_node or nproc or 1
-            if per_node < 1:
-                raise RkreproError(f"--gpus-per-node must be >= 1, got {per_node}")
-            return cls("slurm", None, nproc or per_node, per_node)
+            cpu = device.strip().lower() == "cpu"
+            per_node = opts.gpus_per_node
+            if per_node is None:
+                per_node = 0 if cpu else (nproc or 1)
+            if per_node < 0:
+                raise RkreproError(f"--gpus-per-node must be >= 0, got {per_node}")
+            if cpu and per_node:
+                raise RkreproError(
+                    f"--device cpu with --gpus-per-node {per_node}: a CPU job asks for no GPU"
+                )
+            return cls("slurm", None, nproc or max(per_node, 1), per_node)
         if opts.gpus_per_node is not None:
             raise RkreproError("--gpus-per-node is for --launcher slurm (use --gpus here)")
         if gpu_list is not None:
@@ -398,8 +406,12 @@ class LaunchPlan:
 
     def device_type(self, device: str) -> str:
         """``cpu`` or ``cuda``: where this launch's runs train (their precision depends on it)."""
-        if self.launcher == "slurm":  # GPU nodes, unless the jobs are told to use the CPU
-            return "cpu" if device.strip().lower() == "cpu" else "cuda"
+        if self.launcher == "slurm":  # GPU nodes, unless the jobs ask for no GPU
+            if self.gpus_per_node == 0:
+                return "cpu"
+            if os.environ.get(SUBMITIT_CLUSTER_ENV) == "local":  # a rehearsal on this machine
+                return planned_device_type(device)
+            return "cuda"
         if self.slots:
             return "cpu" if all(slot.device == "cpu" for slot in self.slots) else "cuda"
         return planned_device_type(device)
@@ -412,6 +424,8 @@ class LaunchPlan:
 
     def describe(self) -> str | None:
         if self.launcher == "slurm":
+            if self.gpus_per_node == 0:
+                return "one SLURM task per run, on the CPU"
             return f"one SLURM task per run, {self.gpus_per_node} GPU(s) each"
         if self.slots is None:
             return None

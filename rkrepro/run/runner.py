@@ -50,6 +50,7 @@ class _OpenedRun:
     state: dict[str, Any] | None  # the checkpoint to resume from
     checkpoints: Checkpoints
     how: str  # "new run ...", "resuming run ..."
+    new: bool = False  # a fresh MLflow run: its parameter counts are logged once, now
 
 
 class Runner:
@@ -206,7 +207,7 @@ class Runner:
             f"{plan.label}: {opened.how}; config {plan.config_hash}, device {self.device}{world}"
         )
         if opened.log is not None:
-            self._log_start(opened.log, plan, model)
+            self._log_start(opened.log, plan, model, counts=opened.new)
         history = self._fit(plan, model, fast, batches, opened)
         if history is None:
             return False
@@ -324,7 +325,7 @@ class Runner:
             {**plan.tags(), **env_tags},
             tracking.flatten(plan.config()),
         )
-        return _OpenedRun(log.run_id, log, None, checkpoints, f"new run {log.run_id}")
+        return _OpenedRun(log.run_id, log, None, checkpoints, f"new run {log.run_id}", new=True)
 
     def _open(self, plan: Plan, status: PlanStatus) -> _OpenedRun:
         """The run to train into; inside torchrun, rank 0 opens it and the others follow."""
@@ -352,16 +353,21 @@ class Runner:
         self.dist.barrier()
         return opened
 
-    def _log_start(self, log: tracking.RunLog, plan: Plan, model: Any) -> None:
-        """The run's parameter counts, configuration and model summary."""
+    def _log_start(self, log: tracking.RunLog, plan: Plan, model: Any, counts: bool) -> None:
+        """The run's configuration and model summary; with ``counts`` (a new run, not a resumed
+        one) its parameter counts, so that each is logged once."""
         from rkrepro.models import count_params
 
-        paper_count, total_count = count_params(model)
         config = plan.config()
         with self.tracker.errors():
-            log.log_metrics(
-                {mlflow_keys.M_PARAMS_PAPER: paper_count, mlflow_keys.M_PARAMS_TOTAL: total_count}
-            )
+            if counts:
+                paper_count, total_count = count_params(model)
+                log.log_metrics(
+                    {
+                        mlflow_keys.M_PARAMS_PAPER: paper_count,
+                        mlflow_keys.M_PARAMS_TOTAL: total_count,
+                    }
+                )
             log.log_text(yaml.safe_dump(config, sort_keys=False), "config.yaml")
             log.log_text(json.dumps(config, indent=2), "config.json")
             log.log_text(str(model) + "\n", "model_summary.txt")

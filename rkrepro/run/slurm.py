@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,8 +33,15 @@ if TYPE_CHECKING:
 
 # Set to "local" to rehearse --launcher slurm on this machine (submitit's local executor).
 SUBMITIT_CLUSTER_ENV = "RKREPRO_SUBMITIT_CLUSTER"
-# SLURM sends USR2 this long before the time limit: time to checkpoint and requeue.
-SLURM_SIGNAL_DELAY_S = 180
+# SLURM sends USR2 this long before the time limit (time to checkpoint and requeue): a tenth of
+# the limit, between these bounds, unless --signal-delay says otherwise. A fixed delay longer
+# than a short limit would arrive right after every start and requeue forever.
+SIGNAL_DELAY_MIN_S = 15
+SIGNAL_DELAY_MAX_S = 180
+# CPUs per task asked for each GPU when --cpus-per-task is not given (capped by the node).
+CPUS_PER_GPU = 8
+# SLURM's names (partitions, accounts): letters, digits and -_.; nothing a shell or sbatch reads.
+_SLURM_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 # Requeues after the time limit a SLURM task may use (preemptions do not count).
 SLURM_MAX_TIMEOUTS = 100
 
@@ -47,20 +56,29 @@ class CellTask:
     command; that finds the KILLED run and its checkpoint and resumes the same MLflow run.
     """
 
-    def __init__(self, args: Sequence[str], env: dict[str, str], label: str) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: dict[str, str],
+        label: str,
+        run: RunRef | None = None,
+    ) -> None:
         self.args = tuple(args)
         self.env = dict(env)
         self.label = label
+        self.run = run  # where to see progress (checkpoint) and whom to mark FAILED
         self._proc: subprocess.Popen | None = None
         self._code: int | None = None
+        self._started_at: tuple[int, int] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"args": self.args, "env": self.env, "label": self.label}
+        return {"args": self.args, "env": self.env, "label": self.label, "run": self.run}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["args"], state["env"], state["label"])  # type: ignore[misc]
+        self.__init__(state["args"], state["env"], state["label"], state.get("run"))  # type: ignore[misc]
 
     def __call__(self) -> str:
+        self._started_at = self.run.progress() if self.run is not None else None
         env = {**os.environ, **self.env}
         # The child ignores USR2 (an ignored signal stays ignored across exec): SLURM may send
         # it to every process of the job, and only this one should act on it.
@@ -83,7 +101,12 @@ class CellTask:
         self._code = self._proc.wait()
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        """Stop the child with a checkpoint, then requeue this task (without ``--force``)."""
+        """Stop the child with a checkpoint, then requeue this task (without ``--force``).
+
+        A task whose run made no progress since this attempt started is not requeued (that
+        would loop until the requeue limit): its run is marked FAILED with the reason, and
+        submitit records the task as not requeued.
+        """
         import submitit
 
         proc = self._proc
@@ -96,20 +119,120 @@ class CellTask:
             if self._code is None:
                 with contextlib.suppress(OSError):
                     os.kill(proc.pid, signal.SIGKILL)
+        if self.run is not None and self.run.progress() == self._started_at:
+            self.run.mark_failed(
+                f"no progress since the task started (checkpoint still at {self._started_at}): "
+                f"not requeued; raise --time or lower --signal-delay"
+            )
+            return None
         return submitit.helpers.DelayedSubmission(
-            CellTask(without_force(self.args), self.env, self.label)
+            CellTask(without_force(self.args), self.env, self.label, self.run)
         )
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """What a task knows of its plan's run: its checkpoint folder and its MLflow run's key."""
+
+    checkpoint_dir: str
+    tracking_uri: str
+    table: str
+    config_hash: str
+
+    def progress(self) -> tuple[int, int] | None:
+        """(epoch, step in epoch) of the run's latest checkpoint; None before the first."""
+        from rkrepro.checkpoints import Checkpoints
+
+        try:
+            info = Checkpoints(Path(self.checkpoint_dir)).peek()
+        except Exception:  # noqa: BLE001 - an unreadable checkpoint is no progress either
+            return None
+        if not info:
+            return None
+        return int(info.get("epoch") or 0), int(info.get("step_in_epoch") or 0)
+
+    def mark_failed(self, reason: str) -> None:
+        """Best effort: the run of this configuration becomes FAILED with ``reason``."""
+        from rkrepro import tracking
+
+        try:
+            tracker = tracking.Tracker(self.tracking_uri)
+            tracker.connect(create=False)
+            run = tracker.latest_run(self.table, self.config_hash)
+            if run is not None:
+                tracking.RunLog(tracker.client, run.run_id).stop("FAILED", reason, None)
+        except Exception as error:  # noqa: BLE001 - the task's own log still says why
+            print(f"warning: could not mark the run FAILED: {error}", file=sys.stderr)
+        print(f"rkrepro: {reason}", file=sys.stderr)
 
 
 @dataclass(frozen=True)
 class SlurmSettings:
     partition: str | None = None
     account: str | None = None
-    gpus_per_node: int = 1
-    cpus_per_task: int | None = None
+    gpus_per_node: int = 1  # 0: a CPU job, no GPU asked for
+    cpus_per_task: int | None = None  # default: CPUS_PER_GPU per GPU, or the node's CPUs
     time_min: int = 24 * 60
+    signal_delay_s: int | None = None  # default: signal_delay(time_min)
     cluster: str = "slurm"  # "local": submitit's local executor, on this machine
     folder: Path | None = None
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--partition", self.partition), ("--slurm-account", self.account)):
+            if value is not None and not _SLURM_NAME.match(value):
+                raise RkreproError(
+                    f"{flag} {ascii(value)[:80]}: a SLURM name is 1-128 letters, digits, "
+                    f"'-', '_' or '.'"
+                )
+        if self.time_min < 1:
+            raise RkreproError(f"--time must be >= 1 minute, got {self.time_min}")
+        if self.gpus_per_node < 0:
+            raise RkreproError(f"--gpus-per-node must be >= 0, got {self.gpus_per_node}")
+        if self.cpus_per_task is not None and self.cpus_per_task < 1:
+            raise RkreproError(f"--cpus-per-task must be >= 1, got {self.cpus_per_task}")
+        delay = self.signal_delay_s
+        if delay is not None and not 0 < delay < self.time_min * 60:
+            raise RkreproError(
+                f"--signal-delay {delay}: must be between 1 and the time limit "
+                f"({self.time_min * 60} s)"
+            )
+
+    @property
+    def signal_delay(self) -> int:
+        """Seconds before the time limit that USR2 arrives."""
+        if self.signal_delay_s is not None:
+            return self.signal_delay_s
+        return signal_delay(self.time_min)
+
+    def cpus(self) -> int:
+        """CPUs per task: as asked, else CPUS_PER_GPU per GPU (or all of a CPU job's node),
+        never more than a node of the partition has (a task asking more would pend forever)."""
+        if self.cpus_per_task is not None:
+            return self.cpus_per_task
+        node = node_cpus(self.partition)
+        wanted = CPUS_PER_GPU * self.gpus_per_node if self.gpus_per_node else node
+        return max(1, min(wanted, node))
+
+
+def signal_delay(time_min: int) -> int:
+    """A tenth of the time limit, within [SIGNAL_DELAY_MIN_S, SIGNAL_DELAY_MAX_S]."""
+    return max(SIGNAL_DELAY_MIN_S, min(SIGNAL_DELAY_MAX_S, time_min * 6))
+
+
+def node_cpus(partition: str | None) -> int:
+    """The fewest CPUs of a node in ``partition`` (``sinfo``), else this machine's count."""
+    fallback = os.cpu_count() or 1
+    if shutil.which("sinfo") is None:
+        return fallback
+    command = ["sinfo", "--noheader", "--format=%c"]
+    if partition:
+        command.append(f"--partition={partition}")
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=15, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return fallback
+    counts = [int(t) for t in done.stdout.split() if t.strip().rstrip("+").isdigit()]
+    return min(counts) if done.returncode == 0 and counts else fallback
 
 
 def make_executor(settings: SlurmSettings) -> Any:
@@ -138,10 +261,11 @@ def make_executor(settings: SlurmSettings) -> Any:
         "timeout_min": settings.time_min,
         "nodes": 1,
         "tasks_per_node": 1,
-        "gpus_per_node": settings.gpus_per_node,
-        "cpus_per_task": settings.cpus_per_task or max(1, 8 * settings.gpus_per_node),
-        "slurm_signal_delay_s": SLURM_SIGNAL_DELAY_S,
+        "cpus_per_task": settings.cpus(),
+        "slurm_signal_delay_s": settings.signal_delay,
     }
+    if settings.gpus_per_node:  # a CPU job asks for no generic resource at all
+        params["gpus_per_node"] = settings.gpus_per_node
     if settings.partition:
         params["slurm_partition"] = settings.partition
     if settings.account:
@@ -150,10 +274,26 @@ def make_executor(settings: SlurmSettings) -> Any:
     return executor
 
 
-def submit_slurm(jobs: list[Job], executor: Any) -> list[Any]:
-    """One submitit array (one task per job); returns submitit's job handles."""
-    tasks = [CellTask(job.args, _task_env(), job.label) for job in jobs]
-    return executor.submit_array(tasks)
+def submit_slurm(
+    jobs: list[Job], executor: Any, runs: Sequence[RunRef | None] | None = None
+) -> list[Any]:
+    """One submitit array (one task per job); returns submitit's job handles.
+
+    Whatever sbatch refuses (a bad partition, resources the cluster lacks) is one line with
+    SLURM's own reason.
+    """
+    refs = list(runs) if runs is not None else [None] * len(jobs)
+    tasks = [
+        CellTask(job.args, _task_env(), job.label, ref) for job, ref in zip(jobs, refs, strict=True)
+    ]
+    try:
+        return executor.submit_array(tasks)
+    except Exception as error:  # noqa: BLE001 - submitit wraps sbatch's answer in several types
+        text = str(error).strip()
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "error" in ln.lower()] or lines or [type(error).__name__]
+        reason = errors[-1] if len(errors[-1]) > 20 else " ".join(errors[-2:])
+        raise RkreproError(f"sbatch refused the job: {reason[:300]}") from None
 
 
 def _task_env() -> dict[str, str]:
@@ -168,6 +308,8 @@ def submit(
     runner: Runner, plans: list[Plan], settings: SlurmSettings, nproc: int, console: Console
 ) -> None:
     """Create the store and experiments once, then submit the plans not done as one array."""
+    from rkrepro.run.runner import checkpoints_for
+
     executor = make_executor(settings)  # no SLURM here: one line before anything
     warning = warn_sqlite(runner.uri, 0, "slurm")
     if warning:
@@ -176,12 +318,17 @@ def submit(
     if not todo:
         console.print(f"nothing to submit: {len(plans)} runs done", highlight=False)
         return
-    jobs = [job_for(p, "auto", nproc) for p in todo]
-    handles = submit_slurm(jobs, executor)
+    device = "cpu" if settings.gpus_per_node == 0 else runner.options.device
+    jobs = [job_for(p, device, nproc) for p in todo]
+    uri = runner.uri
+    refs = [RunRef(str(checkpoints_for(p).dir), uri, p.cell.table, p.config_hash) for p in todo]
+    handles = submit_slurm(jobs, executor, refs)
     first = handles[0].job_id.split("_")[0]
     console.print(
         f"submitted {len(handles)} tasks as {settings.cluster} array job {first} "
-        f"(one SLURM task per run, {settings.gpus_per_node} GPU(s) each); logs under "
+        f"(one SLURM task per run, {settings.gpus_per_node} GPU(s) and {settings.cpus()} CPUs "
+        f"each, USR2 {settings.signal_delay} s before the {settings.time_min}-minute limit); "
+        f"logs under "
         f"{handles[0].paths.folder}; follow with `rkrepro status` or squeue -j {first}",
         highlight=False,
         soft_wrap=True,

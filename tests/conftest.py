@@ -1,0 +1,49 @@
+"""Suite-wide guards: no test reaches a cluster or tracking server it did not start itself.
+
+A developer's machine may be a SLURM login node (``srun``/``sbatch`` on PATH, ``SLURM_*`` and
+``MLFLOW_TRACKING_URI`` in the environment). Every test runs with the SLURM client commands
+removed from PATH and those variables unset, in this process and in every subprocess it
+starts; a test that brings up its own cluster puts that cluster's commands back explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+SLURM_COMMANDS = ("srun", "sbatch", "squeue", "scancel", "scontrol", "sinfo", "sacct", "salloc")
+_MIRRORS = Path(tempfile.mkdtemp(prefix="rkrepro-path-"))
+
+
+def path_without_slurm(path: str) -> str:
+    """``path`` where every folder holding a SLURM client command (e.g. /usr/bin) is replaced
+    by a mirror of links to everything else in it."""
+    folders = []
+    for index, folder in enumerate(path.split(os.pathsep)):
+        if folder and any((Path(folder) / name).exists() for name in SLURM_COMMANDS):
+            mirror = _MIRRORS / str(index)
+            if not mirror.exists():
+                mirror.mkdir()
+                for entry in os.scandir(folder):
+                    if entry.name not in SLURM_COMMANDS:
+                        os.symlink(entry.path, mirror / entry.name)
+            folder = str(mirror)
+        folders.append(folder)
+    return os.pathsep.join(folders)
+
+
+_PATH = path_without_slurm(os.environ.get("PATH", ""))
+
+
+@pytest.fixture(autouse=True)
+def _no_foreign_cluster_or_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", _PATH)
+    for name in list(os.environ):
+        if name.startswith(("SLURM_", "SBATCH_", "SALLOC_")) or name in (
+            "MLFLOW_TRACKING_URI",
+            "RKREPRO_SUBMITIT_CLUSTER",
+        ):
+            monkeypatch.delenv(name, raising=False)
