@@ -7,7 +7,11 @@ A reproduction runs for days, so this file decides whether a crash costs minutes
   letting the caller train from scratch;
 - a write that fails (disk full, quota) removes its temp file, leaves both older checkpoints
   untouched and raises one clear :class:`CheckpointWriteError`;
-- an exclusive lock per configuration keeps two processes from training the same cell.
+- an exclusive lock per configuration keeps two processes from training the same cell;
+- nothing in a checkpoint can run code: ``runs/`` may sit on a filesystem other users can write
+  (a cluster's shared disk), so files load with ``weights_only=True`` (tensors, numbers, strings
+  and plain containers only) and a file that does not load that way is unreadable, like a torn
+  one. The trainer saves plain types only (:func:`rkrepro.train.rng_states`).
 """
 
 from __future__ import annotations
@@ -115,7 +119,7 @@ class Checkpoints:
             if not path.exists():
                 continue
             try:
-                state = torch.load(path, map_location="cpu", weights_only=False)
+                state = _safe_load(path)
             except Exception as error:  # noqa: BLE001 - any damage means "try the older one"
                 unreadable.append(f"{path.name} ({type(error).__name__})")
                 print(f"warning: ignoring unreadable checkpoint {path}: {error}", file=sys.stderr)
@@ -160,6 +164,19 @@ class Checkpoints:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _safe_load(path: Path) -> Any:
+    """``torch.load`` restricted to data: torch's weights-only unpickler refuses every global
+    outside its allow-list, so a planted ``__reduce__`` is an error, never a call. The only
+    additions are what NumPy needs to rebuild a plain array, scoped to this call: checkpoints
+    from before format-plain RNG states hold NumPy's RNG key array."""
+    import numpy as np
+
+    multiarray = getattr(np, "_core", None) or np.core
+    allowed = [multiarray.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}

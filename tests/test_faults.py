@@ -283,3 +283,59 @@ def test_an_unreadable_image_mid_epoch_is_one_clear_stop(tmp_path: Path, workers
     assert "\n" not in message
     assert message.startswith(f"unreadable image {bad}") and "resume" in message
     assert len(seen) == 3  # the batches before the bad one were delivered
+
+
+class Planted:
+    """What another user could leave in a shared ``runs/``: unpickling it writes a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+def _plant(path: Path, marker: Path) -> None:
+    """Rewrite a valid checkpoint with one extra entry that runs code when unpickled."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    torch.save({**state, "note": Planted(marker)}, path)
+
+
+def test_a_planted_object_in_last_pt_never_runs_and_prev_pt_resumes(
+    space: Space, reference
+) -> None:
+    runs = space.store("runs")
+    code, output = space.run(runs, RKREPRO_FAULT_KILL_IN_CHECKPOINT="3")
+    assert code == -signal.SIGKILL, output
+    checkpoints = space.checkpoints(runs)
+    marker = space.root / "code-ran"
+    _plant(checkpoints.last, marker)
+
+    code, output = space.run(runs)
+    assert not marker.exists(), "unpickling a checkpoint ran code"
+    assert code == 0, output
+    assert "ignoring unreadable checkpoint" in output and "resuming run" in output
+    assert_same_results(space, runs, reference)
+
+
+def test_planted_objects_in_every_checkpoint_are_an_unreadable_stop(tmp_path: Path) -> None:
+    """The resume paths (``last.pt``, the ``prev.pt`` fallback, a non-zero torchrun rank) all
+    read through :meth:`Checkpoints.load`: nothing planted runs, and the stop is the clear one."""
+    import torch
+
+    from rkrepro import distributed
+    from rkrepro.checkpoints import CheckpointCorrupt
+
+    marker = tmp_path / "code-ran"
+    for loader in (Checkpoints, distributed.NoCheckpoints):
+        folder = tmp_path / loader.__name__
+        checkpoints = loader(folder)
+        Checkpoints(folder).save({"format": CHECKPOINT_FORMAT, "epoch": 1, "run_id": "a"})
+        Checkpoints(folder).save({"format": CHECKPOINT_FORMAT, "epoch": 2, "run_id": "a"})
+        for path in (checkpoints.last, checkpoints.prev):
+            torch.save({"format": CHECKPOINT_FORMAT, "epoch": 2, "x": Planted(marker)}, path)
+        with pytest.raises(CheckpointCorrupt, match="unreadable"):
+            checkpoints.load()
+        assert not marker.exists(), f"{loader.__name__}.load ran planted code"

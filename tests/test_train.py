@@ -367,3 +367,25 @@ def test_protocol_changes_are_run_identity() -> None:
     assert identity("table3")["transforms"] == "fb.resnet.torch"
     assert identity("table3")["lr_milestones"] == [30, 60]
     assert identity("table3", epochs=9)["lr_milestones"] == [3, 6]
+
+
+def test_checkpoint_state_is_plain_data_and_older_numpy_rng_still_loads(tmp_path: Path) -> None:
+    """The trainer's state needs no global beyond torch's weights-only allow-list; a checkpoint
+    written before (NumPy's RNG tuple inside) still loads, through the scoped NumPy allow-list."""
+    import io
+
+    import numpy as np
+
+    trainer = _trainer(tmp_path / "a", replace(PAPER, epochs=1, lr_milestones=(1,)))
+    buffer = io.BytesIO()
+    torch.save(trainer.state(), buffer)
+    buffer.seek(0)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(buffer) == []
+
+    old = {**trainer.state(), "rng": {**train.rng_states(), "numpy": np.random.get_state()}}
+    ck = train.Checkpoints(tmp_path / "old")
+    ck.save(old)
+    expected = np.random.get_state()[1].copy()
+    np.random.seed(99)
+    train.set_rng_states(ck.load()["rng"])
+    assert (np.random.get_state()[1] == expected).all()
