@@ -17,6 +17,7 @@ import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,9 @@ from torch import Tensor
 
 from rkrepro.errors import DataError
 from rkrepro.paths import DATA_DIR_ENV
+
+if TYPE_CHECKING:
+    import numpy as np
 
 VERIFY_ENV = "RKREPRO_VERIFY_CHECKSUMS"  # "0": accept re-packed CIFAR files (md5s differ)
 DOWNLOAD_ENV = "RKREPRO_DOWNLOAD"  # "0": never try to download (offline machines, tests)
@@ -119,7 +123,9 @@ def _cifar_class(dataset: str, verify: bool) -> type:
     base = datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100
 
     class _Cifar(base):  # type: ignore[misc, valid-type]
-        """torchvision's CIFAR with the md5 checks optional (re-packed files keep the format)."""
+        """torchvision's CIFAR with the md5 checks optional (re-packed files keep the format).
+        Only its file list, integrity check and download are used: the files are read by
+        :func:`read_cifar_split`, which cannot run code."""
 
         def _files(self) -> list[str]:
             names = [n for n, _ in self.train_list + self.test_list] + [self.meta["filename"]]
@@ -130,15 +136,6 @@ def _cifar_class(dataset: str, verify: bool) -> type:
                 meta = os.path.join(self.root, self.base_folder, self.meta["filename"])
                 return super()._check_integrity() and check_integrity(meta, self.meta["md5"])
             return all(os.path.isfile(f) for f in self._files())
-
-        def _load_meta(self) -> None:
-            if verify:
-                super()._load_meta()
-                return
-            path = os.path.join(self.root, self.base_folder, self.meta["filename"])
-            with open(path, "rb") as infile:
-                self.classes = pickle.load(infile, encoding="latin1")[self.meta["key"]]
-            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
     return _Cifar
 
@@ -183,7 +180,7 @@ def load_cifar(dataset: str, root: Path) -> tuple[ArraySplit, ArraySplit]:
     splits = []
     for train in (True, False):
         try:
-            ds = cls(str(root), train=train, download=False)
+            images, labels = read_cifar_split(cls, folder, train)
         except (
             RuntimeError,
             OSError,
@@ -194,10 +191,11 @@ def load_cifar(dataset: str, root: Path) -> tuple[ArraySplit, ArraySplit]:
             TypeError,
             IndexError,
             AttributeError,
+            MemoryError,
         ) as error:
             raise DataError(_describe_bad_file(cls, folder, error)) from None
-        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-        y = torch.as_tensor(ds.targets, dtype=torch.int64)
+        x = torch.from_numpy(images)
+        y = torch.as_tensor(labels, dtype=torch.int64)
         num_classes = 10 if dataset == "cifar10" else 100
         if len(x) == 0 or len(x) != len(y) or int(y.min()) < 0 or int(y.max()) >= num_classes:
             split = "train" if train else "test"
@@ -209,13 +207,72 @@ def load_cifar(dataset: str, root: Path) -> tuple[ArraySplit, ArraySplit]:
     return splits[0], splits[1]
 
 
+# What the CIFAR python pickles hold besides dicts, lists, strings, bytes and ints: NumPy arrays,
+# which unpickle through these globals (older and newer NumPy module names, protocols 2-5), and
+# the bytes of a Python 3 protocol-2 pickle (``_codecs.encode``).
+_CIFAR_GLOBALS = frozenset(
+    (module, name)
+    for base in ("numpy.core", "numpy._core")
+    for module, name in (
+        (f"{base}.multiarray", "_reconstruct"),
+        (f"{base}.multiarray", "scalar"),
+        (f"{base}.numeric", "_frombuffer"),
+    )
+) | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler for data only. ``RKREPRO_VERIFY_CHECKSUMS=0`` accepts files that are not
+    the published ones, and a plain ``pickle.load`` of such a file can run any code: every
+    global outside :data:`_CIFAR_GLOBALS` is refused, so a planted ``__reduce__`` is an error."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refusing {module[:60]}.{name[:60]}: CIFAR files hold only dicts, lists, "
+                "strings, numbers and NumPy arrays"
+            )
+        return super().find_class(module, name)
+
+
+def unpickle_cifar(path: Path) -> object:
+    """One CIFAR pickle, read as Python 2 wrote it (``latin1``), without running code."""
+    with open(path, "rb") as handle:
+        return _CifarUnpickler(handle, encoding="latin1").load()
+
+
+def read_cifar_split(cls: type, folder: Path, train: bool) -> tuple[np.ndarray, list[int]]:
+    """Images uint8 [N, 3, 32, 32] and labels of one split, as torchvision's CIFAR builds them
+    (``labels``, or CIFAR-100's ``fine_labels``), from files read by :func:`unpickle_cifar`."""
+    import numpy as np
+
+    meta = unpickle_cifar(folder / cls.meta["filename"])
+    if not isinstance(meta, dict) or not isinstance(meta.get(cls.meta["key"]), list):
+        raise ValueError(f"{cls.meta['filename']} has no {cls.meta['key']} list")
+    images, labels = [], []
+    for name, _ in cls.train_list if train else cls.test_list:
+        entry = unpickle_cifar(folder / name)
+        if not isinstance(entry, dict):
+            raise TypeError(f"{name} is not a dict")
+        data = entry["data"]
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+            raise TypeError(f"{name}: data is not a uint8 array")
+        found = entry["labels"] if "labels" in entry else entry["fine_labels"]
+        if isinstance(found, np.ndarray) and found.dtype.kind in "iu":
+            found = found.tolist()
+        if not isinstance(found, list) or not all(isinstance(v, int | np.integer) for v in found):
+            raise TypeError(f"{name}: labels are not a list of integers")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.extend(found)
+    return np.ascontiguousarray(np.concatenate(images)), labels
+
+
 def _describe_bad_file(cls: type, folder: Path, error: Exception) -> str:
     """Name the first CIFAR file that does not unpickle into a batch dict."""
     names = [n for n, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     for name in names:
         try:
-            with open(folder / name, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
+            entry = unpickle_cifar(folder / name)
             if not isinstance(entry, dict):
                 raise ValueError("not a dict")
             if name != cls.meta["filename"]:

@@ -87,6 +87,54 @@ def test_truncated_batch_is_a_data_error(tmp_path: Path) -> None:
         data.load_cifar("cifar10", tmp_path)
 
 
+class _Planted:
+    """A pickled object whose unpickling writes a file: what a planted CIFAR file would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "name, whole",
+    [
+        ("data_batch_2", True),  # the batch itself is the object
+        ("data_batch_2", False),  # a valid batch with one planted entry
+        ("test_batch", False),  # read after the training split
+        ("batches.meta", False),
+    ],
+)
+def test_a_planted_cifar_pickle_never_runs(tmp_path: Path, name: str, whole: bool) -> None:
+    """With checksums off (re-packed copies), every CIFAR file is read by a data-only
+    unpickler: the planted global is refused, named, and nothing runs."""
+    import pickle
+
+    folder = h.write_random_cifar10(tmp_path, 50, 10)
+    marker = tmp_path / "code-ran"
+    entry = pickle.loads((folder / name).read_bytes(), encoding="bytes")
+    planted = _Planted(marker) if whole else {**entry, b"extra": _Planted(marker)}
+    (folder / name).write_bytes(pickle.dumps(planted, protocol=2))
+    with pytest.raises(DataError, match=rf"{name}.*refusing \w+\.exec"):
+        data.load_cifar("cifar10", tmp_path)
+    assert not marker.exists(), "unpickling a CIFAR file ran code"
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar_files_repickled_by_python3_still_load(tmp_path: Path, protocol: int) -> None:
+    """Re-packed files pickled by Python 3 and NumPy 2 are data too."""
+    import pickle
+
+    folder = h.write_random_cifar10(tmp_path, 50, 10)
+    for path in folder.iterdir():
+        entry = pickle.loads(path.read_bytes(), encoding="latin1")  # str keys, as Python 3 has
+        path.write_bytes(pickle.dumps(entry, protocol=protocol))
+    train, test = data.load_cifar("cifar10", tmp_path)
+    assert train.x.shape == (50, 3, 32, 32) and train.x.dtype == torch.uint8 and len(test.y) == 10
+
+
 def _reference_augment(x: torch.Tensor, dy: int, dx: int, flip: bool) -> torch.Tensor:
     """Torch7 order for one image: flip, zero-pad 4, crop 32x32 at (dy, dx)."""
     if flip:
