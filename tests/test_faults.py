@@ -325,7 +325,7 @@ def test_planted_objects_in_every_checkpoint_are_an_unreadable_stop(tmp_path: Pa
     read through :meth:`Checkpoints.load`: nothing planted runs, and the stop is the clear one."""
     import torch
 
-    from rkrepro import distributed
+    from rkrepro.run import distributed
     from rkrepro.checkpoints import CheckpointCorrupt
 
     marker = tmp_path / "code-ran"
