@@ -325,8 +325,8 @@ def test_planted_objects_in_every_checkpoint_are_an_unreadable_stop(tmp_path: Pa
     read through :meth:`Checkpoints.load`: nothing planted runs, and the stop is the clear one."""
     import torch
 
-    from rkrepro.run import distributed
     from rkrepro.checkpoints import CheckpointCorrupt
+    from rkrepro.run import distributed
 
     marker = tmp_path / "code-ran"
     for loader in (Checkpoints, distributed.NoCheckpoints):
@@ -339,3 +339,78 @@ def test_planted_objects_in_every_checkpoint_are_an_unreadable_stop(tmp_path: Pa
         with pytest.raises(CheckpointCorrupt, match="unreadable"):
             checkpoints.load()
         assert not marker.exists(), f"{loader.__name__}.load ran planted code"
+
+
+_LISTENERS_PROBE = """
+import os, torch.distributed as dist
+
+def tree(root):
+    parents = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parents[int(pid)] = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    found, grew = {root}, True
+    while grew:
+        more = {p for p, pp in parents.items() if pp in found} - found
+        found |= more
+        grew = bool(more)
+    return found
+
+def inodes(pids):
+    out = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    out.add(link[8:-1])
+        except OSError:
+            pass
+    return out
+
+dist.init_process_group("gloo")
+dist.barrier()
+if dist.get_rank() == 0:
+    mine = inodes(tree(os.getppid()))  # the torchrun agent and every rank
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in mine:  # LISTEN, ours
+                host = cols[1].split(":")[0]
+                loop = host in ("0100007F", "00000000000000000000000001000000")
+                print("LISTEN", "loopback" if loop else "EXPOSED", table, cols[1], flush=True)
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc/net/tcp")
+def test_a_single_node_torchrun_job_listens_on_loopback_only(tmp_path: Path) -> None:
+    """torch's stores bind every interface by default and the rendezvous unpickles what comes
+    in: the torchrun that a DDP job runs under must listen on 127.0.0.1 only."""
+    from rkrepro import targets
+    from rkrepro.run import jobs, plans
+
+    ws.make_workspace(tmp_path)
+    cells = targets.resolve_cells(
+        targets.load_tables(tmp_path / "tables"), "tiny", "bc-k4", ["original"], "both"
+    )
+    (plan,) = plans.make_plans(cells, [0], plans.RunOptions(epochs=1), "cpu")
+    args = list(jobs.job_for(plan, "cpu", nproc=2).args)
+    head = args[: args.index("rkrepro") - 1]  # the launcher, without "-m rkrepro run ..."
+    probe = tmp_path / "probe.py"
+    probe.write_text(_LISTENERS_PROBE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, *head, str(probe)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    listening = [line for line in done.stdout.splitlines() if line.startswith("LISTEN")]
+    assert listening, done.stdout + done.stderr  # the probe saw the stores at all
+    assert all(" loopback " in line for line in listening), "\n".join(listening)

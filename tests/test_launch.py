@@ -471,7 +471,7 @@ def test_a_ddp_job_is_torchrun_of_the_same_rkrepro_command(ws: Workspace) -> Non
     (plan,) = plans.make_plans(cells, [3], options, "cuda")
     job = jobs.job_for(plan, "auto", nproc=4)
     args = list(job.args)
-    assert args[:2] == ["-m", "torch.distributed.run"] and "--nproc-per-node=4" in args
+    assert args[:2] == ["-m", "rkrepro.run.loopback_torchrun"] and "--nproc-per-node=4" in args
     rk = args[args.index("rkrepro") + 1 :]
     assert rk[:9] == [
         "run",

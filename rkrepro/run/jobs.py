@@ -59,10 +59,9 @@ def job_for(plan: Plan, device: str = "auto", nproc: int = 1) -> Job:
     ]
     if nproc > 1:
         args += ["--launcher", "torchrun", "--nproc-per-node", str(nproc)]
-        head = [
+        head = [  # torchrun --standalone, listening on 127.0.0.1 only
             "-m",
-            "torch.distributed.run",
-            "--standalone",
+            "rkrepro.run.loopback_torchrun",
             "--nnodes=1",
             f"--nproc-per-node={nproc}",
             "-m",

@@ -5,7 +5,8 @@ process, on a local queue of slots, under torchrun, or on SLURM (:mod:`rkrepro.r
   thread pool, each pinned to its slot with ``CUDA_VISIBLE_DEVICES``; a progress line per event;
   SIGINT/SIGTERM forwarded (every job checkpoints and stops); non-zero exit if any job failed.
 - torchrun (``--launcher torchrun --nproc-per-node N``): the same job command under
-  ``python -m torch.distributed.run``; inside, :mod:`rkrepro.run.distributed` takes over.
+  ``python -m rkrepro.run.loopback_torchrun`` (torchrun on 127.0.0.1); inside,
+  :mod:`rkrepro.run.distributed` takes over.
 
 Every job is an ordinary ``rkrepro run`` of one cell and one seed (:mod:`rkrepro.run.jobs`).
 Nothing here imports torch or mlflow at module level.
