@@ -27,6 +27,42 @@ from rkrepro.spec import NUM_CLASSES, LrSchedule, ModelSpec, Protocol, variant_n
 TABLES_DIR_ENV = "RKREPRO_TABLES_DIR"
 SHARE_CHOICES = ("both", "share", "no-share")
 
+# Limits on what a tables folder may hold. A table file is data from wherever the folder came
+# from, and ``list``/``params``/``plan``/``report`` read every file: each limit keeps a hostile
+# or broken file to one error line in bounded time and memory. Each is far above every cell of
+# the paper's tables (largest: 4.3 KB file, depth 292, growth rate 48, m 66, s 21, r 24,
+# 170 growth layers, batch 256, 300 epochs), and each error states its limit.
+MAX_TABLE_BYTES = 1 << 20  # 1 MiB
+MAX_NESTING = 32  # nested mappings/lists
+MAX_TEXT = 10_000  # characters of a title, caption, label or note
+MAX_ROWS = 1_000  # rows of a table, variants of a row
+LIMITS: dict[str, int] = {
+    "depth": 2_000,
+    "growth_rate": 256,
+    "m": 512,  # each state width
+    "batch_size": 65_536,
+    "epochs": 100_000,
+}
+MAX_STAGES = 64  # s of one period
+MAX_STEPS = 64  # r of one period
+MAX_LAYERS = 2_000  # growth layers (DenseNet) or blocks (ResNet) of one model
+MAX_PARAMS = 2_000_000_000  # the upper estimate of one model's parameters
+
+
+def _short(value: Any) -> str:
+    """A bounded ``repr`` for error messages: a value from a file may be a megabyte string or
+    an alias bomb whose full repr would not fit in memory."""
+    import reprlib
+
+    shortener = reprlib.Repr()
+    shortener.maxlevel, shortener.maxstring, shortener.maxother = 2, 60, 60
+    shortener.maxlist = shortener.maxtuple = shortener.maxdict = shortener.maxset = 4
+    shortener.maxlong = 40
+    try:
+        return shortener.repr(value)
+    except Exception:  # noqa: BLE001 - e.g. an int too long to print
+        return f"<{type(value).__name__}>"
+
 
 # --------------------------------------------------------------------------------------------
 # Printed numbers keep their precision: 0.75 is not 0.8, and 1.0 is not 1.00.
@@ -64,7 +100,25 @@ class Printed(float):
 
 
 class _TableLoader(yaml.SafeLoader):
-    """SafeLoader whose numbers become :class:`Printed` and whose keys must be unique."""
+    """SafeLoader whose numbers become :class:`Printed`, whose keys must be unique and
+    hashable, and whose documents nest at most :data:`MAX_NESTING` levels (the composer and
+    constructor recurse: 100k levels would be a RecursionError)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested more than {MAX_NESTING} levels deep",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_number(loader: _TableLoader, node: yaml.ScalarNode) -> Printed:
@@ -79,9 +133,15 @@ def _construct_mapping(loader: _TableLoader, node: yaml.MappingNode, deep: bool 
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a {type(key).__name__} cannot be a key", key_node.start_mark
+            ) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
+                None, None, f"duplicate key {_short(key)}", key_node.start_mark
             )
         seen.add(key)
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
@@ -97,7 +157,7 @@ _TableLoader.add_constructor(
 # --------------------------------------------------------------------------------------------
 # Variant names.
 
-_PART = re.compile(r"^(\d+)[x×*](\d+)$")
+_PART = re.compile(r"^(\d{1,9})[x×*](\d{1,9})$")
 
 
 def normalise_name(name: str) -> str:
@@ -115,12 +175,19 @@ def parse_variant_name(name: str) -> tuple[tuple[int, int], ...]:
         match = _PART.match(part)
         if not match:
             raise TargetError(
-                f"cannot parse variant name {name!r}: expected RKNet-SxR_SxR_... "
+                f"cannot parse variant name {_short(name)}: expected RKNet-SxR_SxR_... "
                 "(e.g. RKNet-1x8_1x2_1x2)"
             )
         s, r = int(match.group(1)), int(match.group(2))
         if s < 1 or r < 1:
-            raise TargetError(f"variant {name!r}: stages s and time-steps r must be >= 1")
+            raise TargetError(f"variant {_short(name)}: stages s and time-steps r must be >= 1")
+        if s > MAX_STAGES or r > MAX_STEPS:
+            raise TargetError(
+                f"variant {_short(name)}: at most {MAX_STAGES} stages s and {MAX_STEPS} "
+                "time-steps r per period"
+            )
+        if len(parts) >= 8:
+            raise TargetError(f"variant {_short(name)}: more than 8 periods")
         parts.append((s, r))
     return tuple(parts)
 
@@ -346,22 +413,75 @@ def _check_mapping(
     for key, value in data.items():
         if key not in keys:
             close = difflib.get_close_matches(str(key), keys, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise where.fail(f"unknown field {key!r}{hint}")
+            hint = f" (did you mean {_short(close[0])}?)" if close else ""
+            raise where.fail(f"unknown field {_short(key)}{hint}")
         if value is None:
             continue
         types = keys[key]
         # bool is an int in Python; a number field must not accept true/false.
         if isinstance(value, bool) and bool not in types:
-            raise where.fail(f"field {key!r} must be {_type_names(types)}, got a boolean")
+            raise where.fail(f"field {_short(key)} must be {_type_names(types)}, got a boolean")
         if not isinstance(value, types):
             raise where.fail(
-                f"field {key!r} must be {_type_names(types)}, got {type(value).__name__} {value!r}"
+                f"field {_short(key)} must be {_type_names(types)}, "
+                f"got {type(value).__name__} {_short(value)}"
             )
+        if isinstance(value, int) and key in LIMITS and value > LIMITS[key]:
+            raise where.fail(
+                f"field {_short(key)} is at most {LIMITS[key]} (rkrepro's limit), "
+                f"got {_short(value)}"
+            )
+        if isinstance(value, str) and len(value) > MAX_TEXT:
+            raise where.fail(f"field {_short(key)} is longer than {MAX_TEXT} characters")
+        if isinstance(value, list) and len(value) > MAX_ROWS:
+            raise where.fail(f"field {_short(key)} has more than {MAX_ROWS} entries")
     for key in required:
         if data.get(key) is None:
-            raise where.fail(f"missing required field {key!r}")
+            raise where.fail(f"missing required field {_short(key)}")
     return data
+
+
+def estimate_model_size(
+    family: str,
+    depth: int,
+    growth: int | None,
+    m: tuple[int, ...] | None,
+    periods: tuple[tuple[int, int], ...] | None,
+    bottleneck: bool,
+) -> tuple[int, int]:
+    """(growth layers or residual blocks, an upper estimate of the parameters) of one model,
+    without building it: what keeps a table's model from taking minutes to build on the meta
+    device, or terabytes on a real one. The estimate treats a period as one dense block with no
+    compression, so it is above the true count (DenseNet-BC-250 k=24: 15.3M, estimate 44M;
+    the largest of the paper's tables: 75M, 170 layers)."""
+    if family == "resnet":
+        blocks = depth // 2 if periods is None else sum(s * r for s, r in periods) + 2
+        return blocks, blocks * 2 * 9 * 64 * 64 + 64 * 100
+    k = growth or 1
+    per_layer_in, per_layer_fixed = 9 * k, 36 * k * k  # the larger of the two layer types
+
+    def block(n: int, c0: int) -> int:  # n layers grown from c0 channels, k more each
+        return per_layer_in * (n * c0 + k * n * (n - 1) // 2) + per_layer_fixed * n
+
+    if periods is None or m is None:
+        layers = depth // 2 if bottleneck else depth
+        return layers, block(layers, 2 * k)
+    layers = sum(s * r * mp for (s, r), mp in zip(periods, m, strict=False))
+    params = sum(r * block(s * mp, mp * k) for (s, r), mp in zip(periods, m, strict=False))
+    return layers, params
+
+
+def _check_size(where: _Where, what: str, size: tuple[int, int]) -> None:
+    layers, params = size
+    if layers > MAX_LAYERS:
+        raise where.fail(
+            f"{what} has {layers} layers/blocks; rkrepro builds at most {MAX_LAYERS} per model"
+        )
+    if params > MAX_PARAMS:
+        raise where.fail(
+            f"{what} would have about {params / 1e9:.3g}G parameters; rkrepro builds at most "
+            f"{MAX_PARAMS / 1e9:g}G per model"
+        )
 
 
 def _type_names(types: tuple[type, ...]) -> str:
@@ -380,10 +500,12 @@ def _get(data: dict[str, Any], key: str, default: Any) -> Any:
 
 def _positive_ints(value: Any, where: _Where, name: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not value:
-        raise where.fail(f"field {name!r} must be a non-empty list of positive integers")
+        raise where.fail(f"field {_short(name)} must be a non-empty list of positive integers")
     for item in value:
         if isinstance(item, bool) or not isinstance(item, int) or item < 1:
-            raise where.fail(f"field {name!r} must hold positive integers, got {item!r}")
+            raise where.fail(
+                f"field {_short(name)} must hold positive integers, got {_short(item)}"
+            )
     return tuple(value)
 
 
@@ -401,7 +523,7 @@ def _parse_reported(data: Any, where: _Where, dataset: str) -> Reported:
     wrong = "error" if imagenet else "top1"
     if wrong in data:
         right = "top1/top5" if imagenet else "error"
-        raise where.fail(f"field {wrong!r} does not apply to {dataset}; use {right}")
+        raise where.fail(f"field {_short(wrong)} does not apply to {dataset}; use {right}")
     if not imagenet and "top5" in data:
         raise where.fail(f"field 'top5' does not apply to {dataset}")
     for key in ("params_m", "error", "top1", "top5"):
@@ -409,7 +531,7 @@ def _parse_reported(data: Any, where: _Where, dataset: str) -> Reported:
         if value is not None and (
             not math.isfinite(value) or value < 0 or (key != "params_m" and value > 100)
         ):
-            raise where.fail(f"field {key!r} is out of range: {value!r}")
+            raise where.fail(f"field {_short(key)} is out of range: {_short(value)}")
     return Reported(
         params_m=_printed(data.get("params_m")),
         error=_printed(data.get("top1" if imagenet else "error")),
@@ -422,13 +544,15 @@ def _parse_reported(data: Any, where: _Where, dataset: str) -> Reported:
 def _parse_protocol(data: Any, where: _Where) -> Protocol:
     data = _check_mapping(data, _PROTOCOL_KEYS, where, _PROTOCOL_REQUIRED, "protocol")
     if data["dataset"] not in NUM_CLASSES:
-        raise where.fail(f"unknown dataset {data['dataset']!r}; known: {', '.join(NUM_CLASSES)}")
+        raise where.fail(
+            f"unknown dataset {_short(data['dataset'])}; known: {', '.join(NUM_CLASSES)}"
+        )
     for key in ("batch_size", "epochs"):
         if data[key] < 1:
-            raise where.fail(f"field {key!r} must be >= 1, got {data[key]!r}")
+            raise where.fail(f"field {_short(key)} must be >= 1, got {_short(data[key])}")
     for key in ("lr", "momentum", "weight_decay"):
         if not math.isfinite(data[key]) or data[key] < 0:
-            raise where.fail(f"field {key!r} must be >= 0, got {data[key]!r}")
+            raise where.fail(f"field {_short(key)} must be >= 0, got {_short(data[key])}")
     schedule = _schedule(data.get("lr_schedule"), where.at("lr_schedule"))
     milestones = _checked_milestones(data.get("lr_milestones"), schedule, data["epochs"], where)
     return Protocol(
@@ -455,13 +579,13 @@ def _schedule(value: Any, where: _Where) -> LrSchedule | None:
         raise where.fail("give exactly one of 'drop_at' (fractions) or 'drop_every' (epochs)")
     if data.get("drop_every") is not None:
         if data["drop_every"] < 1:
-            raise where.fail(f"'drop_every' must be >= 1, got {data['drop_every']!r}")
+            raise where.fail(f"'drop_every' must be >= 1, got {_short(data['drop_every'])}")
         return LrSchedule(drop_every=data["drop_every"])
     fractions = data["drop_at"]
     if not fractions or any(
         isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1 for f in fractions
     ):
-        raise where.fail(f"'drop_at' must list fractions in (0, 1], got {fractions!r}")
+        raise where.fail(f"'drop_at' must list fractions in (0, 1], got {_short(fractions)}")
     if list(fractions) != sorted(fractions):
         raise where.fail("'drop_at' fractions must increase")
     return LrSchedule(drop_at=tuple(float(f) for f in fractions))
@@ -501,17 +625,17 @@ def _periods_of(family: str, dataset: str) -> int:
 def _parse_row(data: Any, table_where: _Where, index: int, dataset: str) -> Row:
     where = table_where.at(f"row #{index + 1}")
     if isinstance(data, dict) and isinstance(data.get("id"), str):
-        where = table_where.at(f"row {data['id']!r}")
+        where = table_where.at(f"row {_short(data['id'])}")
     data = _check_mapping(data, _ROW_KEYS, where, ("id", "family", "depth", "original"), "row")
     row_id = data["id"]
     if not _ID.match(row_id):
-        raise where.fail(f"row id {row_id!r} must be lower-case letters, digits, '-' or '.'")
+        raise where.fail(f"row id {_short(row_id)} must be lower-case letters, digits, '-' or '.'")
     family = data["family"]
     if family not in FAMILIES:
-        raise where.fail(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+        raise where.fail(f"unknown family {_short(family)}; known: {', '.join(FAMILIES)}")
     depth = data["depth"]
     if depth < 1:
-        raise where.fail(f"field 'depth' must be >= 1, got {depth!r}")
+        raise where.fail(f"field 'depth' must be >= 1, got {_short(depth)}")
     growth = data.get("growth_rate")
     periods = _periods_of(family, dataset)
     m: tuple[int, ...] | None = None
@@ -526,28 +650,35 @@ def _parse_row(data: Any, table_where: _Where, index: int, dataset: str) -> Row:
         if data.get("m") is None:
             raise where.fail("DenseNet rows need 'm' (state widths per period, m0 = 2 first)")
         m = _positive_ints(data["m"], where, "m")
+        if max(m) > LIMITS["m"]:
+            raise where.fail(f"'m' entries are at most {LIMITS['m']} (rkrepro's limit)")
         if len(m) != periods:
             raise where.fail(
                 f"'m' has {len(m)} entries but a {dataset} model has {periods} periods"
             )
     compression = _get(data, "compression", 0.5 if data.get("bottleneck") else 1.0)
     if not 0 < compression <= 1:
-        raise where.fail(f"field 'compression' must be in (0, 1], got {compression!r}")
+        raise where.fail(f"field 'compression' must be in (0, 1], got {_short(compression)}")
 
+    bottleneck = bool(data.get("bottleneck", family == "densenet-bc"))
+    _check_size(
+        where, "the original", estimate_model_size(family, depth, growth, m, None, bottleneck)
+    )
     variants: list[Variant] = []
     seen: dict[str, str] = {}
     for index, raw in enumerate(data.get("variants") or []):
         vwhere = where.at(f"variant #{index + 1}")
         raw = _check_mapping(raw, _VARIANT_KEYS, vwhere, ("name",), "variant")
-        vwhere = where.at(f"variant {raw['name']!r}")
+        vwhere = where.at(f"variant {_short(raw['name'])}")
         shape = parse_variant_name_at(raw["name"], vwhere)
         if len(shape) != periods:
             raise vwhere.fail(
                 f"has {len(shape)} s×r parts but a {dataset} model has {periods} periods"
             )
         name = format_variant_name(shape)
+        _check_size(vwhere, name, estimate_model_size(family, depth, growth, m, shape, bottleneck))
         if name in seen:
-            raise vwhere.fail(f"duplicate variant (same as {seen[name]!r})")
+            raise vwhere.fail(f"duplicate variant (same as {_short(seen[name])})")
         seen[name] = raw["name"]
         numbers = {k: v for k, v in raw.items() if k in _REPORTED_KEYS}
         share = raw.get("share")
@@ -571,7 +702,7 @@ def _parse_row(data: Any, table_where: _Where, index: int, dataset: str) -> Row:
         family=family,
         depth=depth,
         growth_rate=growth,
-        bottleneck=bool(data.get("bottleneck", family == "densenet-bc")),
+        bottleneck=bottleneck,
         compression=compression,
         m=m,
         original=_parse_reported(data["original"], where.at("original"), dataset),
@@ -602,13 +733,15 @@ def parse_table(data: Any, source: Path) -> Table:
         data, _TABLE_KEYS, where, ("id", "dataset", "protocol", "rows"), "the table"
     )
     if not _ID.match(data["id"]):
-        raise where.fail(f"table id {data['id']!r} must be lower-case letters, digits or '-'")
+        raise where.fail(f"table id {_short(data['id'])} must be lower-case letters, digits or '-'")
     dataset = data["dataset"]
     if dataset not in NUM_CLASSES:
-        raise where.fail(f"unknown dataset {dataset!r}; known: {', '.join(NUM_CLASSES)}")
+        raise where.fail(f"unknown dataset {_short(dataset)}; known: {', '.join(NUM_CLASSES)}")
     protocol = _parse_protocol(data["protocol"], where.at("protocol"))
     if protocol.dataset != dataset:
-        raise where.fail(f"protocol dataset {protocol.dataset!r} differs from table's {dataset!r}")
+        raise where.fail(
+            f"protocol dataset {_short(protocol.dataset)} differs from table's {_short(dataset)}"
+        )
     star_protocol, star_note = None, None
     if data.get("star_protocol") is not None:
         swhere = where.at("star_protocol")
@@ -637,13 +770,15 @@ def parse_table(data: Any, source: Path) -> Table:
         row = _parse_row(raw, where, index, dataset)
         for name in (row.id, *row.aliases):
             if name in ids:
-                raise where.at(f"row {row.id!r}").fail(f"duplicate row id {name!r}")
+                raise where.at(f"row {_short(row.id)}").fail(f"duplicate row id {_short(name)}")
             ids.add(name)
         rows.append(row)
         cells = [row.original, *(v.reported for v in row.variants)]
         cells += [v.share for v in row.variants if v.share is not None]
         if star_protocol is None and any(c.star for c in cells):
-            raise where.at(f"row {row.id!r}").fail("a cell has star: true but no star_protocol")
+            raise where.at(f"row {_short(row.id)}").fail(
+                "a cell has star: true but no star_protocol"
+            )
     table_readings = {**readings_mod.DEFAULTS, **_readings(data.get("readings"), where)}
     return Table(
         readings=tuple(table_readings.items()),
@@ -684,7 +819,7 @@ def load_tables(tables_dir: Path | str | None = None) -> dict[str, Table]:
         table = load_table_file(path)
         if table.id in tables:
             raise TargetError(
-                f"{path}: duplicate table id {table.id!r} (also in {tables[table.id].source})"
+                f"{path}: duplicate table id {_short(table.id)} (also in {tables[table.id].source})"
             )
         tables[table.id] = table
     if not tables:
@@ -692,11 +827,58 @@ def load_tables(tables_dir: Path | str | None = None) -> dict[str, Table]:
     return tables
 
 
-def load_table_file(path: Path) -> Table:
+def _read_table_text(path: Path) -> str:
+    """The file's text, if it is a regular file of at most :data:`MAX_TABLE_BYTES` of UTF-8.
+
+    Opened non-blocking and checked on the open descriptor: a FIFO would block ``open`` and
+    ``read`` forever, and a symlink to ``/dev/zero`` never ends."""
+    import stat
+
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as error:
         raise TargetError(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise TargetError(f"{path}: not a regular file; table files must be plain files")
+        if info.st_size > MAX_TABLE_BYTES:
+            raise TargetError(
+                f"{path}: {info.st_size} bytes; a table file is at most {MAX_TABLE_BYTES} bytes"
+            )
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            blob = handle.read(MAX_TABLE_BYTES + 1)
+    except OSError as error:
+        raise TargetError(f"{path}: cannot read: {error.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(blob) > MAX_TABLE_BYTES:
+        raise TargetError(f"{path}: a table file is at most {MAX_TABLE_BYTES} bytes")
+    try:
+        return blob.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise TargetError(
+            f"{path}: not UTF-8 text (byte {error.start} cannot be decoded); "
+            "a table file is YAML in UTF-8"
+        ) from None
+
+
+def load_table_file(path: Path) -> Table:
+    text = _read_table_text(path)
+    try:
+        return _parse_text(text, path)
+    except TargetError:
+        raise
+    except (RecursionError, MemoryError, ValueError, TypeError, OverflowError) as error:
+        # Whatever slips past the checks above (an int of 5000 digits, ...): still one line.
+        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise TargetError(
+            f"{path}: cannot load this table ({type(error).__name__}{': ' if detail else ''}"
+            f"{detail})"
+        ) from None
+
+
+def _parse_text(text: str, path: Path) -> Table:
     try:
         data = yaml.load(text, Loader=_TableLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as error:
@@ -713,7 +895,7 @@ def load_table_file(path: Path) -> Table:
 def _no_match(kind: str, wanted: str, known: list[str], context: str = "") -> TargetError:
     close = difflib.get_close_matches(wanted, known, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"
-    return TargetError(f"unknown {kind} {wanted!r}{context}{hint}")
+    return TargetError(f"unknown {kind} {_short(wanted)}{context}{hint}")
 
 
 def find_table(tables: dict[str, Table], table_id: str) -> Table:
@@ -833,7 +1015,7 @@ def resolve_cells(
     ``--share`` asks for the shared cell of each chosen variant, also one the paper did not print.
     """
     if share not in SHARE_CHOICES:
-        raise TargetError(f"share must be one of {', '.join(SHARE_CHOICES)}, got {share!r}")
+        raise TargetError(f"share must be one of {', '.join(SHARE_CHOICES)}, got {_short(share)}")
     table = find_table(tables, table_id)
     row = find_row(table, row_id)
     if not variants:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -90,3 +91,140 @@ def test_bad_command_lines_give_one_line_and_exit_2(store, monkeypatch, case):
         result.exception, SystemExit
     ), repr(result.exception)
     assert _dump(db) == before
+
+
+# --------------------------------------------------------------------------------------------
+# A hostile or broken tables folder: one line, exit 2, in bounded time and memory.
+
+
+def _bomb() -> str:
+    """A billion laughs: ten anchored lists, each nine aliases of the one before (9**10 x's)."""
+    parts = ["&a [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 10):
+        prev = chr(96 + i)
+        parts.append(f"&{chr(97 + i)} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    return "[" + ", ".join(parts) + "]"
+
+
+def _hostile(kind: str, path: Path) -> None:
+    """Write the bad table file ``kind`` at ``path``."""
+    table = ws.TINY_TABLE
+    if kind == "alias bomb in caption":
+        path.write_text(table.replace("id: tiny\n", f"id: bomb\ncaption: {_bomb()}\n"))
+    elif kind == "50 MB file":
+        path.write_text(table.replace("id: tiny", "id: big") + "#" * (50 << 20) + "\n")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink to /dev/zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "100k nesting levels":
+        path.write_text("id: deep\ncaption: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    elif kind == "unhashable key":
+        path.write_text("? [a, b]\n: 1\nid: k\n")
+    elif kind == "invalid utf-8":
+        path.write_bytes(table.replace("id: tiny", "id: latin").encode() + b"# caf\xe9\n")
+    elif kind == "binary":
+        path.write_bytes(bytes(range(256)) * 16)
+    elif kind == "5000-digit stage count":
+        path.write_text(table.replace("RKNet-1x2_1x1_1x1", "RKNet-" + "9" * 5000 + "x1_1x1_1x1"))
+    elif kind == "5000-digit depth":
+        path.write_text(table.replace("depth: 10", "depth: " + "9" * 5000))
+    else:
+        raise AssertionError(kind)
+
+
+HOSTILE_TABLES = {
+    "alias bomb in caption": "must be a string",
+    "50 MB file": f"at most {1 << 20} bytes",
+    "fifo": "not a regular file",
+    "symlink to /dev/zero": "not a regular file",
+    "100k nesting levels": "nested more than 32 levels",
+    "unhashable key": "cannot be a key",
+    "invalid utf-8": "not UTF-8",
+    "binary": "bad.yaml",
+    "5000-digit stage count": "bad.yaml",
+    "5000-digit depth": "bad.yaml",
+}
+
+
+def _rkrepro(env: dict[str, str], *args: str, timeout: float = 30) -> tuple[int, str, float]:
+    """``python -m rkrepro ARGS`` in a child with 4 GB of address space at most."""
+    import resource
+    import subprocess
+    import sys
+    import time
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    start = time.monotonic()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "rkrepro", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=limit,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"rkrepro {' '.join(args)[:80]} did not answer within {timeout}s")
+    return done.returncode, done.stdout + done.stderr, time.monotonic() - start
+
+
+def _child_env(root: Path) -> dict[str, str]:
+    env = {**os.environ, **ws.make_workspace(root, n_train=10, n_test=10)}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("kind", sorted(HOSTILE_TABLES))
+def test_a_hostile_table_file_is_one_line_in_bounded_time(tmp_path: Path, kind: str) -> None:
+    env = _child_env(tmp_path)
+    _hostile(kind, tmp_path / "tables" / "bad.yaml")
+    code, output, seconds = _rkrepro(env, "list")
+    lines = output.strip().splitlines()
+    assert code == 2 and len(lines) == 1, output[-2000:]
+    assert lines[0].startswith("Error: ") and "bad.yaml" in lines[0], lines[0]
+    assert HOSTILE_TABLES[kind] in lines[0] and len(lines[0]) < 500, lines[0]
+    assert seconds < 20, seconds
+
+
+_ONLY_ORIGINAL = ("    variants:\n      - {name: RKNet-1x2_1x1_1x1, share: {}}\n", "")
+OVERSIZED = {
+    # (replacements in the tiny table, what the one error line must say)
+    "huge variant": ([("RKNet-1x2_1x1_1x1", "RKNet-1000x1000_1x1_1x1")], "at most 64 stages"),
+    "growth rate 10^6": ([("growth_rate: 4", "growth_rate: 1000000")], "at most 256"),
+    "m of 10^4": ([("m: [2, 2, 2]", "m: [2, 10000, 2]")], "at most 512"),
+    "too many layers": ([("RKNet-1x2_1x1_1x1", "RKNet-64x64_1x1_1x1")], "at most 2000"),
+    # A DenseNet-BC within every field's limit, 995 layers of k=256: about 1e11 parameters.
+    "too many parameters": (
+        [("growth_rate: 4", "growth_rate: 256"), ("depth: 10", "depth: 1990"), _ONLY_ORIGINAL],
+        "G per model",
+    ),
+}
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("case", sorted(OVERSIZED))
+def test_an_oversized_model_is_refused_before_it_is_built(tmp_path: Path, case: str) -> None:
+    replacements, expected = OVERSIZED[case]
+    env = _child_env(tmp_path)
+    table = ws.TINY_TABLE
+    for old, new in replacements:
+        table = table.replace(old, new)
+    assert table != ws.TINY_TABLE
+    (tmp_path / "tables" / "tiny.yaml").write_text(table)
+    for args in (
+        ["params", "tiny"],
+        ["plan", "tiny"],
+        ["report", "tiny"],
+        ["run", "tiny", "--row", "bc-k4", "--dry-run", "--device", "cpu"],
+    ):
+        code, output, seconds = _rkrepro(env, *args, timeout=60)
+        lines = output.strip().splitlines()
+        assert code == 2 and len(lines) == 1, (args, output[-2000:])
+        assert expected in lines[0] and "tiny.yaml" in lines[0], (args, lines[0])
+        assert seconds < 20, (args, seconds)
