@@ -46,3 +46,24 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     if not path or path == ":memory:":
         return None
     return Path(path)
+
+
+def checkpoint_dir(config_hash: str, tracking_uri: str | None = None) -> Path:
+    """Where one configuration's checkpoints live for one store.
+
+    A checkpoint belongs to one run of one store: the same cell trained against another
+    ``--tracking-uri`` must neither resume from nor clear the default store's checkpoint. The
+    default local store keeps ``runs/checkpoints/HASH`` (as before); every other store gets
+    ``runs/checkpoints/store-DIGEST/HASH``, DIGEST naming its URI (an SQLite file by its
+    absolute path, so two spellings of one file share their checkpoints)."""
+    import hashlib
+
+    root = runs_dir() / "checkpoints"
+    uri = resolve_tracking_uri(tracking_uri)
+    path = sqlite_path(uri)
+    if path is not None:
+        if path.absolute() == (runs_dir() / "mlflow.db").absolute():
+            return root / config_hash
+        uri = f"sqlite:///{path.absolute()}"
+    digest = hashlib.sha256(uri.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return root / f"store-{digest}" / config_hash

@@ -414,3 +414,26 @@ def test_a_single_node_torchrun_job_listens_on_loopback_only(tmp_path: Path) -> 
     listening = [line for line in done.stdout.splitlines() if line.startswith("LISTEN")]
     assert listening, done.stdout + done.stderr  # the probe saw the stores at all
     assert all(" loopback " in line for line in listening), "\n".join(listening)
+
+
+def test_the_same_cell_in_another_store_leaves_this_stores_checkpoint(
+    space: Space, reference
+) -> None:
+    """Checkpoints belong to one run of one store: training the cell against another
+    ``--tracking-uri`` in the same runs folder must not clear the resumable checkpoint."""
+    runs = space.store("runs")
+    code, output = space.run(runs, RKREPRO_FAULT_KILL_IN_CHECKPOINT="3")
+    assert code == -signal.SIGKILL, output
+    checkpoints = space.checkpoints(runs)
+    before = checkpoints.last.read_bytes()
+    other = space.store("other")
+    uri = f"sqlite:///{other / 'mlflow.db'}"
+
+    code, output = space.run(runs, *ARGS, "--tracking-uri", uri)
+    assert code == 0, output
+    assert checkpoints.last.read_bytes() == before, "another store's run replaced the checkpoint"
+
+    code, output = space.run(runs)
+    assert code == 0, output
+    assert "resuming run" in output
+    assert_same_results(space, runs, reference)

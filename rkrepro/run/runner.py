@@ -20,7 +20,7 @@ from rkrepro import mlflow_keys, tracking
 from rkrepro.checkpoints import CheckpointBusy, Checkpoints
 from rkrepro.errors import RkreproError
 from rkrepro.fast_path import FastPath, run_precision
-from rkrepro.paths import runs_dir
+from rkrepro.paths import checkpoint_dir
 from rkrepro.run import progress as progress_ui
 from rkrepro.run.plans import Plan, RunOptions, per_rank_batch, resolve_device
 
@@ -37,8 +37,9 @@ class PlanStatus:
     detail: str = ""
 
 
-def checkpoints_for(plan: Plan) -> Checkpoints:
-    return Checkpoints(runs_dir() / "checkpoints" / plan.config_hash)
+def checkpoints_for(plan: Plan, tracking_uri: str | None = None) -> Checkpoints:
+    """The plan's checkpoints in the store ``tracking_uri`` (see :func:`checkpoint_dir`)."""
+    return Checkpoints(checkpoint_dir(plan.config_hash, tracking_uri))
 
 
 @dataclass
@@ -119,7 +120,7 @@ class Runner:
             return PlanStatus("done", existing)
         if self.options.force:
             return PlanStatus("new", existing, f"forced; replaces a {existing.status} run")
-        info = checkpoints_for(plan).peek()
+        info = checkpoints_for(plan, self.uri).peek()
         detail = existing.status.lower()
         if info and info.get("run_id") == existing.run_id:
             detail += f", checkpoint after epoch {info.get('epoch')}/{plan.protocol.epochs}"
@@ -180,7 +181,7 @@ class Runner:
                 if status.state == "done":
                     self._say_done(plan, status)
                     return status
-                held.enter_context(checkpoints_for(plan).lock())
+                held.enter_context(checkpoints_for(plan, self.uri).lock())
                 return self.status(plan)  # again, now that no other process can start it
 
             try:
@@ -301,7 +302,7 @@ class Runner:
 
     def _open_run(self, plan: Plan, status: PlanStatus) -> _OpenedRun:
         """Rank 0 / one process: the MLflow run to write (resumed or new) and its checkpoint."""
-        checkpoints = checkpoints_for(plan)
+        checkpoints = checkpoints_for(plan, self.uri)
         env_tags = self._environment_tags()
         existing = status.run
         if status.state == "resume" and existing is not None:
@@ -343,7 +344,7 @@ class Runner:
         if self.dist.is_main:
             opened = mine[0]
         else:
-            checkpoints = distributed.NoCheckpoints(checkpoints_for(plan).dir)
+            checkpoints = distributed.NoCheckpoints(checkpoints_for(plan, self.uri).dir)
             state = None
             if resume:  # rank 0 is not writing yet: it waits in the barrier below
                 state = checkpoints.load()
