@@ -43,6 +43,27 @@ BAD_COMMANDS = {
     "show without row": (["show", "tiny"], "Missing option '--row'"),
     "params unknown row": (["params", "tiny", "--row", "bc-k44"], "did you mean bc-k4"),
     "plan row without table": (["plan", "--row", "bc-k4"], "needs a TABLE"),
+    "negative workers": ([*RUN, "--workers", "-1"], "--workers"),
+    "tpu dry run": ([*RUN, "--device", "tpu:7", "--dry-run"], "unknown device 'tpu:7'"),
+    "report out onto the store": (["report", "tiny", "--out", "runs/mlflow.db"], "MLflow store"),
+    "report out onto a checkpoint": (
+        ["report", "tiny", "--out", "runs/checkpoints/abc/last.pt"],
+        "checkpoints folder",
+    ),
+    "report out onto a table file": (
+        ["report", "tiny", "--out", "tables/tiny.yaml"],
+        "not an rkrepro report; add --force",
+    ),
+    "report out into a missing folder": (
+        ["report", "tiny", "--out", "missing/report.md"],
+        "does not exist",
+    ),
+    "report out onto a folder": (["report", "tiny", "--out", "tables"], "is a folder"),
+    "report out onto /dev/full": (
+        ["report", "tiny", "--out", "/dev/full", "--format", "markdown"],
+        "No space left on device",
+    ),
+    "report plots onto a file": (["report", "tiny", "--plots", "tables/tiny.yaml"], "is a file"),
 }
 
 

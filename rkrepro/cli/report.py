@@ -147,6 +147,10 @@ def report_command(
             show_default=False,
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Let --out replace a file that is not an rkrepro report."),
+    ] = False,
     tracking_uri: TrackingUri = None,
     tables_dir: TablesDir = None,
 ) -> None:
@@ -154,6 +158,10 @@ def report_command(
     from rkrepro import readings
     from rkrepro import report as reporting
 
+    if out is not None:
+        check_output_file(out, tracking_uri, force)
+    if plots is not None and plots.exists() and not plots.is_dir():
+        raise RkreproError(f"--plots {plots} is a file; --plots takes a folder")
     chosen = format or SUFFIX_FORMATS.get(out.suffix.lower() if out else "", ReportFormat.rich)
     result, _ = reporting.load_report(
         tracking_uri,
@@ -167,7 +175,11 @@ def report_command(
     )
     images: list[Path] = []
     if plots is not None:
-        images = reporting.write_plots(result, plots, tracking_uri)
+        try:
+            images = reporting.write_plots(result, plots, tracking_uri)
+        except OSError as error:
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            raise RkreproError(f"cannot write plots to {plots}: {reason}") from None
         name = "report " + (table or "all")
         run_id = reporting.log_plots(tracking_uri, result, images, name)
         typer.echo(
@@ -185,7 +197,66 @@ def report_command(
         typer.echo("Check passed: no reproduced error is worse than tolerance.", err=True)
 
 
+# How each --out format begins (rich text has no mark): what "a file rkrepro made" means.
+_REPORT_MARKS = ("# rkrepro report", "% rkrepro report", "<!DOCTYPE html>")
+
+
+def _made_by_rkrepro(path: Path) -> bool:
+    """Whether ``path`` holds an earlier rkrepro report (so replacing it loses nothing)."""
+    from rkrepro.report import RECORD_FIELDS
+
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4096).decode("utf-8", "replace")
+    except OSError:
+        return False
+    if head.startswith(_REPORT_MARKS[:2]):
+        return True
+    if head.startswith(_REPORT_MARKS[2]):
+        return "<title>rkrepro report</title>" in head
+    if head.startswith(",".join(RECORD_FIELDS) + "\n"):
+        return True
+    return head.startswith('{\n  "metric": ')
+
+
+def check_output_file(out: Path, tracking_uri: str | None, force: bool) -> None:
+    """Refuse an ``--out`` that cannot be written or must not be replaced, before any work:
+    the run store and checkpoints never (a report there destroys the runs), any other
+    existing file that is not an earlier rkrepro report only with ``--force``."""
+    from rkrepro.paths import resolve_tracking_uri, runs_dir, sqlite_path
+
+    target = out.resolve()
+    checkpoints = (runs_dir() / "checkpoints").resolve()
+    if target.is_relative_to(checkpoints):
+        raise RkreproError(f"--out {out} is inside the checkpoints folder; refusing to write there")
+    if out.is_dir():
+        raise RkreproError(f"--out {out} is a folder; give a file name")
+    if not out.parent.is_dir():
+        raise RkreproError(f"--out {out}: folder {out.parent} does not exist")
+    if not out.exists():
+        return
+    store = sqlite_path(resolve_tracking_uri(tracking_uri))
+    protected = [p for p in (store, runs_dir() / "mlflow.db") if p is not None]
+    for path in protected:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            candidate = path.with_name(path.name + suffix)
+            if candidate.exists() and candidate.resolve() == target:
+                raise RkreproError(f"--out {out} is the MLflow store; refusing to overwrite it")
+    if out.is_file() and not force and not _made_by_rkrepro(out):
+        raise RkreproError(
+            f"--out {out} exists and is not an rkrepro report; add --force to replace it"
+        )
+
+
 def _emit(result, chosen: ReportFormat, out: Path | None, images: list[Path]) -> None:
+    try:
+        _write(result, chosen, out, images)
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise RkreproError(f"cannot write --out {out}: {reason}") from None
+
+
+def _write(result, chosen: ReportFormat, out: Path | None, images: list[Path]) -> None:
     from rkrepro import report as reporting
 
     if chosen is ReportFormat.rich:

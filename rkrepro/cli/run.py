@@ -89,9 +89,9 @@ def run_command(
             show_default=False,
         ),
     ] = None,
-    workers: Annotated[int, typer.Option(help="Data loader processes (ImageNet only).")] = min(
-        8, os.cpu_count() or 1
-    ),
+    workers: Annotated[
+        int, typer.Option(min=0, help="Data loader processes (ImageNet only).")
+    ] = min(8, os.cpu_count() or 1),
     launcher: Annotated[
         str,
         typer.Option(
@@ -195,6 +195,7 @@ def run_command(
 
     if both and share is not None:
         raise RkreproError("use only one of --share, --no-share and --both")
+    plans.check_device_name(device)  # before planning: a dry run must not accept tpu:7
     share_choice = "both" if share is None else ("share" if share else "no-share")
     tables = targets.load_tables(tables_dir)
     cells = targets.resolve_cells(tables, table, row, variant or None, share_choice)

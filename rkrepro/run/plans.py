@@ -128,6 +128,16 @@ def visible_gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def check_device_name(name: str) -> None:
+    """Refuse a ``--device`` that no run could use, without importing torch (``--dry-run``
+    plans without one, so ``resolve_device`` alone would let ``tpu:7`` through)."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d{1,4})?", (name or "auto").strip().lower()):
+        shown = name if len(name) <= 40 else name[:40] + "..."
+        raise RkreproError(f"unknown device {shown!r}: use auto, cpu or cuda:N")
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> the first GPU if there is one, else the CPU; ``cuda:N`` must exist."""
     import torch
