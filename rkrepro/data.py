@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rkrepro.errors import DataError
+from rkrepro.fb_transforms import PCA_EIGVAL, PCA_EIGVEC
 from rkrepro.paths import DATA_DIR_ENV
 
 if TYPE_CHECKING:
@@ -48,15 +49,6 @@ CIFAR_PAD = 4
 # Test-set batch on a GPU (divides CIFAR's 10,000 test images).
 CUDA_EVAL_BATCH = 1000
 
-# fb.resnet.torch datasets/imagenet.lua.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
-PCA_EIGVEC = (
-    (-0.5675, 0.7192, 0.4009),
-    (-0.5808, -0.0045, -0.8140),
-    (-0.5836, -0.6948, 0.4203),
-)
 IMAGENET_TRAIN_IMAGES = 1_281_167
 IMAGENET_VAL_IMAGES = 50_000
 IMAGENET_CLASSES = 1000
