@@ -1,11 +1,38 @@
 #!/usr/bin/env bash
-# The GPU check of issue 6, prepared to run in one device call of at most ~8 minutes:
-#   bash bench/gpu_check.sh            (figures go to $OUT, or ./gpu-check/)
-# DenseNet-BC-100 k=12 (arms T, A, B, plus T packed 4 to the GPU) and ResNet-56 (arms T, B;
-# torchvision has no CIFAR ResNet). Needs torch and torchvision, not mlflow and no network.
+# Issue 14's device check, one call of at most ~7 minutes (run tool, timeout_s=540):
+#   bash bench/gpu_check.sh            (files go to $OUT, or ./gpu-check/)
+# Needs torch + torchvision + PyYAML (on the H200 image), not mlflow, not pytest, no network.
+# Every section has its own timeout, cut to what is left of DEADLINE_S, so a slow one loses
+# only itself. At most 8 files come back; $OUT holds exactly these:
+#   machine.txt      GPU, driver, torch/torchvision/CUDA/cuDNN versions
+#   summary.txt      each section: exit status and seconds (124 = timed out)
+#   selfcheck.txt    bench/gpu_selfcheck.py: CHECK lines (variants, resume, oom) + tracebacks
+#   selfcheck.json   per-step losses of graph on/off x bf16/fp32, resume metrics, OOM reason
+#   throughput.txt   every bench/throughput.py report (arms, images/s, TFLOP/s, memory, packing)
+#   throughput.jsonl one line per arm: images/s, ms/step, TFLOP/s, peak MiB, FLOPs, precision
+#   calibration.yaml ready-to-commit entries for rkrepro/calibration.yaml (arm T)
+#   pytest.txt       the CUDA tests of tests/ (if pytest imports there)
 set -u
 out="${OUT:-gpu-check}"
 mkdir -p "$out"
+DEADLINE_S="${DEADLINE_S:-430}"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+: >"$out/summary.txt"
+
+section() {  # section NAME TIMEOUT LOG COMMAND...
+  local name=$1 limit=$2 log=$3 left=$((DEADLINE_S - SECONDS)) start=$SECONDS
+  shift 3
+  if ((left < 15)); then
+    echo "$name: skipped, deadline reached" | tee -a "$out/summary.txt"
+    return
+  fi
+  ((limit > left)) && limit=$left
+  echo "=== $name (limit ${limit}s)" | tee -a "$out/$log"
+  timeout -k 5 "$limit" "$@" >>"$out/$log" 2>&1
+  local rc=$?
+  echo "$name: exit $rc, $((SECONDS - start)) s" | tee -a "$out/summary.txt" "$out/$log"
+}
+
 {
   date -u
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
@@ -13,10 +40,26 @@ mkdir -p "$out"
 } >"$out/machine.txt" 2>&1
 cat "$out/machine.txt"
 
-# Each benchmark stops starting rounds after --seconds; the timeouts are a backstop only.
-timeout 270 python3 bench/throughput.py --row densenet-bc-k12 --device cuda \
-  --seconds 150 --jobs-per-gpu 4 2>&1 | tee "$out/densenet-bc-k12.txt"
-echo "exit ${PIPESTATUS[0]}" >>"$out/densenet-bc-k12.txt"
-timeout 180 python3 bench/throughput.py --table table4 --row resnet-56 --device cuda \
-  --seconds 90 2>&1 | tee "$out/resnet-56.txt"
-echo "exit ${PIPESTATUS[0]}" >>"$out/resnet-56.txt"
+TP="python3 bench/throughput.py --device cuda --json $out/throughput.jsonl"
+section selfcheck 100 selfcheck.txt python3 bench/gpu_selfcheck.py --out "$out"
+section bc100 90 throughput.txt $TP --table table1 --row densenet-bc-k12 \
+  --arms T,T-fp32,A,B --steps 100 --rounds 3 --seconds 60
+for depth in 20 56 110; do
+  section "resnet-$depth" 45 throughput.txt $TP --table table4 --row "resnet-$depth" \
+    --arms T,T-fp32,B --steps 100 --rounds 3 --seconds 30
+done
+section pack-resnet-20 50 throughput.txt $TP --table table4 --row resnet-20 --arms T \
+  --steps 100 --rounds 2 --seconds 10 --jobs-per-gpu 4,8 --no-loss-check
+section pack-bc100 55 throughput.txt $TP --table table1 --row densenet-bc-k12 --arms T \
+  --steps 100 --rounds 2 --seconds 10 --jobs-per-gpu 4,8 --no-loss-check
+section large-bc190-k40 70 throughput.txt $TP --spec densenet-bc:190:40 --arms T,T-fp32 \
+  --steps 10 --rounds 2 --warmup-steps 3 --seconds 40 --no-loss-check
+python3 -c "import json, sys; from rkrepro import calibration; print(calibration.snippet([json.loads(l) for l in open(sys.argv[1])]), end='')" \
+  "$out/throughput.jsonl" >"$out/calibration.yaml" 2>>"$out/summary.txt"
+if python3 -c "import pytest" 2>/dev/null; then
+  section pytest-cuda 40 pytest.txt python3 -m pytest -q -x -p no:cacheprovider \
+    tests/test_train.py tests/test_data.py -k "cuda or graph or bf16"
+else
+  echo "pytest-cuda: skipped, no pytest on this machine" | tee -a "$out/summary.txt" "$out/pytest.txt"
+fi
+cat "$out/summary.txt"

@@ -127,6 +127,19 @@ def _probe(cell: Cell, device: str, steps: int) -> tuple[float, float]:
     return steps * batch / elapsed, torch.cuda.max_memory_allocated(device) / 2**30
 
 
+def calibration_device() -> str:
+    """The device whose calibration entries a plan uses: ``RKREPRO_CALIBRATION_DEVICE``, else
+    this machine's first GPU, else ``cpu``."""
+    import os
+
+    import torch
+
+    name = os.environ.get("RKREPRO_CALIBRATION_DEVICE", "").strip()
+    if name:
+        return name
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
 def estimate(
     cells: list[Cell],
     tflops: float = DEFAULT_TFLOPS,
@@ -138,8 +151,11 @@ def estimate(
     """One estimate per cell; ``probe_device`` (a CUDA device) measures instead of assuming."""
     import torch
 
+    from rkrepro import calibration
     from rkrepro.models import build_model, count_flops, input_size_for, spec_param_counts
 
+    measured = calibration.load()
+    device_name = calibration_device()
     estimates = []
     for cell in cells:
         paper, total = spec_param_counts(cell.spec)
@@ -153,6 +169,20 @@ def estimate(
             # Evaluation runs without backward: about a third of a training step per image.
             seconds = cell.protocol.epochs * (train + test / BACKWARD_FACTOR) / images_per_s
             source = f"measured on {torch.cuda.get_device_name(probe_device)}"
+        elif (
+            hit := calibration.lookup(
+                measured,
+                device_name,
+                cell.spec.family,
+                cell.spec.depth,
+                cell.spec.growth_rate,
+                cell.protocol.batch_size,
+                forward,
+            )  # fmt: skip
+        ) is not None:
+            seconds = cell.protocol.epochs * (train + test / BACKWARD_FACTOR) / hit.images_per_s
+            peak = _memory_estimate(cell, total)
+            source = f"{hit.source} (rkrepro/calibration.yaml)"
         else:
             overhead_floor = cell.protocol.epochs * (train + test / 3) / max_images_per_s
             seconds = max(flops / (tflops * 1e12), overhead_floor)

@@ -87,10 +87,16 @@ class FastPath:
     def from_env(cls) -> FastPath:
         return cls.parse(os.environ.get(FAST_PATH_ENV))
 
-    def for_device(self, device: torch.device | str) -> FastPath:
-        """The parts that apply on ``device`` (the CUDA-only ones are off elsewhere)."""
+    def for_device(self, device: torch.device | str, emulate_cuda: bool = False) -> FastPath:
+        """The parts that apply on ``device`` (the CUDA-only ones are off elsewhere).
+
+        ``emulate_cuda`` (tests, ``bench/gpu_selfcheck.py --cpu-smoke``) keeps on the CPU the
+        CUDA parts whose logic runs there too: bf16 autocast, fused SGD with a tensor learning
+        rate, and the captured step's body, called eagerly instead of replayed."""
         if _device_type(device) == "cuda":
             return replace(self, cpu_malloc=False)
+        if emulate_cuda:
+            return replace(self, cudnn_benchmark=False, gpu_decode=False)
         return replace(
             self,
             bf16=False,

@@ -105,15 +105,27 @@ class CudaGraphStep:
     every kernel of ``body`` at once (no per-op launch overhead, no host synchronisation).
 
     Parameters, gradients, optimizer state, BatchNorm buffers and running sums are updated in
-    place by every replay; one capture serves one batch shape.
+    place by every replay; one capture serves one batch shape. Off CUDA (the CPU tests of this
+    logic) nothing is captured and a "replay" calls ``body`` eagerly on the static inputs after
+    ``reset`` (setting the gradients to None, as a capture starts them: a replay writes them
+    afresh, an eager backward would otherwise accumulate).
     """
 
-    def __init__(self, body: Callable[[Tensor, Tensor], None], x: Tensor, y: Tensor) -> None:
+    def __init__(
+        self,
+        body: Callable[[Tensor, Tensor], None],
+        x: Tensor,
+        y: Tensor,
+        reset: Callable[[], None] | None = None,
+    ) -> None:
         self.x = x.clone(memory_format=torch.preserve_format)
         self.y = y.clone()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            body(self.x, self.y)
+        self.body, self.reset = body, reset
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if x.device.type == "cuda":
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                body(self.x, self.y)
 
     def matches(self, x: Tensor, y: Tensor) -> bool:
         return x.shape == self.x.shape and x.stride() == self.x.stride() and y.shape == self.y.shape
@@ -121,27 +133,37 @@ class CudaGraphStep:
     def __call__(self, x: Tensor, y: Tensor) -> None:
         self.x.copy_(x)
         self.y.copy_(y)
-        self.graph.replay()
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        if self.reset is not None:
+            self.reset()
+        self.body(self.x, self.y)
 
 
 class _LaggedReadout:
     """Running sums copied to pinned host memory without waiting; a read returns the last
-    copy that has landed, so a progress bar costs no host-device synchronisation."""
+    copy that has landed, so a progress bar costs no host-device synchronisation. On the CPU
+    a copy lands at once, so a read returns the previous request's sums (the same lag)."""
 
-    def __init__(self) -> None:
-        self.host = torch.zeros(2, dtype=torch.float64).pin_memory()
-        self.event = torch.cuda.Event()
+    def __init__(self, device: torch.device) -> None:
+        cuda = device.type == "cuda"
+        self.host = torch.zeros(2, dtype=torch.float64)
+        self.host = self.host.pin_memory() if cuda else self.host
+        self.event = torch.cuda.Event() if cuda else None
         self.pending_seen = 0
         self.value = (float("nan"), float("nan"))
 
     def request(self, loss_sum: Tensor, wrong: Tensor, seen: int) -> tuple[float, float]:
-        if self.pending_seen and self.event.query():
+        landed = self.event is None or self.event.query()
+        if self.pending_seen and landed:
             loss, bad = self.host.tolist()
             self.value = (loss / self.pending_seen, 100.0 * bad / self.pending_seen)
             self.pending_seen = 0
         if not self.pending_seen:
             self.host.copy_(torch.stack([loss_sum, wrong.double()]), non_blocking=True)
-            self.event.record()
+            if self.event is not None:
+                self.event.record()
             self.pending_seen = seen
         return self.value
 
@@ -313,12 +335,16 @@ class Trainer:
         extra_state: dict[str, Any] | None = None,
         reduce_sums: Callable[[Tensor], Tensor] | None = None,
         fast: FastPath | None = None,
+        emulate_cuda: bool = False,
     ) -> None:
         from torch.nn.parallel import DistributedDataParallel
 
         from rkrepro.models.densenet import set_feature_buffer
 
-        self.fast = (fast if fast is not None else FastPath.from_env()).for_device(device)
+        # emulate_cuda: the CUDA step's logic on the CPU (see FastPath.for_device).
+        self.fast = (fast if fast is not None else FastPath.from_env()).for_device(
+            device, emulate_cuda
+        )
         set_feature_buffer(model, self.fast.feature_buffer)
         wrapped = isinstance(model, DistributedDataParallel)
         if self.fast.channels_last and not wrapped:  # DDP: model_device_setup did it before
@@ -366,6 +392,7 @@ class Trainer:
             and reduce_sums is None
         )
         self.graph: CudaGraphStep | None = None
+        self._lr_tensors: list[Tensor] = []
         self._eager_steps = 0
         self._loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         self._wrong = torch.zeros((), device=device, dtype=torch.int64)
@@ -382,7 +409,7 @@ class Trainer:
             "global_step": self.global_step,
             "model": self.model.state_dict(),
             "optimizer": self._optimizer_state(),
-            "scheduler": self.scheduler.state_dict(),
+            "scheduler": self._scheduler_state(),
             "scaler": self.scaler.state_dict(),
             "rng": rng_states(),
             "history": [asdict(r) for r in self.history],
@@ -414,6 +441,15 @@ class Trainer:
             group["lr"] = _as_float(group["lr"])
         return state
 
+    def _scheduler_state(self) -> dict[str, Any]:
+        """The scheduler's state with float learning rates: a scheduler reading a tensor lr
+        keeps copies of it (``_last_lr``), device tensors a CPU process could not load."""
+        state = self.scheduler.state_dict()
+        for key in ("_last_lr", "base_lrs"):
+            if key in state:
+                state[key] = [_as_float(v) for v in state[key]]
+        return state
+
     # -- one step -------------------------------------------------------------------------
 
     def _forward(self, x: Tensor, y: Tensor, cache: bool = True) -> tuple[Tensor, Tensor]:
@@ -438,9 +474,21 @@ class Trainer:
     def _lr_to_device(self) -> None:
         """Make the learning rate a device tensor that a replay reads; the scheduler updates
         it in place (``fill_``), so the captured step follows the schedule."""
+        self._lr_tensors = []
         for group in self.optimizer.param_groups:
             if not isinstance(group["lr"], Tensor):
                 group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
+            self._lr_tensors.append(group["lr"])
+
+    def _step_scheduler(self) -> None:
+        """Step the schedule and keep the captured learning-rate tensors current: torch
+        versions whose scheduler replaces a tensor lr (instead of ``fill_``) would otherwise
+        leave a replay reading the old rate for the rest of the run."""
+        self.scheduler.step()
+        for group, tensor in zip(self.optimizer.param_groups, self._lr_tensors, strict=False):
+            if group["lr"] is not tensor:
+                tensor.fill_(_as_float(group["lr"]))
+                group["lr"] = tensor
 
     def _capture(self, x: Tensor, y: Tensor) -> bool:
         """Capture the step for batches shaped like ``x``. On failure train eagerly from now
@@ -448,13 +496,19 @@ class Trainer:
         try:
             self._lr_to_device()
             self.optimizer.zero_grad(set_to_none=True)
-            self.graph = CudaGraphStep(self._graph_body, x, y)
+            reset = None if x.device.type == "cuda" else self._zero_grad
+            self.graph = CudaGraphStep(self._graph_body, x, y, reset)
+        except torch.cuda.OutOfMemoryError:
+            raise  # not a capture problem: fit() turns it into the --memory-efficient hint
         except Exception as error:  # noqa: BLE001 - any capture failure: fall back to eager
             print(f"warning: CUDA graph capture failed, training eagerly: {error}", file=sys.stderr)
             self.graph, self.use_graph = None, False
             self.optimizer.zero_grad(set_to_none=True)
             return False
         return True
+
+    def _zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
 
     def train_step(self, x: Tensor, y: Tensor, epoch: int = 0, step: int = 0) -> None:
         """One step exactly as :meth:`fit` takes it (memory format, captured graph or eager);
@@ -482,7 +536,8 @@ class Trainer:
                 assert self.graph is not None
                 self.graph(x, y)
                 return
-            if self.graph is None and self.use_graph:  # warm-up runs on a side stream
+            if self.graph is None and self.use_graph and self.device.type == "cuda":
+                # Warm-up runs on a side stream, as capture requires.
                 current = torch.cuda.current_stream(self.device)
                 side = torch.cuda.Stream(self.device)
                 side.wait_stream(current)
@@ -532,7 +587,7 @@ class Trainer:
         train_s = float(p.get("train_s", 0.0))
         total_s = float(p.get("total_s", 0.0))
         lr = _as_float(self.optimizer.param_groups[0]["lr"])
-        readout = _LaggedReadout() if self.use_graph else None
+        readout = _LaggedReadout(device) if self.use_graph else None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         if self.progress:
@@ -591,7 +646,7 @@ class Trainer:
             self.save()
             self.stop.check()
             raise
-        self.scheduler.step()
+        self._step_scheduler()
         elapsed = total_s + time.perf_counter() - started
         train_time = train_s + train_done
         record = EpochRecord(

@@ -68,7 +68,8 @@ def test_arm_a_is_skipped_for_models_torchvision_cannot_build(tmp_path: Path) ->
 
 def test_gpu_check_script_is_valid_bash_with_real_benchmark_flags() -> None:
     """bench/gpu_check.sh is what a session lent a GPU runs in one call: it must parse, and
-    every benchmark command in it must use flags and rows that exist."""
+    every benchmark command in it must use flags, arms and rows that exist."""
+    import re
     import shlex
 
     sys.path.insert(0, str(ROOT / "bench"))
@@ -79,11 +80,39 @@ def test_gpu_check_script_is_valid_bash_with_real_benchmark_flags() -> None:
     script = ROOT / "bench" / "gpu_check.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text(encoding="utf-8").replace("\\\n", " ")
-    commands = [line for line in text.splitlines() if "bench/throughput.py" in line]
-    assert len(commands) == 2
-    for line in commands:
-        words = shlex.split(line.split("2>&1")[0])
-        args = throughput.parse_args(words[words.index("bench/throughput.py") + 1 :])
-        assert args.device == "cuda" and args.seconds is not None
-        spec, _, _ = throughput.resolve(args)  # the table row exists
-        assert spec.dataset == "cifar10"
+    tp = re.search(r'^TP="(.*)"$', text, re.M)
+    assert tp is not None
+    commands = [line for line in text.splitlines() if line.strip().startswith("section ")]
+    bench = [c for c in commands if "$TP" in c]
+    assert len(bench) == 5 and any("gpu_selfcheck.py" in c for c in commands)
+    seen_arms: set[str] = set()
+    for line in bench:
+        for depth in ("20", "56", "110"):
+            words = shlex.split(line.replace("$TP", tp.group(1)).replace("$depth", depth))
+            words = [w.replace("$out", "out") for w in words]
+            args = throughput.parse_args(words[words.index("bench/throughput.py") + 1 :])
+            assert args.device == "cuda" and args.seconds is not None and args.json
+            spec, _, _ = throughput.resolve(args)  # the table row exists
+            assert spec.dataset == "cifar10"
+            seen_arms |= set(args.arms.split(","))
+            assert all(int(k) >= 1 for k in args.jobs_per_gpu.split(","))
+    assert seen_arms == {"T", "T-fp32", "A", "B"}
+
+
+def test_gpu_selfcheck_runs_on_cpu(tmp_path: Path) -> None:
+    """The device's correctness checks, on the CPU with the CUDA step's logic emulated (the
+    resume check takes ~2 minutes on 2 cores and is left to the device run)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_selfcheck.py"), "--cpu-smoke"]
+        + ["--only", "variants,oom", "--out", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "CHECK variants: OK" in result.stdout and "CHECK oom: SKIP" in result.stdout
+    import json
+
+    record = json.loads((tmp_path / "selfcheck.json").read_text())
+    assert set(record["variants"]["losses"]) == {
+        "graph_bf16", "graph_fp32", "eager_bf16", "eager_fp32"
+    }  # fmt: skip

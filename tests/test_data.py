@@ -299,3 +299,28 @@ def test_persistent_workers_give_reproducible_resumable_batches(tmp_path: Path) 
     assert not torch.equal(other[0][0], first[0][0])
     with pytest.raises(DataError, match="CUDA"):
         data.LoaderBatches(folder, 4, torch.device("cpu"), True, 0, 0, gpu_decode=True)
+
+
+def test_training_batches_are_the_per_image_transform_under_the_epoch_rng() -> None:
+    """The batched pipeline, device-agnostic code run on CPU tensors, against the reference
+    per-image pad-crop-flip driven by the same (seed, epoch) generator draws."""
+    x, y = h.random_images(40, 10)
+    split = data.ArraySplit(
+        torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y)
+    )
+    source = data.CifarBatches(split, 16, torch.device("cpu"), train=True, seed=3)
+    gen = torch.Generator().manual_seed(data.epoch_seed(3, 2))
+    order = torch.randperm(40, generator=gen)
+    offsets = torch.randint(0, 2 * data.CIFAR_PAD + 1, (40, 2), generator=gen)
+    flips = torch.rand(40, generator=gen) < 0.5
+    mean = torch.tensor(data.CIFAR_MEAN).view(3, 1, 1)
+    std = torch.tensor(data.CIFAR_STD).view(3, 1, 1)
+    seen = 0
+    for xb, yb in source.batches(2):
+        for j in range(len(yb)):
+            i = seen + j
+            img = (split.x[order[i]].float() / 255 - mean) / std
+            ref = _reference_augment(img, int(offsets[i, 0]), int(offsets[i, 1]), bool(flips[i]))
+            assert torch.allclose(xb[j], ref) and int(yb[j]) == int(split.y[order[i]])
+        seen += len(yb)
+    assert seen == 40

@@ -46,3 +46,28 @@ def test_memory_estimate_grows_with_depth_and_batch():
     est_small, est_large = cost.estimate([small, large], probe_device=None)
     assert est_large.peak_memory_gb > est_small.peak_memory_gb > 0
     assert est_large.gpu_hours > est_small.gpu_hours
+
+
+def test_plan_uses_a_measured_throughput_and_says_so(tmp_path, monkeypatch):
+    """An entry for (device, family, depth, batch) replaces the FLOPs estimate; others keep it."""
+    argv = ["plan", "table4", "--row", "resnet-20", "--format", "json", "--no-probe"]
+    assumed = json.loads(CliRunner().invoke(app, argv).output)["cells"]
+    flops = next(c["forward_flops"] for c in assumed if c["model"] == "original")
+    assert all(c["source"].startswith("FLOPs @") for c in assumed)
+    path = tmp_path / "calibration.yaml"
+    path.write_text(
+        "devices:\n  NVIDIA H200:\n    resnet:\n"
+        "      - {depth: 20, growth_rate: null, batch: 64, images_per_s: 40000,"
+        f" forward_flops: {flops}}}\n"
+    )
+    monkeypatch.setenv("RKREPRO_CALIBRATION_FILE", str(path))
+    monkeypatch.setenv("RKREPRO_CALIBRATION_DEVICE", "NVIDIA H200")
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    cells = json.loads(result.output)["cells"]
+    original = next(c for c in cells if c["model"] == "original")
+    assert original["source"] == "measured on NVIDIA H200 (rkrepro/calibration.yaml)"
+    assert original["gpu_hours"] == pytest.approx(300 * (50_000 + 10_000 / 3) / 40_000 / 3600)
+    for c in cells:  # a variant is "measured" only when its FLOPs are the measured model's
+        want = "measured on" if c["forward_flops"] == flops else "scaled by FLOPs from resnet d20"
+        assert c["source"].startswith(want), c

@@ -389,3 +389,94 @@ def test_checkpoint_state_is_plain_data_and_older_numpy_rng_still_loads(tmp_path
     np.random.seed(99)
     train.set_rng_states(ck.load()["rng"])
     assert (np.random.get_state()[1] == expected).all()
+
+
+# ------------------------------------------------- the CUDA step's logic, on the CPU
+
+
+def _emulated(tmp: Path, fast: train.FastPath, n: int = 88, epochs: int = 2) -> train.Trainer:
+    """A CPU trainer that takes the CUDA code path (``emulate_cuda``): fused SGD, tensor lr,
+    the graph body called eagerly; 88 images at batch 16 leave an 8-image tail batch."""
+    protocol = replace(PAPER, epochs=epochs, lr_milestones=(1,), batch_size=16)
+    train.seed_everything(0)
+    model = build_model(TINY)
+    tr, te = data.cifar_batches(_split(n, 0), _split(24, 1), 16, CPU, 0, None)
+    return train.Trainer(
+        model, tr, te, protocol, CPU, train.Checkpoints(tmp), fast=fast, emulate_cuda=True
+    )
+
+
+def _step_losses(trainer: train.Trainer, epoch: int) -> list[float]:
+    """Each step's loss, read from the device-side running sum as the step leaves it."""
+    losses, before = [], 0.0
+    for x, y in trainer.train_batches.batches(epoch):
+        trainer.train_step(x, y)
+        now = float(trainer.running_sums[0])
+        losses.append((now - before) / y.numel())
+        before = now
+    return losses
+
+
+def test_graph_body_on_cpu_matches_the_eager_step_step_for_step(tmp_path: Path) -> None:
+    graph = _emulated(tmp_path / "g", train.FastPath(bf16=False))
+    eager = _emulated(tmp_path / "e", train.FastPath(bf16=False, cuda_graph=False))
+    assert graph.use_graph and not eager.use_graph and graph.fast.fused_sgd
+    g, e = _step_losses(graph, 1), _step_losses(eager, 1)
+    assert graph.graph is not None and graph.graph.graph is None  # captured = eager body
+    assert isinstance(graph.optimizer.param_groups[0]["lr"], torch.Tensor)
+    assert len(g) == 6 and g == pytest.approx(e, rel=1e-5)  # fp32 vs float32 tensor lr
+    for key, value in eager.model.state_dict().items():
+        assert torch.allclose(value.float(), graph.model.state_dict()[key].float(), atol=1e-5)
+
+
+def test_fit_through_the_graph_path_follows_the_schedule(tmp_path: Path) -> None:
+    graph = _emulated(tmp_path / "g", train.FastPath(bf16=False)).fit()
+    eager = _emulated(tmp_path / "e", train.FastPath(bf16=False, cuda_graph=False)).fit()
+    assert [r.lr for r in graph] == [0.1, 0.01]
+    for a, b in zip(graph, eager, strict=True):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
+        assert a.test_error == pytest.approx(b.test_error, abs=5.0)
+
+
+def test_captured_lr_tensor_follows_a_scheduler_that_replaces_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Older torch assigns a new lr instead of ``fill_``: the replayed tensor must follow."""
+    from torch.optim import lr_scheduler
+
+    if not hasattr(lr_scheduler, "_update_param_group_val"):
+        pytest.skip("this torch's scheduler has no _update_param_group_val to patch")
+
+    def assign(group: dict, key: str, value: object) -> None:
+        group[key] = float(value)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lr_scheduler, "_update_param_group_val", assign)
+    trainer = _emulated(tmp_path, train.FastPath(bf16=False))
+    _step_losses(trainer, 1)
+    captured = trainer.optimizer.param_groups[0]["lr"]
+    trainer._step_scheduler()
+    assert trainer.optimizer.param_groups[0]["lr"] is captured
+    assert float(captured) == pytest.approx(0.01)
+    state = trainer.state()
+    assert all(isinstance(v, float) for v in state["scheduler"]["_last_lr"])
+
+
+def test_bf16_autocast_on_cpu_through_the_cuda_path(tmp_path: Path) -> None:
+    bf16 = _emulated(tmp_path / "b", train.FastPath())
+    fp32 = _emulated(tmp_path / "f", train.FastPath(bf16=False))
+    x, y = next(iter(bf16.train_batches.batches(1)))
+    logits, _ = bf16._forward(x.contiguous(memory_format=torch.channels_last), y)
+    assert logits.dtype == torch.bfloat16
+    b, f = _step_losses(bf16, 1), _step_losses(fp32, 1)
+    assert b[0] == pytest.approx(f[0], rel=2e-2) and b == pytest.approx(f, rel=5e-2)
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())  # weights stay fp32
+
+
+def test_lagged_readout_on_cpu_returns_the_previous_request() -> None:
+    readout = train._LaggedReadout(CPU)
+    loss, wrong = torch.tensor(8.0, dtype=torch.float64), torch.tensor(2)
+    first = readout.request(loss, wrong, 4)
+    assert all(v != v for v in first)  # nothing has landed yet: NaN
+    loss += 4.0
+    assert readout.request(loss, wrong, 8) == (2.0, 50.0)  # the sums of the first request
+    assert readout.request(loss, wrong, 8) == (1.5, 25.0)
