@@ -35,7 +35,9 @@ def path_without_slurm(path: str) -> str:
     return os.pathsep.join(folders)
 
 
-_PATH = path_without_slurm(os.environ.get("PATH", ""))
+# The integration tests start their own cluster and give its subprocesses the real PATH.
+os.environ.setdefault("RKREPRO_TEST_REAL_PATH", os.environ.get("PATH", ""))
+_PATH = path_without_slurm(os.environ["RKREPRO_TEST_REAL_PATH"])
 
 
 @pytest.fixture(autouse=True)

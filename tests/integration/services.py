@@ -1,0 +1,406 @@
+"""Bring up real services on this machine for the integration tests, and tear them down.
+
+Everything lives in one temp folder and binds 127.0.0.1 on free ports; nothing touches a
+cluster or database already on the host:
+
+- a single-node SLURM cluster (slurmctld + slurmd, Debian's packages) with its own munged
+  (own key and socket, ``AuthInfo=socket=...``) and its own ``SLURM_CONF``; it refuses to start
+  when a slurmctld is already running on the host;
+- an ``mlflow server`` with a SQLite backend, or with a PostgreSQL 15 backend in its own
+  ``initdb`` cluster (run as the ``postgres`` user, on its own port and socket folder).
+
+Run as a script to try it by hand::
+
+    python3 tests/integration/services.py up slurm|sqlite|postgres   # prints the env, waits
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+MUNGED = "/usr/sbin/munged"
+SLURMCTLD = "/usr/sbin/slurmctld"
+SLURMD = "/usr/sbin/slurmd"
+
+
+class Unavailable(Exception):
+    """A service cannot be brought up here (missing binaries, not root, a foreign cluster)."""
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (127.0.0.1), away from the services' defaults."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout: float, what: str, log: Path | None = None) -> None:
+    """Poll ``check`` until it is true; on timeout raise with the log's tail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+    raise RuntimeError(f"{what} did not come up in {timeout:.0f} s\n{tail}")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class Service:
+    """Processes started for one service, and the environment a client needs."""
+
+    root: Path
+    env: dict[str, str] = field(default_factory=dict)
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    pidfiles: list[Path] = field(default_factory=list)
+    stops: list[list[str]] = field(default_factory=list)
+    uri: str = ""
+
+    def stop(self) -> None:
+        """Stop what this service started (by pid), newest first, then remove its folder."""
+        for argv in self.stops:
+            subprocess.run(argv, capture_output=True, timeout=60, check=False)
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        for pidfile in self.pidfiles:
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
+        time.sleep(0.5)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _need(*paths: str | Path) -> None:
+    for path in paths:
+        if not (Path(path).exists() or shutil.which(str(path))):
+            raise Unavailable(f"{path} not found (install slurmctld slurmd slurm-client munge)")
+
+
+def _running(name: str) -> bool:
+    return subprocess.run(["pgrep", "-x", name], capture_output=True).returncode == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# SLURM
+
+
+def start_slurm(base: Path | None = None) -> Service:
+    """A one-node cluster (this host, all its CPUs, no GPU) with its own munged and config."""
+    _need(MUNGED, SLURMCTLD, SLURMD, "sbatch", "scontrol", "squeue")
+    if os.geteuid() != 0:
+        raise Unavailable("the SLURM test cluster runs slurmd as root: run the tests as root")
+    if _running("slurmctld") or _running("slurmd"):
+        raise Unavailable("a slurmctld/slurmd already runs on this host; not touching it")
+    try:
+        pwd.getpwnam("munge")
+    except KeyError:
+        raise Unavailable("no munge user (install the munge package)") from None
+    root = Path(tempfile.mkdtemp(prefix="rkrepro-slurm-", dir=base))
+    root.chmod(0o755)
+    svc = Service(root)
+    try:
+        _start_munge(svc)
+        _start_slurm_daemons(svc)
+    except BaseException:
+        svc.stop()
+        raise
+    return svc
+
+
+def _start_munge(svc: Service) -> None:
+    munge = svc.root / "munge"
+    munge.mkdir(mode=0o700)
+    key = munge / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o400)
+    shutil.chown(munge, "munge", "munge")
+    shutil.chown(key, "munge", "munge")
+    sock = munge / "munge.socket"
+    pidfile = munge / "munged.pid"
+    log = munge / "munged.log"
+    subprocess.run(
+        ["runuser", "-u", "munge", "--", MUNGED, f"--key-file={key}", f"--socket={sock}",
+         f"--pid-file={pidfile}", f"--log-file={log}", f"--seed-file={munge / 'seed'}",
+         "--force"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    svc.pidfiles.append(pidfile)
+    munge.chmod(0o755)  # slurmd/slurmctld (root) and job users reach the socket
+    wait_until(sock.exists, 10, "munged", log)
+    svc.env["_MUNGE_SOCKET"] = str(sock)
+
+
+def _start_slurm_daemons(svc: Service) -> None:
+    root = svc.root
+    host = socket.gethostname().split(".")[0]
+    cpus = os.cpu_count() or 1
+    mem_mb = max(512, int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20) // 2)
+    ctld_port, d_port = free_port(), free_port()
+    for sub in ("state", "spool", "log"):
+        (root / sub).mkdir()
+    conf = root / "slurm.conf"
+    conf.write_text(
+        f"""ClusterName=rkrepro-test
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={svc.env["_MUNGE_SOCKET"]}
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool/slurmd-%n
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/log/slurmctld.log
+SlurmdLogFile={root}/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+MpiDefault=none
+ReturnToService=2
+JobRequeue=1
+SlurmctldTimeout=30
+SlurmdTimeout=30
+InactiveLimit=0
+MinJobAge=300
+KillWait=10
+SchedulerParameters=sched_interval=1
+PlugStackConfig={root}/plugstack.conf
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN
+PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+"""
+    )
+    (root / "plugstack.conf").write_text("")
+    env = {"SLURM_CONF": str(conf)}
+    # The real SLURM tools, even inside the test suite (its PATH starts with refusing stand-ins).
+    path = os.environ.get("RKREPRO_TEST_REAL_PATH") or os.environ.get("PATH", "")
+    denv = {**os.environ, **env, "PATH": path}
+    svc.env.update(env)
+    svc.procs.append(
+        subprocess.Popen([SLURMCTLD, "-D", "-i", "-f", str(conf)], env=denv,
+                         stdout=subprocess.DEVNULL, stderr=(root / "log/ctld.err").open("w"))
+    )  # fmt: skip
+    wait_until(lambda: port_open(ctld_port), 20, "slurmctld", root / "log/slurmctld.log")
+    svc.procs.append(
+        subprocess.Popen([SLURMD, "-D", "-f", str(conf)], env=denv,
+                         stdout=subprocess.DEVNULL, stderr=(root / "log/d.err").open("w"))
+    )  # fmt: skip
+
+    def node_idle() -> bool:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=denv, capture_output=True,
+                             text=True).stdout  # fmt: skip
+        return out.strip().startswith("idle")
+
+    wait_until(node_idle, 30, "slurmd", root / "log/slurmd.log")
+
+
+# ----------------------------------------------------------------------------------------------
+# MLflow servers
+
+
+def start_postgres(base: Path | None = None) -> Service:
+    """Its own PostgreSQL 15 cluster (initdb in a temp dir, run as ``postgres``), own port."""
+    if not (PG_BIN / "initdb").exists():
+        raise Unavailable(f"PostgreSQL 15 not found under {PG_BIN} (apt install postgresql-15)")
+    user = "postgres"
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise Unavailable("no postgres user to run the test database as") from None
+    root = Path(tempfile.mkdtemp(prefix="rkrepro-pg-", dir=base))
+    root.chmod(0o755)
+    svc = Service(root)
+    data = root / "data"
+    data.mkdir()
+    shutil.chown(data, user)
+    shutil.chown(root, user)
+    port = free_port()
+    try:
+        subprocess.run(
+            ["runuser", "-u", user, "--", str(PG_BIN / "initdb"), "-D", str(data), "-U",
+             "mlflow", "--auth=trust", "-E", "UTF8", "--no-sync"],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        log = root / "pg.log"
+        svc.procs.append(
+            subprocess.Popen(
+                [
+                    "runuser",
+                    "-u",
+                    user,
+                    "--",
+                    str(PG_BIN / "postgres"),
+                    "-D",
+                    str(data),
+                    "-p",
+                    str(port),
+                    "-h",
+                    "127.0.0.1",
+                    "-k",
+                    str(root),
+                    "-c",
+                    "fsync=off",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log.open("w"),
+            )  # fmt: skip
+        )
+        wait_until(lambda: port_open(port), 30, "postgres", log)
+        time.sleep(0.5)
+        subprocess.run(
+            ["runuser", "-u", user, "--", str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p",
+             str(port), "-U", "mlflow", "mlflow"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+    except BaseException:
+        svc.stop()
+        raise
+    svc.uri = f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow"
+    return svc
+
+
+def start_mlflow(backend_uri: str, base: Path | None = None, port: int | None = None) -> Service:
+    """``mlflow server`` on 127.0.0.1 with this backend store; artifacts in a temp dir."""
+    root = Path(tempfile.mkdtemp(prefix="rkrepro-mlflow-", dir=base))
+    svc = Service(root)
+    svc.env["_PORT"] = str(port or free_port())
+    svc.env["_BACKEND"] = backend_uri
+    _launch_mlflow(svc)
+    return svc
+
+
+def _launch_mlflow(svc: Service) -> None:
+    port = int(svc.env["_PORT"])
+    log = svc.root / f"mlflow-{len(svc.procs)}.log"
+    argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+            str(port), "--backend-store-uri", svc.env["_BACKEND"], "--default-artifact-root",
+            str(svc.root / "artifacts"), "--workers", "1"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    svc.procs.append(proc)
+    svc.uri = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited:\n{log.read_text()[-3000:]}")
+        if not port_open(port):
+            return False
+        try:  # answering, not just listening (workers start after the socket opens)
+            with urllib.request.urlopen(f"{svc.uri}/health", timeout=5) as reply:
+                return reply.status == 200
+        except OSError:
+            return False
+
+    wait_until(ready, 120, "mlflow server", log)
+
+
+def kill_mlflow(svc: Service) -> None:
+    """Stop the server (its whole process group: gunicorn/uvicorn workers too)."""
+    proc = svc.procs[-1]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def restart_mlflow(svc: Service) -> None:
+    _launch_mlflow(svc)
+
+
+def stop_mlflow(svc: Service) -> None:
+    for proc in svc.procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    shutil.rmtree(svc.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running(kind: str) -> Iterator[Service]:
+    """``slurm``, ``sqlite`` or ``postgres``: the service up for the ``with`` block."""
+    if kind == "slurm":
+        svc = start_slurm()
+        try:
+            yield svc
+        finally:
+            svc.stop()
+        return
+    pg = start_postgres() if kind == "postgres" else None
+    try:
+        if pg is None:
+            db = Path(tempfile.mkdtemp(prefix="rkrepro-sqlite-")) / "mlflow.db"
+            backend = f"sqlite:///{db}"
+        else:
+            backend = pg.uri
+        server = start_mlflow(backend)
+        try:
+            yield server
+        finally:
+            stop_mlflow(server)
+            if pg is None:
+                shutil.rmtree(db.parent, ignore_errors=True)
+    finally:
+        if pg is not None:
+            pg.stop()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] != "up" or argv[1] not in ("slurm", "sqlite", "postgres"):
+        print("usage: services.py up slurm|sqlite|postgres", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # before bring-up: a stop cleans up
+    try:
+        with running(argv[1]) as svc:
+            print(f"up in {time.monotonic() - started:.1f} s", flush=True)
+            for k, v in svc.env.items():
+                if not k.startswith("_"):
+                    print(f"export {k}={v}", flush=True)
+            if svc.uri:
+                print(f"export MLFLOW_TRACKING_URI={svc.uri}", flush=True)
+            print("Ctrl-C (or SIGTERM) tears it down", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.pause()
+    except Unavailable as error:
+        print(f"unavailable: {error}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
