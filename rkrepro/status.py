@@ -89,6 +89,8 @@ class RunRecord:
         tags[mlflow_keys.TAG_PRECISION] = self.precision
         return readings.from_tags(tags, spec)
 
+    experiment_id: str = field(default="", compare=False)  # for links into the MLflow UI
+
     @property
     def cell_id(self) -> tuple[str, str, str, bool]:
         """(table, row, model, share): what a :class:`~rkrepro.targets.Cell` is made of."""
@@ -103,7 +105,14 @@ def cell_id_of(cell: Cell) -> tuple[str, str, str, bool]:
     return (cell.table, cell.row, cell.model, cell.share)
 
 
-def _record(run_id: str, status: str, start: object, tags: Mapping[str, object], metrics):
+def _record(
+    run_id: str,
+    status: str,
+    start: object,
+    tags: Mapping[str, object],
+    metrics,
+    experiment_id: object = "",
+):
     """A RunRecord from raw values, or ``None`` when the run lacks the cell tags."""
     values = {key: tags.get(key) for key in _CELL_TAGS}
     needed = (mlflow_keys.TAG_TABLE, mlflow_keys.TAG_ROW, mlflow_keys.TAG_MODEL)
@@ -129,6 +138,7 @@ def _record(run_id: str, status: str, start: object, tags: Mapping[str, object],
             for name in readings.READINGS
             if text[readings.TAG_PREFIX + name]
         ),
+        experiment_id=str(experiment_id or ""),
     )
 
 
@@ -164,7 +174,7 @@ def _fetch_sqlite(path: Path, table_ids: list[str]) -> list[RunRecord]:
     try:
         marks = ",".join("?" * len(names))
         runs_sql = (
-            "SELECT r.run_uuid, r.status, r.start_time, e.name FROM runs r "
+            "SELECT r.run_uuid, r.status, r.start_time, e.name, e.experiment_id FROM runs r "
             "JOIN experiments e ON e.experiment_id = r.experiment_id "
             f"WHERE e.name IN ({marks}) AND e.lifecycle_stage = 'active' "
             "AND r.lifecycle_stage = 'active'"
@@ -190,8 +200,9 @@ def _fetch_sqlite(path: Path, table_ids: list[str]) -> list[RunRecord]:
     finally:
         con.close()
     records = []
-    for run_id, status, start, experiment in runs:
-        record = _record(run_id, status, start, tags.get(run_id, {}), metrics.get(run_id, {}))
+    for run_id, status, start, experiment, experiment_id in runs:
+        tag_values, metric_values = tags.get(run_id, {}), metrics.get(run_id, {})
+        record = _record(run_id, status, start, tag_values, metric_values, experiment_id)
         if record is not None and mlflow_keys.experiment_name(record.table) == experiment:
             records.append(record)
     return _sorted(records)
@@ -245,7 +256,8 @@ def _records_from_frame(frame) -> list[RunRecord]:
             if value is not None and value == value:
                 metrics[key] = float(value)
         start = millis[index]
-        record = _record(str(row["run_id"]), str(row["status"]), start, tags, metrics)
+        experiment = row["experiment_id"] if "experiment_id" in columns else ""
+        record = _record(str(row["run_id"]), str(row["status"]), start, tags, metrics, experiment)
         if record is not None:
             records.append(record)
     return records

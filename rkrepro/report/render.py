@@ -35,6 +35,15 @@ from rkrepro.report.build import (
     difference,
     verdict_of,
 )
+from rkrepro.report.claims import (
+    FAILS,
+    HOLDS,
+    UNDECIDED,
+    ClaimResult,
+    claim_record,
+    pair_text,
+    verdict_texts,
+)
 from rkrepro.status import (
     ACTIVE,
     FAILED,
@@ -570,34 +579,46 @@ th{background:#f3f3f3} tr.group td{border-top:2px solid #888}
 .within{color:#1a7f37}.better{color:#0969da}.worse{color:#cf222e;font-weight:bold}
 .missing,.unreported{color:#888}.running{color:#9a6700}.failed{color:#cf222e}
 .note{color:#666;font-size:12px} img{max-width:100%}
+td.holds{background:#dafbe1}td.fails{background:#ffebe9}td.undecided{background:#fff8c5}
 """
 
 
-def to_html(report: Report, images: Sequence[Path] = ()) -> str:
-    """One file: inline CSS, and plots (if any) inlined as data URIs."""
+def to_html(
+    report: Report | None,
+    images: Sequence[Path] = (),
+    *,
+    claims: Sequence[ClaimResult] = (),
+    ui_url: str | None = None,
+) -> str:
+    """One self-contained page: inline CSS, the tables in the paper's layout with verdict
+    colours, the paper's claims, and the plots inlined as data URIs (no request leaves it).
+    With ``ui_url`` (the MLflow UI), run ids link to their runs."""
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>rkrepro report</title>',
         f"<style>{_CSS}</style></head><body>",
         "<h1>rkrepro report</h1>",
-        f"<p>Metric: {html.escape(report.metric_label)}.</p>",
     ]
-    for table_report in report.tables:
-        table = table_report.table
-        grid = layout(table_report)
-        out.append(f"<h2>{html.escape(table.title)} ({DATASET_NAMES[table.dataset]})</h2>")
-        out.append(f"<p><em>{html.escape(table.caption)}</em></p><ul>")
-        out += [f"<li>{html.escape(note)}</li>" for note in _notes(report, table_report)]
-        out.append("</ul><table><thead><tr>")
-        out += [f"<th>{html.escape(h)}</th>" for h in grid.headers]
-        out.append("</tr></thead><tbody>")
-        for index, line in enumerate(grid.lines):
-            group = ' class="group"' if index in grid.group_starts and index else ""
-            cells = "".join(_html_item(item) for item in line)
-            out.append(f"<tr{group}>{cells}</tr>")
-        out.append("</tbody></table>")
-        out.append(f"<p>Verdicts: {html.escape(_summary_text(table_report) or 'none')}.</p>")
-        out += _html_claims(table_report)
+    tables = report.tables if report is not None else ()
+    if report is not None:
+        out.append(f"<p>Metric: {html.escape(report.metric_label)}.</p>")
+    if tables or claims:
+        out.append('<nav><ul class="toc">')
+        out += [
+            f'<li><a href="#{html.escape(t.table.id)}">{html.escape(t.table.title)}</a></li>'
+            for t in tables
+        ]
+        if claims:
+            out.append('<li><a href="#claims">The paper\'s claims</a></li>')
+        if images:
+            out.append('<li><a href="#plots">Plots</a></li>')
+        out.append("</ul></nav>")
+    for table_report in tables:
+        out += _html_table(report, table_report, ui_url)
+    if claims:
+        out += claims_html(claims)
+    if images:
+        out.append('<h2 id="plots">Plots</h2>')
     for image in images:
         data = base64.b64encode(Path(image).read_bytes()).decode("ascii")
         name = html.escape(Path(image).name)
@@ -605,6 +626,56 @@ def to_html(report: Report, images: Sequence[Path] = ()) -> str:
         out.append(f"<figcaption>{name}</figcaption></figure>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+def _html_table(report: Report, table_report: TableReport, ui_url: str | None) -> list[str]:
+    table = table_report.table
+    grid = layout(table_report)
+    out = [f'<h2 id="{html.escape(table.id)}">{html.escape(table.title)} '
+           f"({DATASET_NAMES[table.dataset]})</h2>"]  # fmt: skip
+    out.append(f"<p><em>{html.escape(table.caption)}</em></p><ul>")
+    out += [f"<li>{html.escape(note)}</li>" for note in _notes(report, table_report)]
+    out.append(f'</ul><table class="paper" data-table="{html.escape(table.id)}"><thead><tr>')
+    out += [f"<th>{html.escape(h)}</th>" for h in grid.headers]
+    out.append("</tr></thead><tbody>")
+    for index, line in enumerate(grid.lines):
+        group = ' class="group"' if index in grid.group_starts and index else ""
+        cells = "".join(_html_item(item) for item in line)
+        out.append(f"<tr{group}>{cells}</tr>")
+    out.append("</tbody></table>")
+    out.append(f"<p>Verdicts: {html.escape(_summary_text(table_report) or 'none')}.</p>")
+    out += _html_claims(table_report)
+    out += _html_runs(table_report, ui_url)
+    return out
+
+
+def _html_runs(table_report: TableReport, ui_url: str | None) -> list[str]:
+    """The runs behind the table's numbers; ids link to the MLflow UI when its URL is known."""
+    runs = [
+        (result, run)
+        for result in table_report.results
+        for reproduced in (result.paper, result.shortened)
+        if reproduced is not None
+        for run in reproduced.runs
+    ]
+    if not runs:
+        return ['<p class="note">No reproduced runs yet for this table.</p>']
+    out = ["<details><summary>Runs</summary><table><thead><tr>"]
+    out += [f"<th>{h}</th>" for h in ("Cell", "Seed", "Protocol", "Status", "Run id")]
+    out.append("</tr></thead><tbody>")
+    for result, run in runs:
+        run_id = html.escape(run.run_id)
+        link = run_id
+        if ui_url and run.experiment_id:
+            href = f"{ui_url.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+            link = f'<a href="{html.escape(href)}">{run_id}</a>'
+        out.append(
+            f"<tr><td>{html.escape(result.cell.key)}</td><td>{html.escape(str(run.seed))}</td>"
+            f"<td>{html.escape(run.protocol)}</td><td>{html.escape(run.status)}</td>"
+            f"<td>{link}</td></tr>"
+        )
+    out.append("</tbody></table></details>")
+    return out
 
 
 def _html_item(item: Item) -> str:
@@ -707,6 +778,121 @@ def _rich_item(item: Item):
     for note in item.notes:
         text.append("\n" + note, style="dim")
     return text
+
+
+# --------------------------------------------------------------------------------------------
+# The paper's claims (``report --claims``).
+
+CLAIM_COLUMNS = ("Claim", "Section", "Statement", "On the paper's numbers", "On the reproduction")
+
+
+def _claim_lines(result: ClaimResult) -> tuple[str, str, str, str, str]:
+    paper, reproduced = verdict_texts(result)
+    return (result.claim.id, result.claim.section, result.claim.text, paper, reproduced)
+
+
+def _claim_failures(result: ClaimResult) -> list[str]:
+    lines = [f"paper: {pair_text(p, False)}" for p in result.failing(False)[:3]]
+    return lines + [f"reproduction: {pair_text(p, True)}" for p in result.failing(True)[:3]]
+
+
+CLAIMS_NOTE = (
+    "Each claim is a predicate over pairs of cells, judged by the same rule on the paper's printed "
+    "numbers and on the reproduction (counted parameters; seed means of paper-protocol runs). "
+    "Pairs the paper printed no number for are left out."
+)
+
+
+def claims_markdown(results: Sequence[ClaimResult]) -> str:
+    out = ["# rkrepro report: the paper's claims", "", CLAIMS_NOTE, ""]
+    out.append("| " + " | ".join(CLAIM_COLUMNS) + " |")
+    out.append("|" + "|".join("---" for _ in CLAIM_COLUMNS) + "|")
+    for result in results:
+        cells = list(_claim_lines(result))
+        failures = _claim_failures(result)
+        if failures:
+            cells[-1] += "<br>" + "<br>".join(failures)
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def claims_json(results: Sequence[ClaimResult]) -> str:
+    return json.dumps({"claims": [claim_record(r) for r in results]}, indent=2) + "\n"
+
+
+CLAIM_CSV_FIELDS = (
+    "id",
+    "table",
+    "section",
+    "on_paper",
+    "on_reproduced",
+    "pairs",
+    "pairs_not_printed",
+    "pairs_decided",
+    "seeds_min",
+    "seeds_max",
+    "text",
+)
+
+
+def claims_csv(results: Sequence[ClaimResult]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(
+        buffer, fieldnames=CLAIM_CSV_FIELDS, lineterminator="\n", extrasaction="ignore"
+    )
+    writer.writeheader()
+    for result in results:
+        writer.writerow(claim_record(result))
+    return buffer.getvalue()
+
+
+def claims_html(results: Sequence[ClaimResult]) -> list[str]:
+    """The claims section of the HTML page: one row per claim, verdicts coloured."""
+    out = ['<h2 id="claims">The paper\'s claims</h2>', f"<p>{html.escape(CLAIMS_NOTE)}</p>"]
+    out.append('<table class="claims"><thead><tr>')
+    out += [f"<th>{html.escape(h)}</th>" for h in CLAIM_COLUMNS]
+    out.append("</tr></thead><tbody>")
+    for result in results:
+        name, section, text, paper, reproduced = (html.escape(c) for c in _claim_lines(result))
+        failures = "".join(
+            f'<br><span class="note">{html.escape(line)}</span>' for line in _claim_failures(result)
+        )
+        out.append(
+            f'<tr data-claim="{name}"><td>{name}</td><td>{section}</td><td>{text}</td>'
+            f'<td class="{result.on_paper}">{paper}</td>'
+            f'<td class="{result.on_reproduced}">{reproduced}{failures}</td></tr>'
+        )
+    out.append("</tbody></table>")
+    return out
+
+
+CLAIM_STYLE = {HOLDS: "green", FAILS: "bold red", UNDECIDED: "yellow"}
+
+
+def claims_rich(results: Sequence[ClaimResult]) -> list[Any]:
+    from rich import box
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    table = RichTable(
+        title="The paper's claims", box=box.SIMPLE_HEAD, header_style="bold", show_lines=True
+    )
+    table.add_column("Claim", overflow="fold", ratio=2)
+    table.add_column("Statement", ratio=4)
+    table.add_column("Paper", ratio=2)
+    table.add_column("Reproduction", ratio=3)
+    for result in results:
+        name, section, text, paper, reproduced = _claim_lines(result)
+        repro = Text(reproduced, style=CLAIM_STYLE[result.on_reproduced])
+        for line in _claim_failures(result):
+            repro.append("\n" + line, style="dim")
+        table.add_row(
+            Text(f"{name}\n§{section}"),
+            Text(text),
+            Text(paper, style=CLAIM_STYLE[result.on_paper]),
+            repro,
+        )
+    return [table, Text(CLAIMS_NOTE, style="dim")]
 
 
 FORMATS: dict[str, Callable[[Report], str]] = {
