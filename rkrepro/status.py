@@ -54,6 +54,12 @@ _CELL_TAGS = (
 )
 
 
+# Params that say how short a shortened run was (``protocol.*`` of the run's config).
+P_EPOCHS = "protocol.epochs"
+P_TRAIN_SUBSET = "protocol.train_subset"
+_SIZE_PARAMS = (P_EPOCHS, P_TRAIN_SUBSET)
+
+
 def default_tracking_uri() -> str:
     """What every command uses without ``--tracking-uri`` (see :mod:`rkrepro.paths`)."""
     return resolve_tracking_uri(None)
@@ -90,6 +96,14 @@ class RunRecord:
         return readings.from_tags(tags, spec)
 
     experiment_id: str = field(default="", compare=False)  # for links into the MLflow UI
+    epochs: int | None = field(default=None, compare=False)  # as trained (shortened runs)
+    train_subset: int | None = field(default=None, compare=False)  # images; None: all
+
+    @property
+    def size_text(self) -> str:
+        """``2 epochs, 512 images``: how much a run trained, for shortened numbers."""
+        parts = [f"{self.epochs} epochs"] if self.epochs else []
+        return ", ".join(parts + ([f"{self.train_subset} images"] if self.train_subset else []))
 
     @property
     def cell_id(self) -> tuple[str, str, str, bool]:
@@ -112,6 +126,7 @@ def _record(
     tags: Mapping[str, object],
     metrics,
     experiment_id: object = "",
+    params: Mapping[str, object] | None = None,
 ):
     """A RunRecord from raw values, or ``None`` when the run lacks the cell tags."""
     values = {key: tags.get(key) for key in _CELL_TAGS}
@@ -139,7 +154,15 @@ def _record(
             if text[readings.TAG_PREFIX + name]
         ),
         experiment_id=str(experiment_id or ""),
+        epochs=_int_param((params or {}).get(P_EPOCHS)),
+        train_subset=_int_param((params or {}).get(P_TRAIN_SUBSET)),
     )
+
+
+def _int_param(value: object) -> int | None:
+    if isinstance(value, str) and value.isdigit() and len(value) < 12:
+        return int(value)
+    return None
 
 
 def fetch_runs(
@@ -186,6 +209,10 @@ def _fetch_sqlite(path: Path, table_ids: list[str]) -> list[RunRecord]:
         tag_sql = f"SELECT run_uuid, key, value FROM tags WHERE key IN ({tag_marks}) AND "
         for run_id, key, value in con.execute(tag_sql + run_filter, [*_CELL_TAGS, *names]):
             tags.setdefault(run_id, {})[key] = value
+        params: dict[str, dict[str, str]] = {}
+        param_sql = "SELECT run_uuid, key, value FROM params WHERE key IN (?, ?) AND "
+        for run_id, key, value in con.execute(param_sql + run_filter, [*_SIZE_PARAMS, *names]):
+            params.setdefault(run_id, {})[key] = value
         metrics: dict[str, dict[str, float]] = {}
         metric_marks = ",".join("?" * len(REPORT_METRICS))
         metric_sql = (
@@ -202,7 +229,9 @@ def _fetch_sqlite(path: Path, table_ids: list[str]) -> list[RunRecord]:
     records = []
     for run_id, status, start, experiment, experiment_id in runs:
         tag_values, metric_values = tags.get(run_id, {}), metrics.get(run_id, {})
-        record = _record(run_id, status, start, tag_values, metric_values, experiment_id)
+        record = _record(
+            run_id, status, start, tag_values, metric_values, experiment_id, params.get(run_id)
+        )
         if record is not None and mlflow_keys.experiment_name(record.table) == experiment:
             records.append(record)
     return _sorted(records)
@@ -257,7 +286,10 @@ def _records_from_frame(frame) -> list[RunRecord]:
                 metrics[key] = float(value)
         start = millis[index]
         experiment = row["experiment_id"] if "experiment_id" in columns else ""
-        record = _record(str(row["run_id"]), str(row["status"]), start, tags, metrics, experiment)
+        sizes = {k: row[f"params.{k}"] for k in _SIZE_PARAMS if f"params.{k}" in columns}
+        record = _record(
+            str(row["run_id"]), str(row["status"]), start, tags, metrics, experiment, sizes
+        )
         if record is not None:
             records.append(record)
     return records
