@@ -572,15 +572,29 @@ def _tex_item(item: Item) -> str:
 
 
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:110em}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}
 th,td{border:1px solid #ccc;padding:4px 6px;vertical-align:top;text-align:left}
 th{background:#f3f3f3} tr.group td{border-top:2px solid #888}
+td.v-within{background:#dafbe1}td.v-better{background:#ddf4ff}td.v-worse{background:#ffebe9}
+td.v-running{background:#fff8c5}td.v-failed{background:#ffebe9}
 .within{color:#1a7f37}.better{color:#0969da}.worse{color:#cf222e;font-weight:bold}
 .missing,.unreported{color:#888}.running{color:#9a6700}.failed{color:#cf222e}
-.note{color:#666;font-size:12px} img{max-width:100%}
+.note{color:#666;font-size:12px} img{max-width:100%} figure{margin:1em 0}
 td.holds{background:#dafbe1}td.fails{background:#ffebe9}td.undecided{background:#fff8c5}
+.legend span{padding:1px 6px;margin-right:6px;border:1px solid #ccc}
+td.name{white-space:nowrap}
+nav ul{display:flex;gap:1.5em;list-style:none;padding:0}
 """
+
+_LEGEND = (
+    '<p class="legend">Verdicts: <span class="within" style="background:#dafbe1">within '
+    'tolerance</span><span class="better" style="background:#ddf4ff">better</span>'
+    '<span class="worse" style="background:#ffebe9">worse</span>'
+    '<span class="running" style="background:#fff8c5">running</span>'
+    '<span class="missing">missing / unreported</span>; '
+    "<b>bold</b>: the paper's bold cells; *: the starred protocol.</p>"
+)
 
 
 def to_html(
@@ -602,6 +616,7 @@ def to_html(
     tables = report.tables if report is not None else ()
     if report is not None:
         out.append(f"<p>Metric: {html.escape(report.metric_label)}.</p>")
+        out.append(_LEGEND)
     if tables or claims:
         out.append('<nav><ul class="toc">')
         out += [
@@ -682,7 +697,7 @@ def _html_item(item: Item) -> str:
     if item is None:
         return "<td></td>"
     if isinstance(item, str):
-        return f"<td>{html.escape(item)}</td>"
+        return f'<td class="name">{html.escape(item)}</td>'
     reported = html.escape(item.reported)
     if item.bold:
         reported = f"<b>{reported}</b>"
@@ -695,7 +710,8 @@ def _html_item(item: Item) -> str:
     if item.verdict is not None:
         text += f' <span class="{item.verdict}">{item.verdict}</span>'
     notes = "".join(f'<br><span class="note">{html.escape(n)}</span>' for n in item.notes)
-    return f"<td>{text}{notes}</td>"
+    verdict = f' class="v-{item.verdict}"' if item.verdict is not None else ""
+    return f"<td{verdict}>{text}{notes}</td>"
 
 
 def _html_claims(table_report: TableReport) -> list[str]:
