@@ -333,7 +333,20 @@ class CellStatus:
 
     @property
     def label(self) -> str:
-        """``done (3 seeds)``, ``running (2 runs, 1 seed done)``: the state word comes first."""
+        """``done (3 seeds)``, ``running (2 runs, 1 seed done)``: the state word comes first.
+        Shortened runs are named as such, with how short they were."""
+        paper = [r for r in self.runs if r.protocol != mlflow_keys.PROTOCOL_SHORTENED]
+        short = [r for r in self.runs if r.protocol == mlflow_keys.PROTOCOL_SHORTENED]
+        if not short:
+            return self._label()
+        sizes = "; ".join(sorted({r.size_text for r in short if r.size_text}))
+        text = "[shortened" + (f": {sizes}" if sizes else "") + "] "
+        text += CellStatus(self.cell_id, tuple(short))._label()
+        if paper:
+            text = CellStatus(self.cell_id, tuple(paper))._label() + "; " + text
+        return text
+
+    def _label(self) -> str:
         state, parts = self.state, []
         active = self.count(*ACTIVE)
         if state == "running" and active > 1:
@@ -378,14 +391,41 @@ def cell_status_map(
 
     For ``rkrepro list``: needs neither the tables, nor torch, nor (for a local store) mlflow.
     """
+    return _status_view(fetch_runs(tracking_uri, table_ids), protocols)[0]
+
+
+def cell_status_view(
+    tracking_uri: str | None,
+    table_ids: Iterable[str],
+    *,
+    protocols: Iterable[str] = (mlflow_keys.PROTOCOL_PAPER,),
+) -> tuple[dict[str, str], dict[str, int]]:
+    """:func:`cell_status_map`, and per cell the runs of other protocols it leaves out (so that
+    a shortened run is never invisible)."""
+    return _status_view(fetch_runs(tracking_uri, table_ids), protocols)
+
+
+def _status_view(records, protocols) -> tuple[dict[str, str], dict[str, int]]:
     wanted = set(protocols)
     by_cell: dict[tuple[str, str, str, bool], list[RunRecord]] = {}
-    for record in fetch_runs(tracking_uri, table_ids):
+    hidden: dict[str, int] = {}
+    for record in records:
         if record.protocol in wanted:
             by_cell.setdefault(record.cell_id, []).append(record)
-    return {
+        else:
+            key = targets.cell_key(*record.cell_id)
+            hidden[key] = hidden.get(key, 0) + 1
+    labels = {
         targets.cell_key(*cid): CellStatus(cid, tuple(runs)).label for cid, runs in by_cell.items()
     }
+    return labels, hidden
+
+
+def hidden_runs(
+    records: Iterable[RunRecord], protocols: Iterable[str] = (mlflow_keys.PROTOCOL_PAPER,)
+) -> dict[str, int]:
+    """Cell key -> runs of other protocols than ``protocols`` (shortened runs left out)."""
+    return _status_view(records, protocols)[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,8 +465,14 @@ _STATE_STYLE = {
 }
 
 
-def status_tables(statuses: Mapping[str, CellStatus], cells: Iterable[Cell]) -> list[object]:
-    """One rich table per paper table: cell, state, and its runs (id, seed, MLflow status)."""
+def status_tables(
+    statuses: Mapping[str, CellStatus],
+    cells: Iterable[Cell],
+    hidden: Mapping[str, int] | None = None,
+) -> list[object]:
+    """One rich table per paper table: cell, state, and its runs (id, seed, MLflow status);
+    ``hidden``: shortened runs per cell left out, said in the state and the caption."""
+    hidden = hidden or {}
     from rich.table import Table as RichTable
     from rich.text import Text
 
@@ -445,17 +491,31 @@ def status_tables(statuses: Mapping[str, CellStatus], cells: Iterable[Cell]) -> 
             counts[status.state] = counts.get(status.state, 0) + 1
             runs = "\n".join(
                 f"{r.run_id} seed {r.seed} {r.status}"
-                + (" [shortened]" if r.protocol == mlflow_keys.PROTOCOL_SHORTENED else "")
+                + (
+                    f" [shortened{': ' + r.size_text if r.size_text else ''}]"
+                    if r.protocol == mlflow_keys.PROTOCOL_SHORTENED
+                    else ""
+                )
                 for r in status.runs
             )
+            label = status.label
+            if hidden.get(cell.key):
+                label += f" (+{hidden[cell.key]} shortened hidden)"
             rich_table.add_row(
-                cell.row if cell.row != previous_row else "",
-                cell.printed_model,
+                Text(cell.row if cell.row != previous_row else ""),
+                Text(cell.printed_model),
                 "yes" if cell.share else "",
-                Text(status.label, style=_STATE_STYLE[status.state]),
-                runs,
+                Text(label, style=_STATE_STYLE[status.state]),
+                Text(runs),
             )
             previous_row = cell.row
-        rich_table.caption = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
+        caption = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
+        hidden_total = sum(hidden.get(cell.key, 0) for cell in table_cells)
+        if hidden_total:
+            caption += (
+                f"; {hidden_total} shortened run{'s' * (hidden_total != 1)} hidden "
+                "(--include-shortened)"
+            )
+        rich_table.caption = Text(caption)
         out.append(rich_table)
     return out

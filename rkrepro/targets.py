@@ -23,6 +23,7 @@ import yaml
 from rkrepro import readings as readings_mod
 from rkrepro.errors import TargetError
 from rkrepro.spec import NUM_CLASSES, LrSchedule, ModelSpec, Protocol, variant_name
+from rkrepro.textsafe import clean
 
 TABLES_DIR_ENV = "RKREPRO_TABLES_DIR"
 SHARE_CHOICES = ("both", "share", "no-share")
@@ -766,7 +767,7 @@ def _parse_row(data: Any, table_where: _Where, index: int, dataset: str) -> Row:
     return Row(
         readings=tuple(row_readings.items()),
         id=row_id,
-        label=data.get("label") or row_id,
+        label=clean(data.get("label") or row_id),
         family=family,
         depth=depth,
         growth_rate=growth,
@@ -829,7 +830,7 @@ def parse_table(data: Any, source: Path) -> Table:
         star_protocol = replace(
             protocol, batch_size=batch_size, epochs=epochs, lr_milestones=star_milestones
         )
-        star_note = star.get("note")
+        star_note = clean(star["note"]) if star.get("note") else None
     if not data["rows"]:
         raise where.fail("field 'rows' is empty: a table needs at least one row")
     rows: list[Row] = []
@@ -851,8 +852,8 @@ def parse_table(data: Any, source: Path) -> Table:
     return Table(
         readings=tuple(table_readings.items()),
         id=data["id"],
-        title=data.get("title") or data["id"],
-        caption=" ".join((data.get("caption") or "").split()),
+        title=clean(data.get("title") or data["id"]),
+        caption=clean(" ".join((data.get("caption") or "").split())),
         dataset=dataset,
         protocol=protocol,
         star_protocol=star_protocol,
@@ -942,8 +943,8 @@ def _parse_claims(raw: Any, where: _Where, table_id: str) -> tuple[ClaimSpec, ..
             ClaimSpec(
                 id=data["id"],
                 table=table_id,
-                section=data.get("section") or "",
-                text=" ".join(data["text"].split()),
+                section=clean(data.get("section") or ""),
+                text=clean(" ".join(data["text"].split())),
                 quantities=tuple(dict.fromkeys(quantities)),
                 relation=_choice(data["relation"], CLAIM_RELATIONS, cwhere, "relation"),
                 left=_parse_selector(data.get("left"), cwhere.at("left"), table_id),

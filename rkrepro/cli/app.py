@@ -79,11 +79,12 @@ def list_command(
 
     tables = targets.load_tables(tables_dir)
     cells = targets.all_cells(tables, table)
-    statuses = listing.statuses(tracking_uri, cells)
+    statuses, hidden = listing.statuses_and_hidden(tracking_uri, cells)
     if format is ListFormat.json:
-        typer.echo(json.dumps([listing.cell_record(c, statuses) for c in cells], indent=2))
+        records = [listing.cell_record(c, statuses, hidden) for c in cells]
+        typer.echo(json.dumps(records, indent=2))
         return
-    _console().print(listing.cells_table(tables, cells, statuses))
+    _console().print(listing.cells_table(tables, cells, statuses, hidden))
 
 
 @app.command("show")

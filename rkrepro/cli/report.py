@@ -374,5 +374,6 @@ def status_command(
     from rich.console import Console
 
     console = Console()
-    for renderable in status.status_tables(statuses, cells):
+    hidden = {} if include_shortened else status.hidden_runs(records)
+    for renderable in status.status_tables(statuses, cells, hidden):
         console.print(renderable)

@@ -96,6 +96,7 @@ RECORD_FIELDS = (
     "compare_error_mean",
     "compare_error_std",
     "compare_n",
+    "trained_as",
     "diff",
     "tolerance_pp",
     "verdict",
@@ -143,6 +144,7 @@ def _record(report: Report, result: CellResult, rep: Reproduced, label: str) -> 
         "compare_error_mean": compare.error.mean if compare and compare.error else None,
         "compare_error_std": compare.error.std if compare and compare.error else None,
         "compare_n": compare.error.n if compare and compare.error else 0,
+        "trained_as": shortened_size(rep),
         "diff": difference(error, cell.reported_error),
         "tolerance_pp": result.tolerance,
         "verdict": verdict_of(rep, cell.reported_error, result.tolerance) if paper else SHORTENED,
@@ -158,6 +160,13 @@ def _record(report: Report, result: CellResult, rep: Reproduced, label: str) -> 
         "killed": rep.count(KILLED),
         "run_ids": [r.run_id for r in rep.runs],
     }
+
+
+def shortened_size(reproduced: Reproduced) -> str:
+    """``2 epochs, 512 images`` for shortened runs (their epochs and subset), else ``""``."""
+    if reproduced.protocol != mlflow_keys.PROTOCOL_SHORTENED:
+        return ""
+    return "; ".join(sorted({r.size_text for r in reproduced.runs if r.size_text}))
 
 
 def _float(value: float | None) -> float | None:
@@ -331,7 +340,9 @@ def _error_entry(result: CellResult) -> Entry:
         short = result.shortened
         text = _stat_text(short.error) if short.error else _state_text(short)
         diff = _signed(difference(short.error, cell.reported_error))
-        notes = (f"[shortened] {text}" + (f" / {diff}" if diff else ""),)
+        size = shortened_size(short)
+        mark = f"[shortened: {size}]" if size else "[shortened]"
+        notes = (f"{mark} {text}" + (f" / {diff}" if diff else ""),)
     if result.paper.not_fp32:  # the paper trained in fp32: say when a number did not
         notes = (*notes, f"[{', '.join(result.paper.not_fp32)}]")
     if "resnet_stages" in dict(result.paper.readings):  # the reading this number is under
@@ -416,6 +427,9 @@ def _notes(report: Report, table_report: TableReport) -> list[str]:
             else "."
         ),
     ]
+    if table_report.hidden_shortened:
+        n = table_report.hidden_shortened
+        notes.append(f"{n} shortened run{'s' * (n != 1)} hidden (--include-shortened).")
     if table.dataset == "imagenet":
         notes.append("Top-5 is the final-epoch value in every mode and is not judged.")
     chosen = {**dict(table.readings), **dict(report.readings)}
@@ -748,12 +762,17 @@ def to_rich(report: Report) -> list[Any]:
     from rich.text import Text
 
     out: list[Any] = [Text(f"Metric: {report.metric_label}", style="bold")]
+    hidden = sum(t.hidden_shortened for t in report.tables)
+    if hidden:
+        out.append(
+            Text(f"{hidden} shortened run{'s' * (hidden != 1)} hidden (--include-shortened)")
+        )
     for table_report in report.tables:
         table = table_report.table
         grid = layout(table_report)
         title = f"{table.title} ({DATASET_NAMES[table.dataset]}) - reported / reproduced / diff"
         rich_table = RichTable(
-            title=title, box=box.SIMPLE_HEAD, header_style="bold", padding=(0, 1)
+            title=Text(title), box=box.SIMPLE_HEAD, header_style="bold", padding=(0, 1)
         )
         for header in grid.headers:
             # Headers break at spaces; labels and variant names stay on one line.
@@ -763,16 +782,16 @@ def to_rich(report: Report) -> list[Any]:
             if index in grid.group_starts and index:
                 rich_table.add_section()
             rich_table.add_row(*(_rich_item(item) for item in line))
-        rich_table.caption = "\n".join(_notes(report, table_report)[1:])
+        rich_table.caption = Text("\n".join(_notes(report, table_report)[1:]))
         out.append(rich_table)
         out.append(Text(f"Verdicts: {_summary_text(table_report) or 'none'}"))
         claims = _claim_rows(table_report)
         if claims:
-            claim_table = RichTable(title=f"{table.title}: bold claims", header_style="bold")
+            claim_table = RichTable(title=Text(f"{table.title}: bold claims"), header_style="bold")
             for header in CLAIM_HEADERS:
                 claim_table.add_column(header)
             for row in claims:
-                claim_table.add_row(*row)
+                claim_table.add_row(*(Text(value) for value in row))
             out.append(claim_table)
     return out
 
@@ -783,7 +802,7 @@ def _rich_item(item: Item):
     if item is None:
         return ""
     if isinstance(item, str):
-        return item
+        return Text(item)  # labels come from the table files: never rich markup
     text = Text(item.reported, style="bold" if item.bold else "")
     text.append("\n" + item.reproduced)
     if item.diff or item.verdict:
