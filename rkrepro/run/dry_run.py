@@ -28,12 +28,31 @@ def _share(plan: Plan) -> float:
     )
 
 
-def show(runner: Runner, plans: list[Plan], parallel: str | None = None) -> None:
+def seeds_text(seeds: list[int]) -> str:
+    """``[0]``, ``[0, 1, 2]``: a list, so that seed 0 never reads as "zero seeds"."""
+    return "[" + ", ".join(str(seed) for seed in seeds) + "]"
+
+
+def show(runner: Runner, plans: list[Plan], parallel: str | None = None, data=()) -> None:
     """Print the plans with their status and cost; ``parallel`` describes the launcher (e.g.
-    "4 parallel slots") for the estimate line."""
+    "4 parallel slots") for the estimate line; ``data`` the data checks (missing data is said
+    before the plans: the run would stop)."""
     from rkrepro.models import spec_param_counts
 
     console = runner.console
+    for state in data:
+        if state.stops:
+            console.print(
+                f"data: {state.message}; the run would stop here, before training",
+                style="red",
+                highlight=False,
+                soft_wrap=True,
+                markup=False,
+            )
+        elif state.state == "missing":
+            console.print(
+                f"data: {state.message} when the run starts", highlight=False, markup=False
+            )
     runner.connect(create=False)
     by_cell: dict[str, list[Plan]] = {}
     for plan in plans:
@@ -73,7 +92,7 @@ def show(runner: Runner, plans: list[Plan], parallel: str | None = None) -> None
                 cell.key,
                 cell.model,
                 f"{paper_count / 1e6:.3f}M",
-                ",".join(str(p.seed) for p in cell_plans),
+                seeds_text([p.seed for p in cell_plans]),
                 status_text,
                 cost.format_hours(hours),
                 f"{est.peak_memory_gb:.1f}" if est is not None else "?",

@@ -455,12 +455,21 @@ def execute(
     launch = LaunchPlan.check(where, options.device)
     plans = make_plans(cells, seeds, options, launch.device_type(options.device))
     launch.check_batches(plans)
+    from rkrepro import data_check
+
+    # Before the store is opened: a run that cannot read its data leaves nothing behind.
+    data_states = data_check.check([p.protocol.dataset for p in plans], options.data_dir)
     runner = Runner(options, console)
     if dry_run:
         from rkrepro.run import dry_run as dry
 
-        dry.show(runner, plans, parallel=launch.describe())
+        dry.show(runner, plans, parallel=launch.describe(), data=data_states)
         return 0
+    stopping = [state for state in data_states if state.stops]
+    if stopping and launch.launcher != "slurm":  # a SLURM node may see other paths
+        from rkrepro.errors import DataError
+
+        raise DataError(stopping[0].message)
     if launch.in_process:
         return runner.run(plans)
     if launch.launcher == "slurm":
