@@ -7,8 +7,6 @@ Nothing heavy at import time: mlflow and torch load inside the commands that nee
 from __future__ import annotations
 
 import json
-import os
-import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -55,35 +53,31 @@ ShortenedOpt = Annotated[
 
 def ui_command(
     tracking_uri: TrackingUri = None,
-    port: Annotated[int, typer.Option(help="Port of the web UI.")] = 5000,
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the web UI (1-65535).")] = 5000,
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on (default: this machine only).")
+    ] = "127.0.0.1",
+    expose: Annotated[
+        bool,
+        typer.Option(
+            "--expose",
+            help="Allow a --host other than loopback. MLflow's REST API has no "
+            "authentication: anyone who reaches the port can read and change every run.",
+        ),
+    ] = False,
 ) -> None:
-    """Open the MLflow web UI on the runs store (``mlflow ui --backend-store-uri ...``)."""
-    from rkrepro import paths, tracking
+    """Open the MLflow web UI on the runs store (mlflow ui, one worker) and print each
+    table's runs view once it answers."""
+    from rkrepro import paths, tracking, ui
 
+    ui.check_address(host, port, expose)
     uri = paths.resolve_tracking_uri(tracking_uri)
     if not tracking.is_local_store(uri):
         raise RkreproError(f"{uri} is a tracking server already: open it in a browser")
     if not tracking.store_exists(uri):
         raise RkreproError(f"no runs yet: {uri} does not exist (run `rkrepro run` first)")
     artifacts = (paths.runs_dir() / "artifacts").as_uri()
-    argv = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--default-artifact-root",
-        artifacts,
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
-    typer.echo(f"MLflow UI on http://{host}:{port} for {uri}", err=True)
-    sys.stdout.flush()
-    os.execv(sys.executable, argv)
+    raise typer.Exit(ui.serve(uri, artifacts, host, port))
 
 
 def register(app: typer.Typer) -> None:
