@@ -214,22 +214,39 @@ def to_rich(estimates: list[Estimate]):
     from rich.table import Table
 
     out = Table(title="Cost of the reproduction (before launching)", header_style="bold")
-    for header in ("table", "row", "model", "M params", "GFLOPs/img", "PFLOPs", "GPU-h", "peak GB"):
-        out.add_column(header, justify="left" if header in ("table", "row", "model") else "right")
+    hours = "CPU-h" if any(e.source.startswith("measured on CPU") for e in estimates) else "GPU-h"
+    # Readable at 80 columns: one table goes into the title, a row id is printed once per row,
+    # short headers; names fold instead of being cut to "densen…".
+    tables = list(dict.fromkeys(e.cell.table for e in estimates))
+    one = len(tables) == 1
+    if one:
+        out.title = f"{tables[0]}: {out.title}"
+    headers = ("table", "row", "model", "M par", "GFLOP/img", "PFLOP", hours, "peak GB")
+    for header in headers[1:] if one else headers:
+        name = header in ("table", "row", "model")
+        out.add_column(
+            header, justify="left" if name else "right", overflow="fold", no_wrap=header == "model"
+        )
+    previous = None
     for est in estimates:
-        out.add_row(
+        key = (est.cell.table, est.cell.row)
+        if previous is not None and key != previous:
+            out.add_section()
+        cells = [
             est.cell.table,
-            est.cell.row,
+            est.cell.row if key != previous else "",
             est.cell.printed_model + (" share" if est.cell.share else ""),
             f"{est.params_paper / 1e6:.2f}",
             f"{est.forward_flops / 1e9:.2f}",
             f"{est.total_flops / 1e15:,.1f}",
             f"{est.gpu_hours:,.2f}",
             f"{est.peak_memory_gb:.1f}",
-        )
+        ]
+        previous = key
+        out.add_row(*(cells[1:] if one else cells))
     out.add_section()
     for group in summarise(estimates):
-        out.add_row(
+        cells = [
             group["table"],
             f"total {group['row']}",
             f"{group['cells']} cells",
@@ -238,8 +255,8 @@ def to_rich(estimates: list[Estimate]):
             f"{group['total_pflops']:,.1f}",
             f"{group['gpu_hours']:,.2f}",
             f"{group['peak_memory_gb']:.1f}",
-            style="bold",
-        )
+        ]
+        out.add_row(*(cells[1:] if one else cells), style="bold")
     sources = sorted({est.source for est in estimates})
     out.caption = f"time: {'; '.join(sources)}; memory: " + (
         "measured peak"

@@ -126,3 +126,25 @@ def test_the_escape_helpers(tmp_path: Path):
 
     assert clean("a\x1b[2Jb\tc\nd\x9b") == "a[2Jb\tc\nd"
     assert escape("[bold]x") == "\\[bold]x"
+
+
+# --------------------------------------------------------------------------------------------
+# Small things: --version, --no-flops, 80 columns.
+
+
+def test_version_flag():
+    from rkrepro import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"rkrepro {__version__}"
+
+
+def test_params_at_80_columns_cuts_no_name_and_no_flops_has_no_column():
+    result = CliRunner().invoke(
+        app, ["params", "table1", "--row", "densenet-bc-k12", "--no-flops"], env={"COLUMNS": "80"}
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in result.stdout  # nothing truncated
+    assert "RKNet-1×8_1×2_1×2" in result.stdout and "MFLOPs" not in result.stdout

@@ -50,6 +50,27 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from rkrepro import __version__
+
+        typer.echo(f"rkrepro {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Reproduce the tables of 'Convolutional Neural Networks combined with Runge-Kutta
+    Methods' (RKNet) and track how close the reproduction is."""
+
+
 class ListFormat(StrEnum):
     rich = "rich"
     json = "json"
