@@ -95,12 +95,45 @@ def _memory_estimate(cell: Cell, total_params: int) -> float:
     return (activations + state) / 2**30
 
 
+# A CPU probe is short: a step of a BC-100 at batch 64 takes seconds there.
+CPU_PROBE_STEPS = 2
+CPU_PROBE_BATCH = 16
+
+
+def _probe_cpu(cell: Cell, steps: int) -> tuple[float, float]:
+    """(images/s, estimated peak GB) of a few real fp32 SGD steps on the CPU."""
+    import torch
+
+    from rkrepro.models import build_model, input_size_for, spec_param_counts
+
+    model = build_model(cell.spec).to(memory_format=torch.channels_last)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    batch = min(cell.protocol.batch_size, CPU_PROBE_BATCH)
+    images = torch.randn(batch, *input_size_for(cell.spec)).to(memory_format=torch.channels_last)
+    labels = torch.randint(0, cell.spec.num_classes, (batch,))
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+
+    step()  # warm-up: allocator, kernels
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    elapsed = time.perf_counter() - start
+    return steps * batch / elapsed, _memory_estimate(cell, spec_param_counts(cell.spec)[1])
+
+
 def _probe(cell: Cell, device: str, steps: int) -> tuple[float, float]:
     """(images/s, peak GB) of real SGD steps at the protocol's batch size on ``device``."""
     import torch
 
     from rkrepro.models import build_model, input_size_for
 
+    if device == "cpu":
+        return _probe_cpu(cell, min(steps, CPU_PROBE_STEPS))
     model = build_model(cell.spec).to(device).to(memory_format=torch.channels_last)
     optimiser = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
     batch = cell.protocol.batch_size
@@ -148,7 +181,8 @@ def estimate(
     probe_steps: int = 20,
     progress=None,
 ) -> list[Estimate]:
-    """One estimate per cell; ``probe_device`` (a CUDA device) measures instead of assuming."""
+    """One estimate per cell; ``probe_device`` (a CUDA device, or ``"cpu"`` for a short CPU
+    probe) measures instead of assuming. ``gpu_hours`` are hours on that device."""
     import torch
 
     from rkrepro import calibration
@@ -168,7 +202,13 @@ def estimate(
             images_per_s, peak = _probe(cell, probe_device, probe_steps)
             # Evaluation runs without backward: about a third of a training step per image.
             seconds = cell.protocol.epochs * (train + test / BACKWARD_FACTOR) / images_per_s
-            source = f"measured on {torch.cuda.get_device_name(probe_device)}"
+            if probe_device == "cpu":
+                source = (
+                    f"measured on CPU ({torch.get_num_threads()} threads, "
+                    f"{CPU_PROBE_STEPS} steps of {CPU_PROBE_BATCH} images)"
+                )
+            else:
+                source = f"measured on {torch.cuda.get_device_name(probe_device)}"
         elif (
             hit := calibration.lookup(
                 measured,
@@ -260,7 +300,7 @@ def to_rich(estimates: list[Estimate]):
     sources = sorted({est.source for est in estimates})
     out.caption = f"time: {'; '.join(sources)}; memory: " + (
         "measured peak"
-        if any(s.startswith("measured") for s in sources)
+        if any(s.startswith("measured") and "CPU" not in s for s in sources)
         else "saved activations × batch + weights, gradients, momentum (fp32 estimate)"
     )
     return out

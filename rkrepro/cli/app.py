@@ -163,19 +163,34 @@ def plan_command(
         ),
     ] = 25_000.0,
     probe: Annotated[
-        bool, typer.Option(help="Measure a few real training steps on the CUDA device, if any.")
+        bool,
+        typer.Option(
+            help="Measure a few real training steps on the device (CUDA if present, else a "
+            "short CPU probe)."
+        ),
     ] = True,
+    device: Annotated[
+        str, typer.Option(help="Device to estimate for: auto (CUDA if present), cpu or cuda.")
+    ] = "auto",
     probe_steps: Annotated[int, typer.Option(min=1, max=1000)] = 20,
     format: Annotated[ListFormat, typer.Option("--format", "-f")] = ListFormat.rich,
     tables_dir: TablesDir = None,
 ) -> None:
-    """Estimated GPU-hours, FLOPs, params and peak memory per cell, row and table."""
+    """Estimated device-hours (GPU, or CPU where it would run), FLOPs, params and peak memory."""
     from rkrepro import cost, targets
 
     cells = targets.select_cells(targets.load_tables(tables_dir), table, row)
     import torch
 
-    device = "cuda" if probe and torch.cuda.is_available() else None
+    choice = device.strip().lower()
+    if choice not in ("auto", "cpu", "cuda"):
+        raise RkreproError(f"--device must be auto, cpu or cuda, got {device[:20]!r}")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RkreproError("--device cuda: no CUDA device here")
+    target = (
+        "cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+    device = target if probe else None
     estimates = cost.estimate(
         cells,
         tflops=tflops,

@@ -17,7 +17,7 @@ COLUMNS = (
     "params (paper count)",
     "seeds",
     "status",
-    "GPU-h (est.)",
+    "hours (est.)",
     "peak GB (est.)",
 )
 
@@ -33,7 +33,13 @@ def seeds_text(seeds: list[int]) -> str:
     return "[" + ", ".join(str(seed) for seed in seeds) + "]"
 
 
-def show(runner: Runner, plans: list[Plan], parallel: str | None = None, data=()) -> None:
+def show(
+    runner: Runner,
+    plans: list[Plan],
+    parallel: str | None = None,
+    data=(),
+    device_type: str = "cuda",
+) -> None:
     """Print the plans with their status and cost; ``parallel`` describes the launcher (e.g.
     "4 parallel slots") for the estimate line; ``data`` the data checks (missing data is said
     before the plans: the run would stop)."""
@@ -58,7 +64,10 @@ def show(runner: Runner, plans: list[Plan], parallel: str | None = None, data=()
     for plan in plans:
         by_cell.setdefault(plan.cell.key, []).append(plan)
     try:
-        estimates = {e.cell.key: e for e in cost.estimate([ps[0].cell for ps in by_cell.values()])}
+        # On the CPU, a short probe there: FLOPs at a GPU's rate would promise GPU-hours.
+        probe = "cpu" if device_type == "cpu" else None
+        first = [ps[0].cell for ps in by_cell.values()]
+        estimates = {e.cell.key: e for e in cost.estimate(first, probe_device=probe)}
     except Exception as error:  # noqa: BLE001 - the plan is still worth showing
         console.print(
             f"warning: no cost estimate ({type(error).__name__}: {error})",
@@ -137,7 +146,8 @@ def show(runner: Runner, plans: list[Plan], parallel: str | None = None, data=()
         soft_wrap=True,
     )
     sources = sorted({e.source for e in estimates.values()})
-    line = f"estimate: {cost.format_hours(gpu_hours)} GPU-hours still to train"
+    unit = "CPU" if device_type == "cpu" else "GPU"
+    line = f"estimate: {cost.format_hours(gpu_hours)} {unit}-hours still to train"
     if parallel:
         line += f" ({parallel})"
     console.print(
