@@ -120,7 +120,7 @@ def show(
         for key, model, params, seeds, status_text, hours, peak in rows:
             console.print(
                 f"{key}  model={model}  params={params}  seeds={seeds}  status={status_text}"
-                f"  gpu_hours={hours}  peak_gb={peak}",
+                f"  hours={hours}  peak_gb={peak}",
                 highlight=False,
                 soft_wrap=True,
             )

@@ -492,8 +492,9 @@ def execute(
 def warn_cpu_protocol(plans: list[Plan], device_type: str, console: Console) -> None:
     """Before a paper-protocol run on the CPU: it takes days to weeks per cell there."""
     full = [p for p in plans if not p.shortened]
-    if device_type != "cpu" or not full:
-        return
+    chosen = {(p.options.device or "auto").strip().lower() for p in plans}
+    if device_type != "cpu" or not full or not chosen <= {"auto", "cpu"}:
+        return  # a bad --device is refused later, with its own one line
     epochs = full[0].protocol.epochs
     console.print(
         f"warning: {len(full)} paper-protocol run{'s' * (len(full) != 1)} ({epochs} epochs) "
