@@ -21,7 +21,11 @@ pytest.importorskip("torch")
 
 @pytest.fixture
 def env(tmp_path):
-    return {**wsh.make_workspace(tmp_path), "RKREPRO_CACHE_DIR": str(tmp_path / "cache")}
+    return {
+        **wsh.make_workspace(tmp_path),
+        "RKREPRO_CACHE_DIR": str(tmp_path / "cache"),
+        "MLFLOW_TRACKING_URI": None,  # None unsets it (see tests/test_visibility.py)
+    }
 
 
 def test_plan_on_cpu_measures_there_and_says_cpu_hours(env):
@@ -51,7 +55,10 @@ def test_dry_run_on_cpu_estimates_cpu_hours(env):
 
 def test_paper_protocol_on_cpu_is_warned_shortened_is_not(env, monkeypatch):
     for key, value in env.items():
-        monkeypatch.setenv(key, value)
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
     cells = targets.resolve_cells(targets.load_tables(), "tiny", "bc-k4", ["original"])
 
     def warned(**options) -> str:

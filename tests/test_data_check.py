@@ -31,7 +31,9 @@ def _workspace(tmp_path):
 
 
 def _invoke(env, *args):
-    return CliRunner().invoke(app, list(args), env={**env, "COLUMNS": "200"})
+    return CliRunner().invoke(
+        app, list(args), env={**env, "COLUMNS": "200", "MLFLOW_TRACKING_URI": None}
+    )
 
 
 @pytest.mark.bad_input

@@ -42,7 +42,11 @@ def workspace(tmp_path_factory) -> dict[str, str]:
 
 
 def _invoke(env: dict[str, str], *args: str):
-    return CliRunner().invoke(app, list(args), env={**env, "COLUMNS": "200"})
+    # None unsets: mlflow.set_tracking_uri (an earlier test's mlflow reader) exports
+    # MLFLOW_TRACKING_URI, which would send these runs to another store.
+    return CliRunner().invoke(
+        app, list(args), env={**env, "COLUMNS": "200", "MLFLOW_TRACKING_URI": None}
+    )
 
 
 def test_status_says_a_shortened_run_is_hidden_and_marks_it_when_shown(workspace):

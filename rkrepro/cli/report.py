@@ -7,6 +7,7 @@ Nothing heavy at import time: mlflow and torch load inside the commands that nee
 from __future__ import annotations
 
 import json
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Optional
