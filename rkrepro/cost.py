@@ -95,12 +95,45 @@ def _memory_estimate(cell: Cell, total_params: int) -> float:
     return (activations + state) / 2**30
 
 
+# A CPU probe is short: a step of a BC-100 at batch 64 takes seconds there.
+CPU_PROBE_STEPS = 2
+CPU_PROBE_BATCH = 16
+
+
+def _probe_cpu(cell: Cell, steps: int) -> tuple[float, float]:
+    """(images/s, estimated peak GB) of a few real fp32 SGD steps on the CPU."""
+    import torch
+
+    from rkrepro.models import build_model, input_size_for, spec_param_counts
+
+    model = build_model(cell.spec).to(memory_format=torch.channels_last)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    batch = min(cell.protocol.batch_size, CPU_PROBE_BATCH)
+    images = torch.randn(batch, *input_size_for(cell.spec)).to(memory_format=torch.channels_last)
+    labels = torch.randint(0, cell.spec.num_classes, (batch,))
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+
+    step()  # warm-up: allocator, kernels
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    elapsed = time.perf_counter() - start
+    return steps * batch / elapsed, _memory_estimate(cell, spec_param_counts(cell.spec)[1])
+
+
 def _probe(cell: Cell, device: str, steps: int) -> tuple[float, float]:
     """(images/s, peak GB) of real SGD steps at the protocol's batch size on ``device``."""
     import torch
 
     from rkrepro.models import build_model, input_size_for
 
+    if device == "cpu":
+        return _probe_cpu(cell, min(steps, CPU_PROBE_STEPS))
     model = build_model(cell.spec).to(device).to(memory_format=torch.channels_last)
     optimiser = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
     batch = cell.protocol.batch_size
@@ -148,7 +181,8 @@ def estimate(
     probe_steps: int = 20,
     progress=None,
 ) -> list[Estimate]:
-    """One estimate per cell; ``probe_device`` (a CUDA device) measures instead of assuming."""
+    """One estimate per cell; ``probe_device`` (a CUDA device, or ``"cpu"`` for a short CPU
+    probe) measures instead of assuming. ``gpu_hours`` are hours on that device."""
     import torch
 
     from rkrepro import calibration
@@ -168,7 +202,13 @@ def estimate(
             images_per_s, peak = _probe(cell, probe_device, probe_steps)
             # Evaluation runs without backward: about a third of a training step per image.
             seconds = cell.protocol.epochs * (train + test / BACKWARD_FACTOR) / images_per_s
-            source = f"measured on {torch.cuda.get_device_name(probe_device)}"
+            if probe_device == "cpu":
+                source = (
+                    f"measured on CPU ({torch.get_num_threads()} threads, "
+                    f"{CPU_PROBE_STEPS} steps of {CPU_PROBE_BATCH} images)"
+                )
+            else:
+                source = f"measured on {torch.cuda.get_device_name(probe_device)}"
         elif (
             hit := calibration.lookup(
                 measured,
@@ -214,22 +254,39 @@ def to_rich(estimates: list[Estimate]):
     from rich.table import Table
 
     out = Table(title="Cost of the reproduction (before launching)", header_style="bold")
-    for header in ("table", "row", "model", "M params", "GFLOPs/img", "PFLOPs", "GPU-h", "peak GB"):
-        out.add_column(header, justify="left" if header in ("table", "row", "model") else "right")
+    hours = "CPU-h" if any(e.source.startswith("measured on CPU") for e in estimates) else "GPU-h"
+    # Readable at 80 columns: one table goes into the title, a row id is printed once per row,
+    # short headers; names fold instead of being cut to "densen…".
+    tables = list(dict.fromkeys(e.cell.table for e in estimates))
+    one = len(tables) == 1
+    if one:
+        out.title = f"{tables[0]}: {out.title}"
+    headers = ("table", "row", "model", "M par", "GFLOP/img", "PFLOP", hours, "peak GB")
+    for header in headers[1:] if one else headers:
+        name = header in ("table", "row", "model")
+        out.add_column(
+            header, justify="left" if name else "right", overflow="fold", no_wrap=header == "model"
+        )
+    previous = None
     for est in estimates:
-        out.add_row(
+        key = (est.cell.table, est.cell.row)
+        if previous is not None and key != previous:
+            out.add_section()
+        cells = [
             est.cell.table,
-            est.cell.row,
+            est.cell.row if key != previous else "",
             est.cell.printed_model + (" share" if est.cell.share else ""),
             f"{est.params_paper / 1e6:.2f}",
             f"{est.forward_flops / 1e9:.2f}",
             f"{est.total_flops / 1e15:,.1f}",
             f"{est.gpu_hours:,.2f}",
             f"{est.peak_memory_gb:.1f}",
-        )
+        ]
+        previous = key
+        out.add_row(*(cells[1:] if one else cells))
     out.add_section()
     for group in summarise(estimates):
-        out.add_row(
+        cells = [
             group["table"],
             f"total {group['row']}",
             f"{group['cells']} cells",
@@ -238,12 +295,12 @@ def to_rich(estimates: list[Estimate]):
             f"{group['total_pflops']:,.1f}",
             f"{group['gpu_hours']:,.2f}",
             f"{group['peak_memory_gb']:.1f}",
-            style="bold",
-        )
+        ]
+        out.add_row(*(cells[1:] if one else cells), style="bold")
     sources = sorted({est.source for est in estimates})
     out.caption = f"time: {'; '.join(sources)}; memory: " + (
         "measured peak"
-        if any(s.startswith("measured") for s in sources)
+        if any(s.startswith("measured") and "CPU" not in s for s in sources)
         else "saved activations × batch + weights, gradients, momentum (fp32 estimate)"
     )
     return out

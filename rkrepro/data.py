@@ -154,10 +154,17 @@ def load_cifar(dataset: str, root: Path) -> tuple[ArraySplit, ArraySplit]:
     probe.root, probe.train = str(root), True
     if not probe._check_integrity():
         state = "is corrupt (checksum mismatch)" if folder.is_dir() else "is missing"
+        if folder.is_dir() and verify:
+            from rkrepro.data_check import check_cifar
+
+            found = check_cifar(dataset, root)  # names the file and says what to do
+            if found.state == "corrupt":
+                raise DataError(found.message)
         if not download:
             raise DataError(
-                f"{dataset} data {state}: expected {folder} ({cls.base_folder}); "
+                f"{dataset} data {state}: expected {folder} ({cls.base_folder}, from {cls.url}); "
                 f"downloads are off ({DOWNLOAD_ENV}=0)"
+                + (f"; for a re-packed copy set {VERIFY_ENV}=0" if folder.is_dir() else "")
             )
         try:
             root.mkdir(parents=True, exist_ok=True)

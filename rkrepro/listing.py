@@ -12,23 +12,33 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from rkrepro.targets import Cell, Printed, Row, Table, row_cells
+from rkrepro.textsafe import rich_text
 
 NOT_STARTED = "not started"
 
 
 def statuses(tracking_uri: str | None, cells: list[Cell]) -> dict[str, str]:
     """Cell key -> reproduction status, read from the tracking store (cheaply)."""
-    from rkrepro.status import cell_status_map
+    return statuses_and_hidden(tracking_uri, cells)[0]
+
+
+def statuses_and_hidden(
+    tracking_uri: str | None, cells: list[Cell]
+) -> tuple[dict[str, str], dict[str, int]]:
+    """(cell key -> paper-protocol status, cell key -> shortened runs not counted), one read."""
+    from rkrepro.status import cell_status_view
 
     table_ids = list(dict.fromkeys(cell.table for cell in cells))
-    return cell_status_map(tracking_uri, table_ids)
+    return cell_status_view(tracking_uri, table_ids)
 
 
 def _number(value: Printed | None) -> float | None:
     return None if value is None else float(value)
 
 
-def cell_record(cell: Cell, status: dict[str, str]) -> dict[str, Any]:
+def cell_record(
+    cell: Cell, status: dict[str, str], hidden: dict[str, int] | None = None
+) -> dict[str, Any]:
     """One model cell as a JSON object (documented in the README)."""
     record: dict[str, Any] = {
         "table": cell.table,
@@ -58,6 +68,7 @@ def cell_record(cell: Cell, status: dict[str, str]) -> dict[str, Any]:
             "epochs": cell.protocol.epochs,
             "readings": cell.applicable_readings(),
             "status": status.get(cell.key, NOT_STARTED),
+            "shortened_runs": (hidden or {}).get(cell.key, 0),
         }
     )
     return record
@@ -80,15 +91,28 @@ def _model_label(cell: Cell) -> str:
     return cell.printed_model + (" share" if cell.share else "")
 
 
-def cells_table(tables: dict[str, Table], cells: list[Cell], status: dict[str, str]) -> Group:
-    """One rich table per paper table: rows -> models, reported numbers, reproduction status."""
+def _hidden_text(count: int) -> str:
+    return f"{count} shortened run{'s' * (count != 1)} hidden (--include-shortened)"
+
+
+def cells_table(
+    tables: dict[str, Table],
+    cells: list[Cell],
+    status: dict[str, str],
+    hidden: dict[str, int] | None = None,
+) -> Group:
+    """One rich table per paper table: rows -> models, reported numbers, reproduction status.
+    ``hidden``: shortened runs per cell, which the status leaves out but the user must see."""
+    hidden = hidden or {}
     rendered = []
     for table_id in dict.fromkeys(cell.table for cell in cells):
         table = tables[table_id]
         chosen = [cell for cell in cells if cell.table == table_id]
         imagenet = table.dataset == "imagenet"
         out = RichTable(
-            title=f"{table.title} ({table.dataset})", header_style="bold", title_justify="left"
+            title=rich_text(f"{table.title} ({table.dataset})"),
+            header_style="bold",
+            title_justify="left",
         )
         width = max(len(_model_label(cell)) for cell in chosen)
         out.add_column("row", overflow="fold")
@@ -106,21 +130,24 @@ def cells_table(tables: dict[str, Table], cells: list[Cell], status: dict[str, s
             if imagenet:
                 errors.append(_fmt(cell.reported_top5) + star)
             state = status.get(cell.key, NOT_STARTED)
+            shown = "-" if state == NOT_STARTED else state
+            if hidden.get(cell.key):
+                shown += f" (+{hidden[cell.key]} shortened)"
             out.add_row(
-                cell.row if previous_row != cell.row else "",
-                Text(_model_label(cell), style="bold" if cell.bold else ""),
+                rich_text(cell.row if previous_row != cell.row else ""),
+                rich_text(_model_label(cell), style="bold" if cell.bold else ""),
                 _fmt(cell.reported_params_m),
                 *errors,
-                Text(
-                    "-" if state == NOT_STARTED else state,
-                    style=_STATUS_STYLE.get(state.split(" ")[0], "dim"),
-                ),
+                Text(shown, style=_STATUS_STYLE.get(state.split(" ")[0], "dim")),
             )
             previous_row = cell.row
         notes = ["bold: the paper's bold claims", "status -: not started"]
         if table.star_note and any(cell.star for cell in chosen):
             notes.insert(0, table.star_note)
-        out.caption = "; ".join(notes)
+        hidden_total = sum(hidden.get(cell.key, 0) for cell in chosen)
+        if hidden_total:
+            notes.append(_hidden_text(hidden_total))
+        out.caption = rich_text("; ".join(notes))
         rendered.append(out)
     return Group(*rendered)
 
@@ -130,7 +157,7 @@ def row_structure(table: Table, row: Row) -> RichTable:
     from rkrepro.models.summary import describe_periods
 
     out = RichTable(
-        title=f"{table.id} / {row.id}: {row.label}, depth {row.depth} ({table.dataset})",
+        title=rich_text(f"{table.id} / {row.id}: {row.label}, depth {row.depth} ({table.dataset})"),
         header_style="bold",
         show_lines=True,
     )
@@ -146,7 +173,7 @@ def row_structure(table: Table, row: Row) -> RichTable:
             shape = f"{period['s']}×{period['r']}" if cell.spec.is_rknet else "orig."
             parts.append(f"{shape} · {period['state_channels']}")
         out.add_row(
-            Text(cell.printed_model, style="bold" if cell.bold else ""),
+            rich_text(cell.printed_model, style="bold" if cell.bold else ""),
             "yes" if cell.share else "",
             _fmt(cell.reported_params_m),
             *parts,

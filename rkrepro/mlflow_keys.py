@@ -9,6 +9,15 @@ from __future__ import annotations
 # One MLflow experiment per table; its name is the table id prefixed.
 EXPERIMENT_PREFIX = "rkrepro/"
 
+# MLflow 3's UI opens an experiment in the view of its kind; "custom_model_development" is its
+# model-training kind (the runs table), checked against mlflow 3.17's UI bundle and
+# mlflow/assistant/skills/mlflow-onboarding. Without it the UI shows the GenAI traces view.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+# The data set of a run, as an MLflow dataset input of this context.
+DATASET_CONTEXT_KEY = "mlflow.data.context"
+DATASET_CONTEXT_TRAINING = "training"
+
 # Tags identifying a run: one run per (table, row, model, share, seed).
 TAG_TABLE = "rkrepro.table"  # "table1"
 TAG_ROW = "rkrepro.row"  # "densenet-bc-k12"

@@ -86,7 +86,13 @@ _HEADERS = (
 )
 
 
-def _cells(record: dict[str, Any]) -> tuple[str, ...]:
+def _headers(records: list[dict[str, Any]]) -> tuple[str, ...]:
+    """Without FLOPs (``--no-flops``), no empty FLOPs column."""
+    with_flops = any(r["flops"] is not None for r in records)
+    return _HEADERS if with_flops else _HEADERS[:-1]
+
+
+def _cells(record: dict[str, Any], width: int = len(_HEADERS)) -> tuple[str, ...]:
     return (
         record["table"],
         record["row"],
@@ -97,12 +103,13 @@ def _cells(record: dict[str, Any]) -> tuple[str, ...]:
         _reported(record),
         _match(record),
         _flops(record),
-    )
+    )[:width]
 
 
 def to_markdown(records: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(_HEADERS) + " |", "|" + "---|" * len(_HEADERS)]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in records]
+    headers = _headers(records)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cells(r, len(headers))) + " |" for r in records]
     return "\n".join(lines)
 
 
@@ -110,11 +117,32 @@ def to_rich(records: list[dict[str, Any]]):
     from rich.table import Table
 
     table = Table(title="Parameter counts (paper rule: conv + FC weights and biases)")
-    for index, header in enumerate(_HEADERS):
-        table.add_column(header, justify="right" if index >= 4 else "left")
+    headers = list(_headers(records))
+    # Readable at 80 columns: one table goes into the title, a row id is printed once per row,
+    # and headers are short; names wrap (fold) instead of being cut to "densen…".
+    tables = list(dict.fromkeys(r["table"] for r in records))
+    short = {"paper count": "paper", "all params": "all", "reported (M)": "printed (M)"}
+    skip = 1 if len(tables) == 1 else 0
+    if skip:
+        table.title = f"{tables[0]}: {table.title}"
+    for index, header in enumerate(headers[skip:], skip):
+        table.add_column(
+            short.get(header, header),
+            justify="right" if index >= 4 else "left",
+            overflow="fold",
+            no_wrap=index == 2,
+        )
+    previous = None
     for record in records:
         style = "red" if record["match"] is False else None
-        table.add_row(*_cells(record), style=style)
+        cells = list(_cells(record, len(headers)))
+        if (record["table"], record["row"]) == previous:
+            cells[1] = ""
+        else:
+            if previous is not None:
+                table.add_section()
+            previous = (record["table"], record["row"])
+        table.add_row(*cells[skip:], style=style)
     checked = [r for r in records if r["match"] is not None]
     good = sum(1 for r in checked if r["match"])
     table.caption = f"{good} of {len(checked)} checked cells within the paper's rounding"

@@ -54,6 +54,12 @@ _CELL_TAGS = (
 )
 
 
+# Params that say how short a shortened run was (``protocol.*`` of the run's config).
+P_EPOCHS = "protocol.epochs"
+P_TRAIN_SUBSET = "protocol.train_subset"
+_SIZE_PARAMS = (P_EPOCHS, P_TRAIN_SUBSET)
+
+
 def default_tracking_uri() -> str:
     """What every command uses without ``--tracking-uri`` (see :mod:`rkrepro.paths`)."""
     return resolve_tracking_uri(None)
@@ -89,6 +95,16 @@ class RunRecord:
         tags[mlflow_keys.TAG_PRECISION] = self.precision
         return readings.from_tags(tags, spec)
 
+    experiment_id: str = field(default="", compare=False)  # for links into the MLflow UI
+    epochs: int | None = field(default=None, compare=False)  # as trained (shortened runs)
+    train_subset: int | None = field(default=None, compare=False)  # images; None: all
+
+    @property
+    def size_text(self) -> str:
+        """``2 epochs, 512 images``: how much a run trained, for shortened numbers."""
+        parts = [f"{self.epochs} epochs"] if self.epochs else []
+        return ", ".join(parts + ([f"{self.train_subset} images"] if self.train_subset else []))
+
     @property
     def cell_id(self) -> tuple[str, str, str, bool]:
         """(table, row, model, share): what a :class:`~rkrepro.targets.Cell` is made of."""
@@ -103,7 +119,15 @@ def cell_id_of(cell: Cell) -> tuple[str, str, str, bool]:
     return (cell.table, cell.row, cell.model, cell.share)
 
 
-def _record(run_id: str, status: str, start: object, tags: Mapping[str, object], metrics):
+def _record(
+    run_id: str,
+    status: str,
+    start: object,
+    tags: Mapping[str, object],
+    metrics,
+    experiment_id: object = "",
+    params: Mapping[str, object] | None = None,
+):
     """A RunRecord from raw values, or ``None`` when the run lacks the cell tags."""
     values = {key: tags.get(key) for key in _CELL_TAGS}
     needed = (mlflow_keys.TAG_TABLE, mlflow_keys.TAG_ROW, mlflow_keys.TAG_MODEL)
@@ -129,7 +153,16 @@ def _record(run_id: str, status: str, start: object, tags: Mapping[str, object],
             for name in readings.READINGS
             if text[readings.TAG_PREFIX + name]
         ),
+        experiment_id=str(experiment_id or ""),
+        epochs=_int_param((params or {}).get(P_EPOCHS)),
+        train_subset=_int_param((params or {}).get(P_TRAIN_SUBSET)),
     )
+
+
+def _int_param(value: object) -> int | None:
+    if isinstance(value, str) and value.isdigit() and len(value) < 12:
+        return int(value)
+    return None
 
 
 def fetch_runs(
@@ -164,7 +197,7 @@ def _fetch_sqlite(path: Path, table_ids: list[str]) -> list[RunRecord]:
     try:
         marks = ",".join("?" * len(names))
         runs_sql = (
-            "SELECT r.run_uuid, r.status, r.start_time, e.name FROM runs r "
+            "SELECT r.run_uuid, r.status, r.start_time, e.name, e.experiment_id FROM runs r "
             "JOIN experiments e ON e.experiment_id = r.experiment_id "
             f"WHERE e.name IN ({marks}) AND e.lifecycle_stage = 'active' "
             "AND r.lifecycle_stage = 'active'"
@@ -176,6 +209,10 @@ def _fetch_sqlite(path: Path, table_ids: list[str]) -> list[RunRecord]:
         tag_sql = f"SELECT run_uuid, key, value FROM tags WHERE key IN ({tag_marks}) AND "
         for run_id, key, value in con.execute(tag_sql + run_filter, [*_CELL_TAGS, *names]):
             tags.setdefault(run_id, {})[key] = value
+        params: dict[str, dict[str, str]] = {}
+        param_sql = "SELECT run_uuid, key, value FROM params WHERE key IN (?, ?) AND "
+        for run_id, key, value in con.execute(param_sql + run_filter, [*_SIZE_PARAMS, *names]):
+            params.setdefault(run_id, {})[key] = value
         metrics: dict[str, dict[str, float]] = {}
         metric_marks = ",".join("?" * len(REPORT_METRICS))
         metric_sql = (
@@ -190,8 +227,11 @@ def _fetch_sqlite(path: Path, table_ids: list[str]) -> list[RunRecord]:
     finally:
         con.close()
     records = []
-    for run_id, status, start, experiment in runs:
-        record = _record(run_id, status, start, tags.get(run_id, {}), metrics.get(run_id, {}))
+    for run_id, status, start, experiment, experiment_id in runs:
+        tag_values, metric_values = tags.get(run_id, {}), metrics.get(run_id, {})
+        record = _record(
+            run_id, status, start, tag_values, metric_values, experiment_id, params.get(run_id)
+        )
         if record is not None and mlflow_keys.experiment_name(record.table) == experiment:
             records.append(record)
     return _sorted(records)
@@ -245,7 +285,11 @@ def _records_from_frame(frame) -> list[RunRecord]:
             if value is not None and value == value:
                 metrics[key] = float(value)
         start = millis[index]
-        record = _record(str(row["run_id"]), str(row["status"]), start, tags, metrics)
+        experiment = row["experiment_id"] if "experiment_id" in columns else ""
+        sizes = {k: row[f"params.{k}"] for k in _SIZE_PARAMS if f"params.{k}" in columns}
+        record = _record(
+            str(row["run_id"]), str(row["status"]), start, tags, metrics, experiment, sizes
+        )
         if record is not None:
             records.append(record)
     return records
@@ -289,7 +333,20 @@ class CellStatus:
 
     @property
     def label(self) -> str:
-        """``done (3 seeds)``, ``running (2 runs, 1 seed done)``: the state word comes first."""
+        """``done (3 seeds)``, ``running (2 runs, 1 seed done)``: the state word comes first.
+        Shortened runs are named as such, with how short they were."""
+        paper = [r for r in self.runs if r.protocol != mlflow_keys.PROTOCOL_SHORTENED]
+        short = [r for r in self.runs if r.protocol == mlflow_keys.PROTOCOL_SHORTENED]
+        if not short:
+            return self._label()
+        sizes = "; ".join(sorted({r.size_text for r in short if r.size_text}))
+        text = "[shortened" + (f": {sizes}" if sizes else "") + "] "
+        text += CellStatus(self.cell_id, tuple(short))._label()
+        if paper:
+            text = CellStatus(self.cell_id, tuple(paper))._label() + "; " + text
+        return text
+
+    def _label(self) -> str:
         state, parts = self.state, []
         active = self.count(*ACTIVE)
         if state == "running" and active > 1:
@@ -334,14 +391,41 @@ def cell_status_map(
 
     For ``rkrepro list``: needs neither the tables, nor torch, nor (for a local store) mlflow.
     """
+    return _status_view(fetch_runs(tracking_uri, table_ids), protocols)[0]
+
+
+def cell_status_view(
+    tracking_uri: str | None,
+    table_ids: Iterable[str],
+    *,
+    protocols: Iterable[str] = (mlflow_keys.PROTOCOL_PAPER,),
+) -> tuple[dict[str, str], dict[str, int]]:
+    """:func:`cell_status_map`, and per cell the runs of other protocols it leaves out (so that
+    a shortened run is never invisible)."""
+    return _status_view(fetch_runs(tracking_uri, table_ids), protocols)
+
+
+def _status_view(records, protocols) -> tuple[dict[str, str], dict[str, int]]:
     wanted = set(protocols)
     by_cell: dict[tuple[str, str, str, bool], list[RunRecord]] = {}
-    for record in fetch_runs(tracking_uri, table_ids):
+    hidden: dict[str, int] = {}
+    for record in records:
         if record.protocol in wanted:
             by_cell.setdefault(record.cell_id, []).append(record)
-    return {
+        else:
+            key = targets.cell_key(*record.cell_id)
+            hidden[key] = hidden.get(key, 0) + 1
+    labels = {
         targets.cell_key(*cid): CellStatus(cid, tuple(runs)).label for cid, runs in by_cell.items()
     }
+    return labels, hidden
+
+
+def hidden_runs(
+    records: Iterable[RunRecord], protocols: Iterable[str] = (mlflow_keys.PROTOCOL_PAPER,)
+) -> dict[str, int]:
+    """Cell key -> runs of other protocols than ``protocols`` (shortened runs left out)."""
+    return _status_view(records, protocols)[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,8 +465,14 @@ _STATE_STYLE = {
 }
 
 
-def status_tables(statuses: Mapping[str, CellStatus], cells: Iterable[Cell]) -> list[object]:
-    """One rich table per paper table: cell, state, and its runs (id, seed, MLflow status)."""
+def status_tables(
+    statuses: Mapping[str, CellStatus],
+    cells: Iterable[Cell],
+    hidden: Mapping[str, int] | None = None,
+) -> list[object]:
+    """One rich table per paper table: cell, state, and its runs (id, seed, MLflow status);
+    ``hidden``: shortened runs per cell left out, said in the state and the caption."""
+    hidden = hidden or {}
     from rich.table import Table as RichTable
     from rich.text import Text
 
@@ -401,17 +491,31 @@ def status_tables(statuses: Mapping[str, CellStatus], cells: Iterable[Cell]) -> 
             counts[status.state] = counts.get(status.state, 0) + 1
             runs = "\n".join(
                 f"{r.run_id} seed {r.seed} {r.status}"
-                + (" [shortened]" if r.protocol == mlflow_keys.PROTOCOL_SHORTENED else "")
+                + (
+                    f" [shortened{': ' + r.size_text if r.size_text else ''}]"
+                    if r.protocol == mlflow_keys.PROTOCOL_SHORTENED
+                    else ""
+                )
                 for r in status.runs
             )
+            label = status.label
+            if hidden.get(cell.key):
+                label += f" (+{hidden[cell.key]} shortened hidden)"
             rich_table.add_row(
-                cell.row if cell.row != previous_row else "",
-                cell.printed_model,
+                Text(cell.row if cell.row != previous_row else ""),
+                Text(cell.printed_model),
                 "yes" if cell.share else "",
-                Text(status.label, style=_STATE_STYLE[status.state]),
-                runs,
+                Text(label, style=_STATE_STYLE[status.state]),
+                Text(runs),
             )
             previous_row = cell.row
-        rich_table.caption = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
+        caption = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
+        hidden_total = sum(hidden.get(cell.key, 0) for cell in table_cells)
+        if hidden_total:
+            caption += (
+                f"; {hidden_total} shortened run{'s' * (hidden_total != 1)} hidden "
+                "(--include-shortened)"
+            )
+        rich_table.caption = Text(caption)
         out.append(rich_table)
     return out

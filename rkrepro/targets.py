@@ -23,6 +23,7 @@ import yaml
 from rkrepro import readings as readings_mod
 from rkrepro.errors import TargetError
 from rkrepro.spec import NUM_CLASSES, LrSchedule, ModelSpec, Protocol, variant_name
+from rkrepro.textsafe import clean
 
 TABLES_DIR_ENV = "RKREPRO_TABLES_DIR"
 SHARE_CHOICES = ("both", "share", "no-share")
@@ -260,6 +261,7 @@ class Table:
     rows: tuple[Row, ...]
     source: Path
     readings: tuple[tuple[str, str], ...] = ()  # the table's readings (defaults filled in)
+    claims: tuple[ClaimSpec, ...] = ()
 
     @property
     def metric_columns(self) -> tuple[str, ...]:
@@ -315,6 +317,72 @@ def cell_key(table: str, row: str, model: str, share: bool) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Claims: the paper's statements about its tables, each a comparison between two sets of cells.
+
+CLAIM_MODELS = ("any", "original", "variant", "one-stage", "multi-stage")
+CLAIM_QUANTITIES = ("params", "error", "gap")  # gap: error minus the row original's error
+CLAIM_RELATIONS = ("less", "greater")
+CLAIM_PAIRS = ("row", "model", "all")
+
+
+@dataclass(frozen=True)
+class CellSelector:
+    """Which cells one side of a claim ranges over; ``None`` fields match anything."""
+
+    tables: tuple[str, ...]
+    model: str = "any"
+    share: bool | None = None
+    family: str | None = None
+    bold: bool | None = None
+
+    def matches(self, cell: Cell, family: str) -> bool:
+        if cell.table not in self.tables:
+            return False
+        if self.share is not None and cell.share != self.share:
+            return False
+        if self.family is not None and family != self.family:
+            return False
+        if self.bold is not None and cell.bold != self.bold:
+            return False
+        return _model_kind_matches(self.model, cell)
+
+
+def _model_kind_matches(kind: str, cell: Cell) -> bool:
+    periods = cell.spec.periods
+    if kind == "any":
+        return True
+    if kind == "original":
+        return periods is None
+    if periods is None:
+        return False
+    one_stage = all(s == 1 for s, _ in periods)
+    return kind == "variant" or (kind == "one-stage") == one_stage
+
+
+@dataclass(frozen=True)
+class ClaimSpec:
+    """``left <relation> right * factor (+/- margin)`` for every pair of cells the pairing
+    forms, on each ``quantities`` (all must hold). Declarative so that the paper's numbers
+    and the reproduction are judged by the same predicate."""
+
+    id: str
+    table: str  # the file it is written in
+    section: str
+    text: str
+    quantities: tuple[str, ...]
+    relation: str
+    left: CellSelector
+    right: CellSelector
+    pairs: str = "row"
+    factor: float = 1.0
+    margin: float = 0.0  # percentage points (errors) or millions (parameters)
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.left.tables, *self.right.tables)))
+
+
+# --------------------------------------------------------------------------------------------
 # Validation: a tiny schema, one error line naming file, place and field.
 
 _PROTOCOL_KEYS: dict[str, tuple[type, ...]] = {
@@ -354,6 +422,7 @@ _TABLE_KEYS: dict[str, tuple[type, ...]] = {
     "star_protocol": (dict,),
     "rows": (list,),
     "readings": (dict,),
+    "claims": (list,),
 }
 _ROW_KEYS: dict[str, tuple[type, ...]] = {
     "id": (str,),
@@ -698,7 +767,7 @@ def _parse_row(data: Any, table_where: _Where, index: int, dataset: str) -> Row:
     return Row(
         readings=tuple(row_readings.items()),
         id=row_id,
-        label=data.get("label") or row_id,
+        label=clean(data.get("label") or row_id),
         family=family,
         depth=depth,
         growth_rate=growth,
@@ -761,7 +830,7 @@ def parse_table(data: Any, source: Path) -> Table:
         star_protocol = replace(
             protocol, batch_size=batch_size, epochs=epochs, lr_milestones=star_milestones
         )
-        star_note = star.get("note")
+        star_note = clean(star["note"]) if star.get("note") else None
     if not data["rows"]:
         raise where.fail("field 'rows' is empty: a table needs at least one row")
     rows: list[Row] = []
@@ -783,15 +852,129 @@ def parse_table(data: Any, source: Path) -> Table:
     return Table(
         readings=tuple(table_readings.items()),
         id=data["id"],
-        title=data.get("title") or data["id"],
-        caption=" ".join((data.get("caption") or "").split()),
+        title=clean(data.get("title") or data["id"]),
+        caption=clean(" ".join((data.get("caption") or "").split())),
         dataset=dataset,
         protocol=protocol,
         star_protocol=star_protocol,
         star_note=star_note,
         rows=tuple(rows),
         source=source,
+        claims=_parse_claims(data.get("claims"), where, data["id"]),
     )
+
+
+_CLAIM_KEYS: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "section": (str,),
+    "text": (str,),
+    "quantity": (str, list),
+    "relation": (str,),
+    "left": (dict,),
+    "right": (dict,),
+    "pairs": (str,),
+    "factor": (float, int),
+    "margin": (float, int),
+}
+_SELECTOR_KEYS: dict[str, tuple[type, ...]] = {
+    "tables": (list,),
+    "model": (str,),
+    "share": (bool,),
+    "family": (str,),
+    "bold": (bool,),
+}
+MAX_CLAIMS = 64
+
+
+def _choice(value: Any, choices: tuple[str, ...], where: _Where, name: str) -> str:
+    if value not in choices:
+        shown = repr(value) if isinstance(value, str) and len(value) <= 40 else "this value"
+        raise where.fail(f"field {name!r} must be one of {', '.join(choices)}, got {shown}")
+    return value
+
+
+def _parse_selector(data: Any, where: _Where, table_id: str) -> CellSelector:
+    data = _check_mapping(data or {}, _SELECTOR_KEYS, where, what="a claim side")
+    tables = data.get("tables") or [table_id]
+    for item in tables:
+        if not isinstance(item, str) or not _ID.match(item):
+            raise where.fail("field 'tables' must list table ids")
+    family = data.get("family")
+    if family is not None:
+        _choice(family, FAMILIES, where, "family")
+    return CellSelector(
+        tables=tuple(dict.fromkeys(tables)),
+        model=_choice(data.get("model", "any"), CLAIM_MODELS, where, "model"),
+        share=data.get("share"),
+        family=family,
+        bold=data.get("bold"),
+    )
+
+
+def _parse_claims(raw: Any, where: _Where, table_id: str) -> tuple[ClaimSpec, ...]:
+    if raw is None:
+        return ()
+    if len(raw) > MAX_CLAIMS:
+        raise where.fail(f"at most {MAX_CLAIMS} claims per table")
+    claims: list[ClaimSpec] = []
+    seen: set[str] = set()
+    for index, data in enumerate(raw):
+        cwhere = where.at(f"claim #{index + 1}")
+        data = _check_mapping(
+            data, _CLAIM_KEYS, cwhere, ("id", "text", "quantity", "relation"), "claim"
+        )
+        if not _ID.match(data["id"]):
+            raise cwhere.fail("claim id must be lower-case letters, digits, '-' or '.'")
+        if data["id"] in seen:
+            raise cwhere.fail(f"duplicate claim id {data['id']!r}")
+        seen.add(data["id"])
+        cwhere = where.at(f"claim {data['id']!r}")
+        quantity = data["quantity"]
+        quantities = [quantity] if isinstance(quantity, str) else quantity
+        if not quantities:
+            raise cwhere.fail("field 'quantity' must name at least one quantity")
+        for item in quantities:
+            _choice(item, CLAIM_QUANTITIES, cwhere, "quantity")
+        factor, margin = _get(data, "factor", 1.0), _get(data, "margin", 0.0)
+        for name, value in (("factor", factor), ("margin", margin)):
+            if not math.isfinite(value) or value < 0 or value > 1000:
+                raise cwhere.fail(f"field {name!r} must be in [0, 1000]")
+        claims.append(
+            ClaimSpec(
+                id=data["id"],
+                table=table_id,
+                section=clean(data.get("section") or ""),
+                text=clean(" ".join(data["text"].split())),
+                quantities=tuple(dict.fromkeys(quantities)),
+                relation=_choice(data["relation"], CLAIM_RELATIONS, cwhere, "relation"),
+                left=_parse_selector(data.get("left"), cwhere.at("left"), table_id),
+                right=_parse_selector(
+                    data.get("right") or {"model": "original"}, cwhere.at("right"), table_id
+                ),
+                pairs=_choice(_get(data, "pairs", "row"), CLAIM_PAIRS, cwhere, "pairs"),
+                factor=float(factor),
+                margin=float(margin),
+            )
+        )
+    return tuple(claims)
+
+
+def _check_claim_references(tables: dict[str, Table]) -> None:
+    """A side that selects no cell is a typo. A claim naming a table that is not in the folder
+    (a folder with only some of the paper's tables) is kept but cannot be judged."""
+    for table in tables.values():
+        for claim in table.claims:
+            where = _Where(table.source, f"claim {claim.id!r}")
+            for side, selector in (("left", claim.left), ("right", claim.right)):
+                if any(t not in tables for t in selector.tables):
+                    continue
+                if not any(
+                    selector.matches(cell, row.family)
+                    for table_id in selector.tables
+                    for row in tables[table_id].rows
+                    for cell in row_cells(tables[table_id], row)
+                ):
+                    raise where.fail(f"{side}: selects no cell")
 
 
 # --------------------------------------------------------------------------------------------
@@ -824,6 +1007,7 @@ def load_tables(tables_dir: Path | str | None = None) -> dict[str, Table]:
         tables[table.id] = table
     if not tables:
         raise TargetError(f"no tables (*.yaml) found in {directory}")
+    _check_claim_references(tables)
     return tables
 
 

@@ -8,6 +8,8 @@ side reads with. mlflow is imported lazily (it takes seconds), so ``--help`` sta
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import random
 import subprocess
@@ -172,14 +174,20 @@ def experiment_id(c: MlflowClient, uri: str, table_id: str, create: bool = True)
     name = mlflow_keys.experiment_name(table_id)
     try:
         found = c.get_experiment_by_name(name)
+        kind = {mlflow_keys.TAG_EXPERIMENT_KIND: mlflow_keys.EXPERIMENT_KIND_TRAINING}
         if found is not None:
             if found.lifecycle_stage == "deleted":
                 c.restore_experiment(found.experiment_id)
+            if create and mlflow_keys.TAG_EXPERIMENT_KIND not in (found.tags or {}):
+                # Stores made before the tag: the UI opens them on the runs too from now on.
+                c.set_experiment_tag(found.experiment_id, *next(iter(kind.items())))
             return found.experiment_id
         if not create:
             return None
         try:
-            return c.create_experiment(name, artifact_location=_artifact_location(uri, table_id))
+            return c.create_experiment(
+                name, artifact_location=_artifact_location(uri, table_id), tags=kind
+            )
         except MlflowException:  # created concurrently by another process
             found = c.get_experiment_by_name(name)
             if found is None:
@@ -240,6 +248,36 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[name] = "null" if value is None else str(value)
     return out
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a run trained on, for the MLflow UI's dataset column (``log_inputs``)."""
+
+    name: str  # "cifar10", "cifar10[512]" for a --train-subset run
+    source: str  # where the files are (a path) and where they come from (a URL)
+    profile: dict[str, Any]  # e.g. {"train_images": 50000}
+
+    @property
+    def digest(self) -> str:
+        text = json.dumps([self.name, self.source, self.profile], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def log_dataset(c: MlflowClient, run_id: str, info: DatasetInfo) -> None:
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(
+        name=info.name,
+        digest=info.digest,
+        source_type="local",
+        source=info.source,
+        profile=json.dumps(info.profile, sort_keys=True),
+    )
+    context = InputTag(
+        key=mlflow_keys.DATASET_CONTEXT_KEY, value=mlflow_keys.DATASET_CONTEXT_TRAINING
+    )
+    c.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
 
 
 class RunLog:
@@ -447,9 +485,17 @@ class Tracker:
         return log
 
     def create(
-        self, table_id: str, run_name: str, tags: dict[str, str], params: dict[str, str]
+        self,
+        table_id: str,
+        run_name: str,
+        tags: dict[str, str],
+        params: dict[str, str],
+        dataset: DatasetInfo | None = None,
     ) -> RunLog:
         exp = self.experiment(table_id)
         assert exp is not None
         with self.errors():
-            return RunLog.create(self.client, exp, run_name, tags, params)
+            log = RunLog.create(self.client, exp, run_name, tags, params)
+            if dataset is not None:
+                log_dataset(self.client, log.run_id, dataset)
+            return log

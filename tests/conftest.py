@@ -49,3 +49,14 @@ def _no_foreign_cluster_or_server(monkeypatch: pytest.MonkeyPatch) -> None:
             "RKREPRO_SUBMITIT_CLUSTER",
         ):
             monkeypatch.delenv(name, raising=False)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Say where the browser tests left their screenshots (``$RKREPRO_TEST_ARTIFACTS`` or
+    ``<basetemp>/artifacts``)."""
+    factory = getattr(config, "_tmp_path_factory", None)
+    chosen = os.environ.get("RKREPRO_TEST_ARTIFACTS")
+    base = getattr(factory, "_basetemp", None)  # only if a test made one: never create it here
+    folder = Path(chosen) if chosen else (Path(base) / "artifacts" if base else None)
+    if folder is not None and folder.is_dir() and any(folder.iterdir()):
+        terminalreporter.write_line(f"test artifacts (screenshots): {folder}")

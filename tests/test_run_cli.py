@@ -204,7 +204,7 @@ def test_dry_run_trains_nothing_and_creates_no_store(ws: Workspace) -> None:
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if "status=" in line]
     assert len(lines) == 3
-    assert all("seeds=0,1" in line and "new" in line and "params=" in line for line in lines)
+    assert all("seeds=[0, 1]" in line and "new" in line and "params=" in line for line in lines)
     assert "protocol: paper, 300 epochs" in result.output
     # --device auto: the precision is the one the runs would get here
     expected = "bf16-autocast" if torch.cuda.is_available() else "fp32 (fast path: channels_last"

@@ -50,6 +50,27 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from rkrepro import __version__
+
+        typer.echo(f"rkrepro {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Reproduce the tables of 'Convolutional Neural Networks combined with Runge-Kutta
+    Methods' (RKNet) and track how close the reproduction is."""
+
+
 class ListFormat(StrEnum):
     rich = "rich"
     json = "json"
@@ -79,11 +100,12 @@ def list_command(
 
     tables = targets.load_tables(tables_dir)
     cells = targets.all_cells(tables, table)
-    statuses = listing.statuses(tracking_uri, cells)
+    statuses, hidden = listing.statuses_and_hidden(tracking_uri, cells)
     if format is ListFormat.json:
-        typer.echo(json.dumps([listing.cell_record(c, statuses) for c in cells], indent=2))
+        records = [listing.cell_record(c, statuses, hidden) for c in cells]
+        typer.echo(json.dumps(records, indent=2))
         return
-    _console().print(listing.cells_table(tables, cells, statuses))
+    _console().print(listing.cells_table(tables, cells, statuses, hidden))
 
 
 @app.command("show")
@@ -141,19 +163,34 @@ def plan_command(
         ),
     ] = 25_000.0,
     probe: Annotated[
-        bool, typer.Option(help="Measure a few real training steps on the CUDA device, if any.")
+        bool,
+        typer.Option(
+            help="Measure a few real training steps on the device (CUDA if present, else a "
+            "short CPU probe)."
+        ),
     ] = True,
+    device: Annotated[
+        str, typer.Option(help="Device to estimate for: auto (CUDA if present), cpu or cuda.")
+    ] = "auto",
     probe_steps: Annotated[int, typer.Option(min=1, max=1000)] = 20,
     format: Annotated[ListFormat, typer.Option("--format", "-f")] = ListFormat.rich,
     tables_dir: TablesDir = None,
 ) -> None:
-    """Estimated GPU-hours, FLOPs, params and peak memory per cell, row and table."""
+    """Estimated device-hours (GPU, or CPU where it would run), FLOPs, params and peak memory."""
     from rkrepro import cost, targets
 
     cells = targets.select_cells(targets.load_tables(tables_dir), table, row)
     import torch
 
-    device = "cuda" if probe and torch.cuda.is_available() else None
+    choice = device.strip().lower()
+    if choice not in ("auto", "cpu", "cuda"):
+        raise RkreproError(f"--device must be auto, cpu or cuda, got {device[:20]!r}")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RkreproError("--device cuda: no CUDA device here")
+    target = (
+        "cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+    device = target if probe else None
     estimates = cost.estimate(
         cells,
         tflops=tflops,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -55,35 +54,31 @@ ShortenedOpt = Annotated[
 
 def ui_command(
     tracking_uri: TrackingUri = None,
-    port: Annotated[int, typer.Option(help="Port of the web UI.")] = 5000,
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the web UI (1-65535).")] = 5000,
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on (default: this machine only).")
+    ] = "127.0.0.1",
+    expose: Annotated[
+        bool,
+        typer.Option(
+            "--expose",
+            help="Allow a --host other than loopback. MLflow's REST API has no "
+            "authentication: anyone who reaches the port can read and change every run.",
+        ),
+    ] = False,
 ) -> None:
-    """Open the MLflow web UI on the runs store (``mlflow ui --backend-store-uri ...``)."""
-    from rkrepro import paths, tracking
+    """Open the MLflow web UI on the runs store (mlflow ui, one worker) and print each
+    table's runs view once it answers."""
+    from rkrepro import paths, tracking, ui
 
+    ui.check_address(host, port, expose)
     uri = paths.resolve_tracking_uri(tracking_uri)
     if not tracking.is_local_store(uri):
         raise RkreproError(f"{uri} is a tracking server already: open it in a browser")
     if not tracking.store_exists(uri):
         raise RkreproError(f"no runs yet: {uri} does not exist (run `rkrepro run` first)")
     artifacts = (paths.runs_dir() / "artifacts").as_uri()
-    argv = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--default-artifact-root",
-        artifacts,
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
-    typer.echo(f"MLflow UI on http://{host}:{port} for {uri}", err=True)
-    sys.stdout.flush()
-    os.execv(sys.executable, argv)
+    raise typer.Exit(ui.serve(uri, artifacts, host, port))
 
 
 def register(app: typer.Typer) -> None:
@@ -151,6 +146,22 @@ def report_command(
         bool,
         typer.Option("--force", help="Let --out replace a file that is not an rkrepro report."),
     ] = False,
+    claims: Annotated[
+        bool,
+        typer.Option(
+            "--claims",
+            help="The paper's claims (Sections 4.1/4.2), each judged on the paper's printed "
+            "numbers and on the reproduction, instead of the tables.",
+        ),
+    ] = False,
+    ui_url: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ui-url",
+            help="MLflow UI address for run links in the HTML page (default: the tracking "
+            "server, if it is one; e.g. the address `rkrepro ui` prints).",
+        ),
+    ] = None,
     tracking_uri: TrackingUri = None,
     tables_dir: TablesDir = None,
 ) -> None:
@@ -163,6 +174,9 @@ def report_command(
     if plots is not None and plots.exists() and not plots.is_dir():
         raise RkreproError(f"--plots {plots} is a file; --plots takes a folder")
     chosen = format or SUFFIX_FORMATS.get(out.suffix.lower() if out else "", ReportFormat.rich)
+    if claims:
+        _emit_claims(tracking_uri, table, tables_dir, best, chosen, out)
+        return
     result, _ = reporting.load_report(
         tracking_uri,
         table,
@@ -187,7 +201,15 @@ def report_command(
             f"(experiment {reporting.REPORTS_EXPERIMENT}).",
             err=True,
         )
-    _emit(result, chosen, out, images)
+    extra: dict = {}
+    if chosen is ReportFormat.html:
+        from rkrepro.report.claims import load_claims
+
+        if ui_url is None and tracking_uri and tracking_uri.startswith(("http://", "https://")):
+            ui_url = tracking_uri
+        extra = {"claims": load_claims(tracking_uri, table, tables_dir, best=best)}
+        extra["ui_url"] = _checked_url(ui_url)
+    _emit(result, chosen, out, images, **extra)
     if check:
         worse = result.worse()
         if worse:
@@ -195,6 +217,14 @@ def report_command(
             typer.echo(f"Check failed: {len(worse)} cell(s) worse than tolerance: {keys}", err=True)
             raise typer.Exit(1)
         typer.echo("Check passed: no reproduced error is worse than tolerance.", err=True)
+
+
+def _checked_url(url: str | None) -> str | None:
+    if url is None:
+        return None
+    if not url.startswith(("http://", "https://")) or any(c in url for c in " \"'<>\n\r\t"):
+        raise RkreproError("--ui-url must be an http:// or https:// address")
+    return url
 
 
 # How each --out format begins (rich text has no mark): what "a file rkrepro made" means.
@@ -248,15 +278,15 @@ def check_output_file(out: Path, tracking_uri: str | None, force: bool) -> None:
         )
 
 
-def _emit(result, chosen: ReportFormat, out: Path | None, images: list[Path]) -> None:
+def _emit(result, chosen: ReportFormat, out: Path | None, images: list[Path], **extra) -> None:
     try:
-        _write(result, chosen, out, images)
+        _write(result, chosen, out, images, **extra)
     except OSError as error:
         reason = os.strerror(error.errno) if error.errno else str(error)
         raise RkreproError(f"cannot write --out {out}: {reason}") from None
 
 
-def _write(result, chosen: ReportFormat, out: Path | None, images: list[Path]) -> None:
+def _write(result, chosen: ReportFormat, out: Path | None, images: list[Path], **extra) -> None:
     from rkrepro import report as reporting
 
     if chosen is ReportFormat.rich:
@@ -273,9 +303,42 @@ def _write(result, chosen: ReportFormat, out: Path | None, images: list[Path]) -
                 console.print(renderable)
         return
     if chosen is ReportFormat.html:
-        text = reporting.to_html(result, images)
+        text = reporting.to_html(result, images, **extra)
     else:
         text = reporting.FORMATS[chosen.value](result)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+
+
+def _emit_claims(tracking_uri, table, tables_dir, best: bool, chosen, out: Path | None) -> None:
+    from rkrepro.report import render
+    from rkrepro.report.claims import load_claims
+
+    results = load_claims(tracking_uri, table, tables_dir, best=best)
+    if not results:
+        typer.echo("No claims in the tables" + (f" for {table}." if table else "."), err=True)
+        return
+    if chosen is ReportFormat.rich:
+        from rich.console import Console
+
+        handle = out.open("w", encoding="utf-8") if out else None
+        try:
+            console = Console(file=handle, width=160 if handle else None)
+            for renderable in render.claims_rich(results):
+                console.print(renderable)
+        finally:
+            if handle:
+                handle.close()
+        return
+    if chosen is ReportFormat.html:
+        text = render.to_html(None, claims=results)
+    elif chosen is ReportFormat.latex:
+        raise RkreproError("--claims has no LaTeX form; use markdown, html, json or csv")
+    else:
+        text = {"markdown": render.claims_markdown, "json": render.claims_json,
+                "csv": render.claims_csv}[chosen.value](results)  # fmt: skip
     if out is None:
         typer.echo(text, nl=False)
     else:
@@ -306,5 +369,6 @@ def status_command(
     from rich.console import Console
 
     console = Console()
-    for renderable in status.status_tables(statuses, cells):
+    hidden = {} if include_shortened else status.hidden_runs(records)
+    for renderable in status.status_tables(statuses, cells, hidden):
         console.print(renderable)

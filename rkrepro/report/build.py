@@ -184,6 +184,7 @@ class TableReport:
     tolerance: float
     results: tuple[CellResult, ...]
     claims: tuple[Claim, ...]
+    hidden_shortened: int = 0  # shortened runs left out (without --include-shortened)
 
     def summary(self) -> dict[str, int]:
         counts = dict.fromkeys(VERDICTS, 0)
@@ -293,12 +294,15 @@ def build_report(
     for table in tables:
         tol = tolerance if tolerance is not None else DEFAULT_TOLERANCE_PP[table.dataset]
         results = []
+        hidden = 0
         for cell in by_table.get(table.id, []):
             runs = {
                 protocol: by_cell.get((*cell_id_of(cell), protocol), [])
                 for protocol in (mlflow_keys.PROTOCOL_PAPER, mlflow_keys.PROTOCOL_SHORTENED)
             }
             paper_count, total = counts[cell.spec]
+            if not include_shortened:
+                hidden += len(runs[mlflow_keys.PROTOCOL_SHORTENED])
             paper_runs, others = _under(cell, runs[mlflow_keys.PROTOCOL_PAPER])
             short_runs, _ = _under(cell, runs[mlflow_keys.PROTOCOL_SHORTENED])
             shortened = _reduce(mlflow_keys.PROTOCOL_SHORTENED, short_runs, cell)
@@ -319,7 +323,7 @@ def build_report(
                     other_readings=tuple(others),
                 )
             )
-        reports.append(TableReport(table, tol, tuple(results), tuple(_claims(results))))
+        reports.append(TableReport(table, tol, tuple(results), tuple(_claims(results)), hidden))
     return Report(
         tuple(reports),
         best,

@@ -35,6 +35,15 @@ from rkrepro.report.build import (
     difference,
     verdict_of,
 )
+from rkrepro.report.claims import (
+    FAILS,
+    HOLDS,
+    UNDECIDED,
+    ClaimResult,
+    claim_record,
+    pair_text,
+    verdict_texts,
+)
 from rkrepro.status import (
     ACTIVE,
     FAILED,
@@ -87,6 +96,7 @@ RECORD_FIELDS = (
     "compare_error_mean",
     "compare_error_std",
     "compare_n",
+    "trained_as",
     "diff",
     "tolerance_pp",
     "verdict",
@@ -134,6 +144,7 @@ def _record(report: Report, result: CellResult, rep: Reproduced, label: str) -> 
         "compare_error_mean": compare.error.mean if compare and compare.error else None,
         "compare_error_std": compare.error.std if compare and compare.error else None,
         "compare_n": compare.error.n if compare and compare.error else 0,
+        "trained_as": shortened_size(rep),
         "diff": difference(error, cell.reported_error),
         "tolerance_pp": result.tolerance,
         "verdict": verdict_of(rep, cell.reported_error, result.tolerance) if paper else SHORTENED,
@@ -149,6 +160,13 @@ def _record(report: Report, result: CellResult, rep: Reproduced, label: str) -> 
         "killed": rep.count(KILLED),
         "run_ids": [r.run_id for r in rep.runs],
     }
+
+
+def shortened_size(reproduced: Reproduced) -> str:
+    """``2 epochs, 512 images`` for shortened runs (their epochs and subset), else ``""``."""
+    if reproduced.protocol != mlflow_keys.PROTOCOL_SHORTENED:
+        return ""
+    return "; ".join(sorted({r.size_text for r in reproduced.runs if r.size_text}))
 
 
 def _float(value: float | None) -> float | None:
@@ -322,7 +340,9 @@ def _error_entry(result: CellResult) -> Entry:
         short = result.shortened
         text = _stat_text(short.error) if short.error else _state_text(short)
         diff = _signed(difference(short.error, cell.reported_error))
-        notes = (f"[shortened] {text}" + (f" / {diff}" if diff else ""),)
+        size = shortened_size(short)
+        mark = f"[shortened: {size}]" if size else "[shortened]"
+        notes = (f"{mark} {text}" + (f" / {diff}" if diff else ""),)
     if result.paper.not_fp32:  # the paper trained in fp32: say when a number did not
         notes = (*notes, f"[{', '.join(result.paper.not_fp32)}]")
     if "resnet_stages" in dict(result.paper.readings):  # the reading this number is under
@@ -407,6 +427,9 @@ def _notes(report: Report, table_report: TableReport) -> list[str]:
             else "."
         ),
     ]
+    if table_report.hidden_shortened:
+        n = table_report.hidden_shortened
+        notes.append(f"{n} shortened run{'s' * (n != 1)} hidden (--include-shortened).")
     if table.dataset == "imagenet":
         notes.append("Top-5 is the final-epoch value in every mode and is not judged.")
     chosen = {**dict(table.readings), **dict(report.readings)}
@@ -563,41 +586,68 @@ def _tex_item(item: Item) -> str:
 
 
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:110em}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}
 th,td{border:1px solid #ccc;padding:4px 6px;vertical-align:top;text-align:left}
 th{background:#f3f3f3} tr.group td{border-top:2px solid #888}
+td.v-within{background:#dafbe1}td.v-better{background:#ddf4ff}td.v-worse{background:#ffebe9}
+td.v-running{background:#fff8c5}td.v-failed{background:#ffebe9}
 .within{color:#1a7f37}.better{color:#0969da}.worse{color:#cf222e;font-weight:bold}
 .missing,.unreported{color:#888}.running{color:#9a6700}.failed{color:#cf222e}
-.note{color:#666;font-size:12px} img{max-width:100%}
+.note{color:#666;font-size:12px} img{max-width:100%} figure{margin:1em 0}
+td.holds{background:#dafbe1}td.fails{background:#ffebe9}td.undecided{background:#fff8c5}
+.legend span{padding:1px 6px;margin-right:6px;border:1px solid #ccc}
+td.name{white-space:nowrap}
+nav ul{display:flex;gap:1.5em;list-style:none;padding:0}
 """
 
+_LEGEND = (
+    '<p class="legend">Verdicts: <span class="within" style="background:#dafbe1">within '
+    'tolerance</span><span class="better" style="background:#ddf4ff">better</span>'
+    '<span class="worse" style="background:#ffebe9">worse</span>'
+    '<span class="running" style="background:#fff8c5">running</span>'
+    '<span class="missing">missing / unreported</span>; '
+    "<b>bold</b>: the paper's bold cells; *: the starred protocol.</p>"
+)
 
-def to_html(report: Report, images: Sequence[Path] = ()) -> str:
-    """One file: inline CSS, and plots (if any) inlined as data URIs."""
+
+def to_html(
+    report: Report | None,
+    images: Sequence[Path] = (),
+    *,
+    claims: Sequence[ClaimResult] = (),
+    ui_url: str | None = None,
+) -> str:
+    """One self-contained page: inline CSS, the tables in the paper's layout with verdict
+    colours, the paper's claims, and the plots inlined as data URIs (no request leaves it).
+    With ``ui_url`` (the MLflow UI), run ids link to their runs."""
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>rkrepro report</title>',
         f"<style>{_CSS}</style></head><body>",
         "<h1>rkrepro report</h1>",
-        f"<p>Metric: {html.escape(report.metric_label)}.</p>",
     ]
-    for table_report in report.tables:
-        table = table_report.table
-        grid = layout(table_report)
-        out.append(f"<h2>{html.escape(table.title)} ({DATASET_NAMES[table.dataset]})</h2>")
-        out.append(f"<p><em>{html.escape(table.caption)}</em></p><ul>")
-        out += [f"<li>{html.escape(note)}</li>" for note in _notes(report, table_report)]
-        out.append("</ul><table><thead><tr>")
-        out += [f"<th>{html.escape(h)}</th>" for h in grid.headers]
-        out.append("</tr></thead><tbody>")
-        for index, line in enumerate(grid.lines):
-            group = ' class="group"' if index in grid.group_starts and index else ""
-            cells = "".join(_html_item(item) for item in line)
-            out.append(f"<tr{group}>{cells}</tr>")
-        out.append("</tbody></table>")
-        out.append(f"<p>Verdicts: {html.escape(_summary_text(table_report) or 'none')}.</p>")
-        out += _html_claims(table_report)
+    tables = report.tables if report is not None else ()
+    if report is not None:
+        out.append(f"<p>Metric: {html.escape(report.metric_label)}.</p>")
+        out.append(_LEGEND)
+    if tables or claims:
+        out.append('<nav><ul class="toc">')
+        out += [
+            f'<li><a href="#{html.escape(t.table.id)}">{html.escape(t.table.title)}</a></li>'
+            for t in tables
+        ]
+        if claims:
+            out.append('<li><a href="#claims">The paper\'s claims</a></li>')
+        if images:
+            out.append('<li><a href="#plots">Plots</a></li>')
+        out.append("</ul></nav>")
+    for table_report in tables:
+        out += _html_table(report, table_report, ui_url)
+    if claims:
+        out += claims_html(claims)
+    if images:
+        out.append('<h2 id="plots">Plots</h2>')
     for image in images:
         data = base64.b64encode(Path(image).read_bytes()).decode("ascii")
         name = html.escape(Path(image).name)
@@ -607,11 +657,61 @@ def to_html(report: Report, images: Sequence[Path] = ()) -> str:
     return "\n".join(out) + "\n"
 
 
+def _html_table(report: Report, table_report: TableReport, ui_url: str | None) -> list[str]:
+    table = table_report.table
+    grid = layout(table_report)
+    out = [f'<h2 id="{html.escape(table.id)}">{html.escape(table.title)} '
+           f"({DATASET_NAMES[table.dataset]})</h2>"]  # fmt: skip
+    out.append(f"<p><em>{html.escape(table.caption)}</em></p><ul>")
+    out += [f"<li>{html.escape(note)}</li>" for note in _notes(report, table_report)]
+    out.append(f'</ul><table class="paper" data-table="{html.escape(table.id)}"><thead><tr>')
+    out += [f"<th>{html.escape(h)}</th>" for h in grid.headers]
+    out.append("</tr></thead><tbody>")
+    for index, line in enumerate(grid.lines):
+        group = ' class="group"' if index in grid.group_starts and index else ""
+        cells = "".join(_html_item(item) for item in line)
+        out.append(f"<tr{group}>{cells}</tr>")
+    out.append("</tbody></table>")
+    out.append(f"<p>Verdicts: {html.escape(_summary_text(table_report) or 'none')}.</p>")
+    out += _html_claims(table_report)
+    out += _html_runs(table_report, ui_url)
+    return out
+
+
+def _html_runs(table_report: TableReport, ui_url: str | None) -> list[str]:
+    """The runs behind the table's numbers; ids link to the MLflow UI when its URL is known."""
+    runs = [
+        (result, run)
+        for result in table_report.results
+        for reproduced in (result.paper, result.shortened)
+        if reproduced is not None
+        for run in reproduced.runs
+    ]
+    if not runs:
+        return ['<p class="note">No reproduced runs yet for this table.</p>']
+    out = ["<details><summary>Runs</summary><table><thead><tr>"]
+    out += [f"<th>{h}</th>" for h in ("Cell", "Seed", "Protocol", "Status", "Run id")]
+    out.append("</tr></thead><tbody>")
+    for result, run in runs:
+        run_id = html.escape(run.run_id)
+        link = run_id
+        if ui_url and run.experiment_id:
+            href = f"{ui_url.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+            link = f'<a href="{html.escape(href)}">{run_id}</a>'
+        out.append(
+            f"<tr><td>{html.escape(result.cell.key)}</td><td>{html.escape(str(run.seed))}</td>"
+            f"<td>{html.escape(run.protocol)}</td><td>{html.escape(run.status)}</td>"
+            f"<td>{link}</td></tr>"
+        )
+    out.append("</tbody></table></details>")
+    return out
+
+
 def _html_item(item: Item) -> str:
     if item is None:
         return "<td></td>"
     if isinstance(item, str):
-        return f"<td>{html.escape(item)}</td>"
+        return f'<td class="name">{html.escape(item)}</td>'
     reported = html.escape(item.reported)
     if item.bold:
         reported = f"<b>{reported}</b>"
@@ -624,7 +724,8 @@ def _html_item(item: Item) -> str:
     if item.verdict is not None:
         text += f' <span class="{item.verdict}">{item.verdict}</span>'
     notes = "".join(f'<br><span class="note">{html.escape(n)}</span>' for n in item.notes)
-    return f"<td>{text}{notes}</td>"
+    verdict = f' class="v-{item.verdict}"' if item.verdict is not None else ""
+    return f"<td{verdict}>{text}{notes}</td>"
 
 
 def _html_claims(table_report: TableReport) -> list[str]:
@@ -661,12 +762,17 @@ def to_rich(report: Report) -> list[Any]:
     from rich.text import Text
 
     out: list[Any] = [Text(f"Metric: {report.metric_label}", style="bold")]
+    hidden = sum(t.hidden_shortened for t in report.tables)
+    if hidden:
+        out.append(
+            Text(f"{hidden} shortened run{'s' * (hidden != 1)} hidden (--include-shortened)")
+        )
     for table_report in report.tables:
         table = table_report.table
         grid = layout(table_report)
         title = f"{table.title} ({DATASET_NAMES[table.dataset]}) - reported / reproduced / diff"
         rich_table = RichTable(
-            title=title, box=box.SIMPLE_HEAD, header_style="bold", padding=(0, 1)
+            title=Text(title), box=box.SIMPLE_HEAD, header_style="bold", padding=(0, 1)
         )
         for header in grid.headers:
             # Headers break at spaces; labels and variant names stay on one line.
@@ -676,16 +782,16 @@ def to_rich(report: Report) -> list[Any]:
             if index in grid.group_starts and index:
                 rich_table.add_section()
             rich_table.add_row(*(_rich_item(item) for item in line))
-        rich_table.caption = "\n".join(_notes(report, table_report)[1:])
+        rich_table.caption = Text("\n".join(_notes(report, table_report)[1:]))
         out.append(rich_table)
         out.append(Text(f"Verdicts: {_summary_text(table_report) or 'none'}"))
         claims = _claim_rows(table_report)
         if claims:
-            claim_table = RichTable(title=f"{table.title}: bold claims", header_style="bold")
+            claim_table = RichTable(title=Text(f"{table.title}: bold claims"), header_style="bold")
             for header in CLAIM_HEADERS:
                 claim_table.add_column(header)
             for row in claims:
-                claim_table.add_row(*row)
+                claim_table.add_row(*(Text(value) for value in row))
             out.append(claim_table)
     return out
 
@@ -696,7 +802,7 @@ def _rich_item(item: Item):
     if item is None:
         return ""
     if isinstance(item, str):
-        return item
+        return Text(item)  # labels come from the table files: never rich markup
     text = Text(item.reported, style="bold" if item.bold else "")
     text.append("\n" + item.reproduced)
     if item.diff or item.verdict:
@@ -707,6 +813,121 @@ def _rich_item(item: Item):
     for note in item.notes:
         text.append("\n" + note, style="dim")
     return text
+
+
+# --------------------------------------------------------------------------------------------
+# The paper's claims (``report --claims``).
+
+CLAIM_COLUMNS = ("Claim", "Section", "Statement", "On the paper's numbers", "On the reproduction")
+
+
+def _claim_lines(result: ClaimResult) -> tuple[str, str, str, str, str]:
+    paper, reproduced = verdict_texts(result)
+    return (result.claim.id, result.claim.section, result.claim.text, paper, reproduced)
+
+
+def _claim_failures(result: ClaimResult) -> list[str]:
+    lines = [f"paper: {pair_text(p, False)}" for p in result.failing(False)[:3]]
+    return lines + [f"reproduction: {pair_text(p, True)}" for p in result.failing(True)[:3]]
+
+
+CLAIMS_NOTE = (
+    "Each claim is a predicate over pairs of cells, judged by the same rule on the paper's printed "
+    "numbers and on the reproduction (counted parameters; seed means of paper-protocol runs). "
+    "Pairs the paper printed no number for are left out."
+)
+
+
+def claims_markdown(results: Sequence[ClaimResult]) -> str:
+    out = ["# rkrepro report: the paper's claims", "", CLAIMS_NOTE, ""]
+    out.append("| " + " | ".join(CLAIM_COLUMNS) + " |")
+    out.append("|" + "|".join("---" for _ in CLAIM_COLUMNS) + "|")
+    for result in results:
+        cells = list(_claim_lines(result))
+        failures = _claim_failures(result)
+        if failures:
+            cells[-1] += "<br>" + "<br>".join(failures)
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def claims_json(results: Sequence[ClaimResult]) -> str:
+    return json.dumps({"claims": [claim_record(r) for r in results]}, indent=2) + "\n"
+
+
+CLAIM_CSV_FIELDS = (
+    "id",
+    "table",
+    "section",
+    "on_paper",
+    "on_reproduced",
+    "pairs",
+    "pairs_not_printed",
+    "pairs_decided",
+    "seeds_min",
+    "seeds_max",
+    "text",
+)
+
+
+def claims_csv(results: Sequence[ClaimResult]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(
+        buffer, fieldnames=CLAIM_CSV_FIELDS, lineterminator="\n", extrasaction="ignore"
+    )
+    writer.writeheader()
+    for result in results:
+        writer.writerow(claim_record(result))
+    return buffer.getvalue()
+
+
+def claims_html(results: Sequence[ClaimResult]) -> list[str]:
+    """The claims section of the HTML page: one row per claim, verdicts coloured."""
+    out = ['<h2 id="claims">The paper\'s claims</h2>', f"<p>{html.escape(CLAIMS_NOTE)}</p>"]
+    out.append('<table class="claims"><thead><tr>')
+    out += [f"<th>{html.escape(h)}</th>" for h in CLAIM_COLUMNS]
+    out.append("</tr></thead><tbody>")
+    for result in results:
+        name, section, text, paper, reproduced = (html.escape(c) for c in _claim_lines(result))
+        failures = "".join(
+            f'<br><span class="note">{html.escape(line)}</span>' for line in _claim_failures(result)
+        )
+        out.append(
+            f'<tr data-claim="{name}"><td>{name}</td><td>{section}</td><td>{text}</td>'
+            f'<td class="{result.on_paper}">{paper}</td>'
+            f'<td class="{result.on_reproduced}">{reproduced}{failures}</td></tr>'
+        )
+    out.append("</tbody></table>")
+    return out
+
+
+CLAIM_STYLE = {HOLDS: "green", FAILS: "bold red", UNDECIDED: "yellow"}
+
+
+def claims_rich(results: Sequence[ClaimResult]) -> list[Any]:
+    from rich import box
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    table = RichTable(
+        title="The paper's claims", box=box.SIMPLE_HEAD, header_style="bold", show_lines=True
+    )
+    table.add_column("Claim", overflow="fold", ratio=2)
+    table.add_column("Statement", ratio=4)
+    table.add_column("Paper", ratio=2)
+    table.add_column("Reproduction", ratio=3)
+    for result in results:
+        name, section, text, paper, reproduced = _claim_lines(result)
+        repro = Text(reproduced, style=CLAIM_STYLE[result.on_reproduced])
+        for line in _claim_failures(result):
+            repro.append("\n" + line, style="dim")
+        table.add_row(
+            Text(f"{name}\n§{section}"),
+            Text(text),
+            Text(paper, style=CLAIM_STYLE[result.on_paper]),
+            repro,
+        )
+    return [table, Text(CLAIMS_NOTE, style="dim")]
 
 
 FORMATS: dict[str, Callable[[Report], str]] = {

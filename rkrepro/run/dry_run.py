@@ -17,7 +17,7 @@ COLUMNS = (
     "params (paper count)",
     "seeds",
     "status",
-    "GPU-h (est.)",
+    "hours (est.)",
     "peak GB (est.)",
 )
 
@@ -28,18 +28,46 @@ def _share(plan: Plan) -> float:
     )
 
 
-def show(runner: Runner, plans: list[Plan], parallel: str | None = None) -> None:
+def seeds_text(seeds: list[int]) -> str:
+    """``[0]``, ``[0, 1, 2]``: a list, so that seed 0 never reads as "zero seeds"."""
+    return "[" + ", ".join(str(seed) for seed in seeds) + "]"
+
+
+def show(
+    runner: Runner,
+    plans: list[Plan],
+    parallel: str | None = None,
+    data=(),
+    device_type: str = "cuda",
+) -> None:
     """Print the plans with their status and cost; ``parallel`` describes the launcher (e.g.
-    "4 parallel slots") for the estimate line."""
+    "4 parallel slots") for the estimate line; ``data`` the data checks (missing data is said
+    before the plans: the run would stop)."""
     from rkrepro.models import spec_param_counts
 
     console = runner.console
+    for state in data:
+        if state.stops:
+            console.print(
+                f"data: {state.message}; the run would stop here, before training",
+                style="red",
+                highlight=False,
+                soft_wrap=True,
+                markup=False,
+            )
+        elif state.state == "missing":
+            console.print(
+                f"data: {state.message} when the run starts", highlight=False, markup=False
+            )
     runner.connect(create=False)
     by_cell: dict[str, list[Plan]] = {}
     for plan in plans:
         by_cell.setdefault(plan.cell.key, []).append(plan)
     try:
-        estimates = {e.cell.key: e for e in cost.estimate([ps[0].cell for ps in by_cell.values()])}
+        # On the CPU, a short probe there: FLOPs at a GPU's rate would promise GPU-hours.
+        probe = "cpu" if device_type == "cpu" else None
+        first = [ps[0].cell for ps in by_cell.values()]
+        estimates = {e.cell.key: e for e in cost.estimate(first, probe_device=probe)}
     except Exception as error:  # noqa: BLE001 - the plan is still worth showing
         console.print(
             f"warning: no cost estimate ({type(error).__name__}: {error})",
@@ -73,7 +101,7 @@ def show(runner: Runner, plans: list[Plan], parallel: str | None = None) -> None
                 cell.key,
                 cell.model,
                 f"{paper_count / 1e6:.3f}M",
-                ",".join(str(p.seed) for p in cell_plans),
+                seeds_text([p.seed for p in cell_plans]),
                 status_text,
                 cost.format_hours(hours),
                 f"{est.peak_memory_gb:.1f}" if est is not None else "?",
@@ -92,7 +120,7 @@ def show(runner: Runner, plans: list[Plan], parallel: str | None = None) -> None
         for key, model, params, seeds, status_text, hours, peak in rows:
             console.print(
                 f"{key}  model={model}  params={params}  seeds={seeds}  status={status_text}"
-                f"  gpu_hours={hours}  peak_gb={peak}",
+                f"  hours={hours}  peak_gb={peak}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -118,7 +146,8 @@ def show(runner: Runner, plans: list[Plan], parallel: str | None = None) -> None
         soft_wrap=True,
     )
     sources = sorted({e.source for e in estimates.values()})
-    line = f"estimate: {cost.format_hours(gpu_hours)} GPU-hours still to train"
+    unit = "CPU" if device_type == "cpu" else "GPU"
+    line = f"estimate: {cost.format_hours(gpu_hours)} {unit}-hours still to train"
     if parallel:
         line += f" ({parallel})"
     console.print(

@@ -455,12 +455,25 @@ def execute(
     launch = LaunchPlan.check(where, options.device)
     plans = make_plans(cells, seeds, options, launch.device_type(options.device))
     launch.check_batches(plans)
+    from rkrepro import data_check
+
+    # Before the store is opened: a run that cannot read its data leaves nothing behind.
+    data_states = data_check.check([p.protocol.dataset for p in plans], options.data_dir)
     runner = Runner(options, console)
+    device_type = launch.device_type(options.device)
     if dry_run:
         from rkrepro.run import dry_run as dry
 
-        dry.show(runner, plans, parallel=launch.describe())
+        dry.show(
+            runner, plans, parallel=launch.describe(), data=data_states, device_type=device_type
+        )
         return 0
+    stopping = [state for state in data_states if state.stops]
+    if stopping and launch.launcher != "slurm":  # a SLURM node may see other paths
+        from rkrepro.errors import DataError
+
+        raise DataError(stopping[0].message)
+    warn_cpu_protocol(plans, device_type, console)
     if launch.in_process:
         return runner.run(plans)
     if launch.launcher == "slurm":
@@ -474,6 +487,24 @@ def execute(
         slurm_launch.submit(runner, plans, settings, launch.nproc, console)
         return 0
     return run_queue(runner, plans, launch, console)
+
+
+def warn_cpu_protocol(plans: list[Plan], device_type: str, console: Console) -> None:
+    """Before a paper-protocol run on the CPU: it takes days to weeks per cell there."""
+    full = [p for p in plans if not p.shortened]
+    chosen = {(p.options.device or "auto").strip().lower() for p in plans}
+    if device_type != "cpu" or not full or not chosen <= {"auto", "cpu"}:
+        return  # a bad --device is refused later, with its own one line
+    epochs = full[0].protocol.epochs
+    console.print(
+        f"warning: {len(full)} paper-protocol run{'s' * (len(full) != 1)} ({epochs} epochs) "
+        "on the CPU: one 300-epoch DenseNet-BC-100 cell is ~150 CPU-hours (`rkrepro plan "
+        "--device cpu` estimates yours); for a smoke run use --epochs 2 --train-subset 512",
+        style="yellow",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 def _run_rank(options: RunOptions, plans: list[Plan], console: Console) -> int:

@@ -326,8 +326,26 @@ class Plan:
 
     @property
     def run_name(self) -> str:
-        share = "/share" if self.cell.share else ""
-        return f"{self.cell.row}/{self.cell.model}{share}/seed{self.seed}"
+        """Short enough for the MLflow runs list (``1x8_1x2_1x2+share s0``); the row, model and
+        seed are tags too, so the list can be filtered and grouped by them."""
+        model = self.cell.model.removeprefix("RKNet-")
+        short = " short" if self.shortened else ""
+        return f"{model}{'+share' if self.cell.share else ''} s{self.seed}{short}"
+
+    def dataset_info(self) -> dict[str, Any]:
+        """Name, source and size of the training data, for MLflow's dataset input."""
+        from rkrepro.data_check import CIFAR
+
+        dataset = self.protocol.dataset
+        name = dataset + (f"[{self.train_subset}]" if self.train_subset else "")
+        origin = CIFAR[dataset].url if dataset in CIFAR else "ImageNet ILSVRC-2012 (local copy)"
+        size = {"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}.get(dataset)
+        train = min(size, self.train_subset) if size and self.train_subset else size
+        return {
+            "name": name,
+            "source": json.dumps({"path": str(self.options.data_dir), "from": origin}),
+            "profile": {"train_images": train, "epochs": self.protocol.epochs},
+        }
 
 
 def _num(value: float | None) -> float | None:

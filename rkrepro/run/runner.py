@@ -325,6 +325,7 @@ class Runner:
             plan.run_name,
             {**plan.tags(), **env_tags},
             tracking.flatten(plan.config()),
+            tracking.DatasetInfo(**plan.dataset_info()),
         )
         return _OpenedRun(log.run_id, log, None, checkpoints, f"new run {log.run_id}", new=True)
 

@@ -1,0 +1,73 @@
+"""The data check ``rkrepro run`` makes before it opens the store: missing or corrupt CIFAR
+stops at once with one line that says what to do, creates no store and no lock, and the dry
+run says the run would stop."""
+
+from __future__ import annotations
+
+import shutil
+
+import helpers_workspace as wsh
+import pytest
+from typer.testing import CliRunner
+
+from rkrepro import data_check
+from rkrepro.cli.app import app
+
+RUN = ["run", "tiny", "--row", "bc-k4", "--variant", "original", "--epochs", "1"]
+
+
+def test_file_lists_are_torchvisions():
+    datasets = pytest.importorskip("torchvision.datasets")
+    for name, cls in (("cifar10", datasets.CIFAR10), ("cifar100", datasets.CIFAR100)):
+        ours = data_check.CIFAR[name]
+        theirs = (*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]])
+        assert ours.base_folder == cls.base_folder and ours.url == cls.url
+        assert [list(f) for f in ours.files] == [list(f) for f in theirs]
+
+
+def _workspace(tmp_path):
+    env = wsh.make_workspace(tmp_path, n_train=64, n_test=32)
+    return env
+
+
+def _invoke(env, *args):
+    return CliRunner().invoke(
+        app, list(args), env={**env, "COLUMNS": "200", "MLFLOW_TRACKING_URI": None}
+    )
+
+
+@pytest.mark.bad_input
+def test_missing_data_offline_stops_before_the_store(tmp_path):
+    env = _workspace(tmp_path)
+    shutil.rmtree(tmp_path / "data")
+    result = _invoke(env, *RUN, "--device", "cpu")
+    assert result.exit_code == 2, result.output
+    error = result.stderr.strip()
+    assert error.startswith("Error: ") and "\n" not in error
+    assert "downloads are off (RKREPRO_DOWNLOAD=0)" in error
+    assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in error
+    assert "INFO" not in result.output
+    assert not (tmp_path / "runs").exists()  # no mlflow.db, no checkpoint lock
+
+
+@pytest.mark.bad_input
+def test_checksum_mismatch_names_the_switch_and_the_source(tmp_path):
+    env = {**_workspace(tmp_path), "RKREPRO_VERIFY_CHECKSUMS": "1"}  # generated files: wrong md5
+    result = _invoke(env, *RUN, "--device", "cpu")
+    assert result.exit_code == 2, result.output
+    error = result.stderr.strip()
+    assert "\n" not in error and "fails its checksum" in error
+    assert "RKREPRO_VERIFY_CHECKSUMS=0" in error and "cs.toronto.edu" in error
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_says_missing_data_would_stop_the_run_and_lists_seeds(tmp_path):
+    env = _workspace(tmp_path)
+    shutil.rmtree(tmp_path / "data")
+    result = _invoke(env, *RUN, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "data: cifar10 data is missing" in result.output
+    assert "the run would stop here, before training" in result.output
+    assert "seeds=[0]" in result.output
+    runs = tmp_path / "runs"
+    assert not (runs / "mlflow.db").exists() and not (runs / "checkpoints").exists()
