@@ -7,10 +7,11 @@ import os
 import shutil
 
 import pytest
-from conftest import SLURM_COMMANDS
 
 from rkrepro import tracking
 from rkrepro.errors import TrackingError
+
+SLURM_COMMANDS = ("srun", "sbatch", "squeue", "scancel", "scontrol", "sinfo")
 
 
 def test_the_suite_hides_every_slurm_command_and_variable() -> None:

@@ -6,7 +6,6 @@ wrong in a bring-up is an error, not a skip.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -49,12 +48,3 @@ def sqlite_server() -> Iterator[services.Service]:
 def postgres_server() -> Iterator[services.Service]:
     pytest.importorskip("psycopg2", reason="pip install 'rkrepro[postgres]' (psycopg2-binary)")
     yield from _up("postgres")
-
-
-def real_env(workspace_env: dict[str, str], **extra: str) -> dict[str, str]:
-    """The environment of an rkrepro subprocess that may reach the services started here."""
-    env = {**os.environ, **workspace_env, "OMP_NUM_THREADS": "1", **extra}
-    env["PATH"] = os.environ["RKREPRO_TEST_REAL_PATH"]  # the real sbatch, not the refusing one
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env

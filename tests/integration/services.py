@@ -402,5 +402,17 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def real_env(workspace_env: dict[str, str], **extra: str) -> dict[str, str]:
+    """The environment of an rkrepro subprocess that may reach the services started here."""
+    env = {**os.environ, **workspace_env, "OMP_NUM_THREADS": "1", **extra}
+    env["PATH"] = os.environ["RKREPRO_TEST_REAL_PATH"]  # the real sbatch, not the refusing one
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -10,7 +10,7 @@ from pathlib import Path
 import helpers_workspace as hw
 import pytest
 import services
-from conftest import real_env
+from services import real_env
 
 pytestmark = pytest.mark.integration
 

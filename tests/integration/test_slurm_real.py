@@ -9,7 +9,7 @@ from pathlib import Path
 
 import helpers_workspace as hw
 import pytest
-from conftest import real_env
+from services import real_env
 
 pytestmark = pytest.mark.integration
 
