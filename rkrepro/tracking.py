@@ -393,7 +393,8 @@ def wrap_errors(uri: str):
                 marker in text.lower() for marker in _UNREACHABLE
             ):
                 raise TrackingError(
-                    f"MLflow tracking server {uri} stopped answering; this command stops here, "
+                    f"MLflow tracking server {uri} is unreachable (it stopped answering); this "
+                    f"command stops here, "
                     f"every checkpoint is kept: rerun the same command once the server is back"
                 ) from None
             first = text.splitlines()[0] if text else type(error).__name__

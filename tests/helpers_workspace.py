@@ -66,7 +66,7 @@ def wait_for_epoch(
     ends first (``details()`` says why) or nothing arrives within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for info in runs.glob("checkpoints/*/last.json"):
+        for info in runs.glob("checkpoints/**/last.json"):  # store-*/HASH for a server
             try:
                 if json.loads(info.read_text())["epoch"] >= epoch:
                     return

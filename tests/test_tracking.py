@@ -41,5 +41,5 @@ def test_a_server_that_stops_answering_is_one_line_that_says_what_to_do() -> Non
             "more detail"
         )
     message = str(caught.value)
-    assert "stopped answering" in message and "rerun the same command" in message
+    assert "is unreachable" in message and "rerun the same command" in message
     assert "\n" not in message
