@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -477,8 +477,6 @@ def execute(
     if launch.in_process:
         return runner.run(plans)
     if launch.launcher == "slurm":
-        from dataclasses import replace
-
         from rkrepro.run import slurm as slurm_launch
 
         settings = replace(
