@@ -464,6 +464,28 @@ def test_a_requeued_task_resumes_instead_of_forcing_again() -> None:
     assert again.function.env == {"A": "1"} and again.function.label == "cell seed 0"
 
 
+def test_a_finished_task_ignores_a_late_time_limit_signal() -> None:
+    """After its child exits the task has nothing to checkpoint: a late USR2 must neither
+    requeue a finished run nor kill the task (SLURM then marks the task FAILED)."""
+    import signal
+
+    previous = signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+    try:
+        task = slurm.CellTask(["-c", "pass"], {}, "cell seed 0")
+        assert task() == "cell seed 0: done"
+        assert signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def test_a_short_slurm_time_limit_is_warned_about() -> None:
+    (warning,) = slurm.SlurmSettings(time_min=3).warnings()
+    assert warning.startswith("warning: --time 3:") and "up to 60 s" in warning
+    assert "2 minutes" in warning and "\n" not in warning
+    assert slurm.SlurmSettings(time_min=slurm.SHORT_TIME_MIN).warnings() == []
+    assert slurm.SlurmSettings(time_min=3, cluster="local").warnings() == []
+
+
 def test_a_ddp_job_is_torchrun_of_the_same_rkrepro_command(ws: Workspace) -> None:
     from rkrepro import targets
 

@@ -42,6 +42,9 @@ SIGNAL_DELAY_MAX_S = 180
 CPUS_PER_GPU = 8
 # SLURM's names (partitions, accounts): letters, digits and -_.; nothing a shell or sbatch reads.
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+# Below this --time (minutes) a warning: SLURM's signal may come up to 60 s early (its timer
+# resolution) and a requeued task is held ~120 s (BeginTime; measured on SLURM 22.05).
+SHORT_TIME_MIN = 10
 # Requeues after the time limit a SLURM task may use (preemptions do not count).
 SLURM_MAX_TIMEOUTS = 100
 
@@ -79,6 +82,7 @@ class CellTask:
 
     def __call__(self) -> str:
         self._started_at = self.run.progress() if self.run is not None else None
+        print(f"rkrepro: {self.label}: starting; checkpoint {_where(self._started_at)}", flush=True)
         env = {**os.environ, **self.env}
         # The child ignores USR2 (an ignored signal stays ignored across exec): SLURM may send
         # it to every process of the job, and only this one should act on it.
@@ -91,6 +95,10 @@ class CellTask:
         waiter.start()
         while waiter.is_alive():  # short joins: submitit's signal handlers run in between
             waiter.join(0.5)
+        # Nothing is left to checkpoint: a time-limit USR2 arriving while the task finishes
+        # must neither requeue a finished run nor kill this process (on SLURM 22.05 it did:
+        # the task of a FINISHED run ended FAILED, "task 0: User defined signal 2").
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         code = self._code
         if code != 0:
             raise RuntimeError(f"{self.label}: rkrepro run exited with {code}")
@@ -121,13 +129,19 @@ class CellTask:
                     os.kill(proc.pid, signal.SIGKILL)
         if self.run is not None and self.run.progress() == self._started_at:
             self.run.mark_failed(
-                f"no progress since the task started (checkpoint still at {self._started_at}): "
+                f"no progress since the task started (checkpoint {_where(self._started_at)}): "
                 f"not requeued; raise --time or lower --signal-delay"
             )
             return None
         return submitit.helpers.DelayedSubmission(
             CellTask(without_force(self.args), self.env, self.label, self.run)
         )
+
+
+def _where(progress: tuple[int, int] | None) -> str:
+    if progress is None:
+        return "none yet"
+    return f"at epoch {progress[0]}, step {progress[1]}"
 
 
 @dataclass(frozen=True)
@@ -196,6 +210,17 @@ class SlurmSettings:
                 f"--signal-delay {delay}: must be between 1 and the time limit "
                 f"({self.time_min * 60} s)"
             )
+
+    def warnings(self) -> list[str]:
+        """What a user should know before submitting with these settings."""
+        if self.cluster != "slurm" or self.time_min >= SHORT_TIME_MIN:
+            return []
+        return [
+            f"warning: --time {self.time_min}: SLURM may send the checkpoint signal up to 60 s "
+            f"earlier than --signal-delay asks, and holds a requeued task about 2 minutes "
+            f"before it may start again; with under {SHORT_TIME_MIN} minutes a task spends much "
+            f"of its time starting and waiting"
+        ]
 
     @property
     def signal_delay(self) -> int:
@@ -311,8 +336,8 @@ def submit(
     from rkrepro.run.runner import checkpoints_for
 
     executor = make_executor(settings)  # no SLURM here: one line before anything
-    warning = warn_sqlite(runner.uri, 0, "slurm")
-    if warning:
+    warnings = [warn_sqlite(runner.uri, 0, "slurm"), *settings.warnings()]
+    for warning in filter(None, warnings):
         print(warning, file=sys.stderr)
     todo = runner.prepare(plans)
     if not todo:

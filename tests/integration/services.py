@@ -75,9 +75,14 @@ class Service:
     pidfiles: list[Path] = field(default_factory=list)
     stops: list[list[str]] = field(default_factory=list)
     uri: str = ""
+    before_stop: list = field(default_factory=list)  # callables, run first
+    after_stop: list = field(default_factory=list)  # callables, run once the processes are gone
 
     def stop(self) -> None:
         """Stop what this service started (by pid), newest first, then remove its folder."""
+        for hook in self.before_stop:
+            with contextlib.suppress(Exception):
+                hook()
         for argv in self.stops:
             subprocess.run(argv, capture_output=True, timeout=60, check=False)
         for proc in reversed(self.procs):
@@ -92,6 +97,9 @@ class Service:
             with contextlib.suppress(OSError, ValueError):
                 os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
         time.sleep(0.5)
+        for hook in self.after_stop:
+            with contextlib.suppress(Exception):
+                hook()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -123,6 +131,8 @@ def start_slurm(base: Path | None = None) -> Service:
     root = Path(tempfile.mkdtemp(prefix="rkrepro-slurm-", dir=base))
     root.chmod(0o755)
     svc = Service(root)
+    svc.before_stop.append(lambda: _cancel_all_jobs(svc))
+    svc.after_stop.append(lambda: _kill_leftovers(svc))
     try:
         _start_munge(svc)
         _start_slurm_daemons(svc)
@@ -130,6 +140,48 @@ def start_slurm(base: Path | None = None) -> Service:
         svc.stop()
         raise
     return svc
+
+
+def _slurm_tool_env(svc: Service) -> dict[str, str]:
+    path = os.environ.get("RKREPRO_TEST_REAL_PATH") or os.environ.get("PATH", "")
+    return {**os.environ, **svc.env, "PATH": path}
+
+
+def _cancel_all_jobs(svc: Service, timeout: float = 20) -> None:
+    """Cancel every job of this cluster (a failed test may leave one running) and wait for
+    the queue to drain, so that slurmd ends their steps before it stops."""
+    if "SLURM_CONF" not in svc.env:
+        return
+    env = _slurm_tool_env(svc)
+    ids = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True,
+                         timeout=30).stdout.split()  # fmt: skip
+    if not ids:
+        return
+    subprocess.run(["scancel", "--full", *ids], env=env, capture_output=True, timeout=30)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout
+        if not out.strip():
+            return
+        time.sleep(0.5)
+
+
+def _kill_leftovers(svc: Service) -> None:
+    """SIGKILL any process still carrying this cluster's ``SLURM_CONF`` (slurmstepd ignores
+    SIGTERM and outlives slurmd); the host's other processes are never touched."""
+    marker = f"SLURM_CONF={svc.env.get('SLURM_CONF', '')}".encode()
+    if marker == b"SLURM_CONF=":
+        return
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ:
+            with contextlib.suppress(OSError):
+                os.kill(int(proc.name), signal.SIGKILL)
 
 
 def _start_munge(svc: Service) -> None:

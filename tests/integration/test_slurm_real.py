@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import helpers_workspace as hw
@@ -27,6 +30,88 @@ def _wait_queue_empty(env: dict[str, str], timeout: float) -> None:
             return
         time.sleep(1)
     pytest.fail(f"jobs still queued after {timeout:.0f} s: {out}")
+
+
+def _submit(env: dict[str, str], cwd: Path, *args: str) -> str:
+    """Submit one task (the row's original model, one seed); returns its SLURM job id
+    (submitit makes a one-task array a plain job)."""
+    one = ("--variant", "original", "--seeds", "1", "--device", "cpu", "--launcher", "slurm")
+    result = _rkrepro(env, cwd, *one, "--cpus-per-task", "1", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "submitted 1 tasks as slurm array job" in result.stdout, result.stdout
+    (task,) = re.findall(r"^  (\S+): tiny/", result.stdout, flags=re.M)
+    return task
+
+
+def _job(env: dict[str, str], task: str) -> dict[str, str]:
+    """``scontrol show job`` of one task as a dict (JobState, Reason, Restarts, ...)."""
+    out = subprocess.run(
+        ["scontrol", "show", "job", "-o", task], env=env, capture_output=True, text=True
+    ).stdout
+    return dict(t.split("=", 1) for t in out.split() if "=" in t)
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str, log: Callable[[], str]) -> None:
+    print(time.strftime("%T"), "waiting:", what, file=sys.stderr)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"{what}: not within {timeout:.0f} s\n{log()[-3000:]}")
+
+
+def _checkpoint(runs: Path) -> dict:
+    """The single run's latest checkpoint info (``last.json``), or {} before the first."""
+    for info in runs.glob("checkpoints/**/last.json"):
+        try:
+            return json.loads(info.read_text())
+        except (OSError, ValueError):
+            pass
+    return {}
+
+
+def _logs(runs: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in sorted(runs.glob("slurm/*/*_log.*")))
+
+
+def _release_requeue_hold(
+    env: dict[str, str], task: str, restarts: int, log, timeout: float = 90
+) -> None:
+    """Wait for the requeued task, then let it start now.
+
+    SLURM (22.05) holds a requeued batch job for about two minutes (``Reason=BeginTime``,
+    EligibleTime = requeue + 121 s measured here) before it may run again; the operator can
+    lift that with ``StartTime=now``. Only the wait changes, nothing rkrepro does.
+    """
+
+    def held() -> bool:
+        job = _job(env, task)
+        if job.get("Restarts") != str(restarts) or job.get("JobState") != "PENDING":
+            return False
+        # The node idle again: the last attempt's steps are gone (a batch job started on top
+        # of its own completing steps fails at once, exit 1, no log).
+        node = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True)
+        return node.stdout.strip() == "idle"
+
+    _wait(held, timeout, f"{task} requeued ({restarts} restarts)", log)
+    subprocess.run(
+        ["scontrol", "update", f"JobId={task}", "StartTime=now"], env=env, check=True, timeout=30
+    )
+
+
+def _child_started(env: dict[str, str], workspace: Path) -> bool:
+    """The task's ``rkrepro run`` process exists: the one reading this test's data folder
+    (the submitting command is long gone; other rkrepro processes may run on this host)."""
+    pattern = f"rkrepro run tiny .*--data-dir {re.escape(str(workspace / 'data'))}"
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, env=env)
+    return found.returncode == 0
+
+
+def _history(uri: str, run_id: str, key: str) -> list[int]:
+    from mlflow.tracking import MlflowClient
+
+    return sorted(m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, key))
 
 
 def _runs(uri: str) -> list:
@@ -63,3 +148,79 @@ def test_what_sbatch_refuses_is_one_line_with_slurms_reason(slurm_cluster, tmp_p
     assert "Traceback" not in result.stderr, result.stderr
     (error,) = [x for x in result.stderr.splitlines() if x.startswith("Error")]  # MLflow INFO aside
     assert "sbatch refused the job" in error and "Invalid generic resource" in error, error
+
+
+def test_usr2_and_requeue_resume_the_same_run_with_every_epoch_once(
+    slurm_cluster, tmp_path: Path
+) -> None:
+    """Preempted twice, two ways: ``scancel --signal=USR2`` (what SLURM sends before the time
+    limit: the task checkpoints its run and requeues itself through submitit) and
+    ``scontrol requeue`` (SIGTERM: the run checkpoints, SLURM requeues the task). Each time
+    the requeued task resumes the same MLflow run from its checkpoint; it ends FINISHED with
+    every epoch logged once."""
+    env = real_env(hw.make_workspace(tmp_path, n_train=512), **slurm_cluster.env)
+    runs = tmp_path / "runs"
+    epochs = 14
+    task = _submit(env, tmp_path, "--epochs", str(epochs), "--time", "10")
+    log = lambda: _logs(runs) + str(_job(env, task))  # noqa: E731
+
+    _wait(lambda: _checkpoint(runs).get("epoch", 0) >= 2, 120, "epoch 2", log)
+    subprocess.run(["scancel", "--signal=USR2", task], env=env, check=True, timeout=30)
+    _release_requeue_hold(env, task, 1, log)
+    first = _checkpoint(runs)
+    _wait(lambda: _checkpoint(runs).get("epoch", 0) > first["epoch"] + 1, 120, "resumed", log)
+    subprocess.run(["scontrol", "requeue", task], env=env, check=True, timeout=30)
+    _release_requeue_hold(env, task, 2, log)
+    _wait(lambda: _job(env, task).get("JobState") == "COMPLETED", 180, "completed", log)
+
+    uri = f"sqlite:///{runs / 'mlflow.db'}"
+    (run,) = _runs(uri)
+    assert run.info.status == "FINISHED", log()
+    assert _checkpoint(runs)["run_id"] == run.info.run_id  # one run throughout
+    assert _history(uri, run.info.run_id, "test_error") == list(range(1, epochs + 1))
+    assert len(_history(uri, run.info.run_id, "params_total")) == 1
+    text = _logs(runs)
+    assert "Caught signal SIGUSR2" in text and "DUE TO JOB REQUEUE" in text, text[-3000:]
+    assert text.count("stopped; checkpoint saved") == 2, text[-3000:]
+
+
+def test_a_time_limit_requeues_and_a_task_without_progress_fails(
+    slurm_cluster, tmp_path: Path
+) -> None:
+    """``--time 2 --signal-delay 30``: SLURM's own USR2 comes 30 to 90 s into the task (SLURM
+    may send it up to 60 s earlier than asked, never later); the run checkpoints, and the task
+    is requeued and resumes the run. When the signal comes again before the requeued task has
+    trained a step (here sent the moment its ``rkrepro run`` starts), requeueing would loop
+    forever: the task is not requeued and its run becomes FAILED, saying why."""
+    env = real_env(hw.make_workspace(tmp_path, n_train=512), **slurm_cluster.env)
+    runs = tmp_path / "runs"
+    uri = f"sqlite:///{runs / 'mlflow.db'}"
+    task = _submit(env, tmp_path, "--epochs", "300", "--time", "2", "--signal-delay", "30")
+    log = lambda: _logs(runs) + str(_job(env, task))  # noqa: E731
+    script = next(runs.glob("slurm/*/*_submission.sh")).read_text()
+    assert "--signal=USR2@30" in script and "--time=2" in script, script
+
+    _release_requeue_hold(env, task, 1, log, timeout=150)  # the time limit's own signal
+    text = _logs(runs)
+    assert "Caught signal SIGUSR2" in text and "stopped; checkpoint saved" in text, text[-3000:]
+    assert "DUE TO TIME LIMIT" not in text  # stopped by the signal, before SLURM's kill
+    stopped_at = _checkpoint(runs)
+    assert stopped_at.get("epoch", 0) + stopped_at.get("step_in_epoch", 0) > 0, stopped_at
+
+    _wait(lambda: _child_started(env, tmp_path), 60, "the requeued task's rkrepro run", log)
+    subprocess.run(["scancel", "--signal=USR2", task], env=env, check=True, timeout=30)
+    _wait(lambda: _job(env, task).get("JobState") == "FAILED", 60, "task FAILED", log)
+    time.sleep(3)  # a requeue, had there been one, would show by now
+    job = _job(env, task)
+    assert job["JobState"] == "FAILED" and job["Restarts"] == "1", job
+
+    (run,) = _runs(uri)
+    assert run.info.status == "FAILED", log()
+    reason = run.data.tags.get("rkrepro.failure", "")
+    assert "no progress since the task started" in reason and "--time" in reason, run.data.tags
+    assert _checkpoint(runs) == stopped_at  # kept: a longer --time resumes from it
+    steps = _history(uri, run.info.run_id, "test_error")
+    assert steps == list(range(1, len(steps) + 1))  # each epoch once
+    assert "not requeued" in _logs(runs)
+    text = _logs(runs)
+    assert "starting; checkpoint none yet" in text and "starting; checkpoint at epoch" in text
