@@ -19,6 +19,27 @@ def runs_dir() -> Path:
     return Path(os.environ.get(RUNS_DIR_ENV) or "runs").absolute()
 
 
+def unwritable(folder: Path) -> str | None:
+    """None when ``folder`` takes new files, or could be made where its nearest existing
+    parent takes them; else why not, in the system's words ("Read-only file system",
+    "Permission denied"). Tried for real, with a file made and removed at once (permission
+    bits do not stop root, a read-only mount does); creates no folder."""
+    import tempfile
+
+    existing = folder.absolute()
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".rkrepro-write-check-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
+
+
 def default_data_dir() -> Path:
     """``$RKREPRO_DATA_DIR``, else ``./data``: where the data sets are read from."""
     return Path(os.environ.get(DATA_DIR_ENV) or "data")

@@ -9,7 +9,6 @@ that they agree on the same store, so a local report need not pay for importing 
 from __future__ import annotations
 
 import math
-import os
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -239,10 +238,13 @@ def _fetch_sqlite(path: Path, table_ids: list[str]) -> list[RunRecord]:
 
 def _fetch_mlflow(uri: str, table_ids: list[str]) -> list[RunRecord]:
     """``mlflow.search_runs`` into pandas, one search per table's experiment."""
-    # Reading should fail in seconds, not after mlflow's default ~2 minutes of retries; an
-    # explicit setting in the environment wins.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    from rkrepro import tracking
+
+    # Before mlflow: a server that does not answer fails in seconds (not after mlflow's
+    # retries), a database URI without its driver in one line (not an ImportError traceback).
+    # The same HTTP bounds as for writing, unless the user set them.
+    tracking.bound_http_calls(uri)
+    tracking.check_reachable(uri, write=False)
     import mlflow
     from mlflow.exceptions import MlflowException
 

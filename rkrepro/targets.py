@@ -36,6 +36,7 @@ SHARE_CHOICES = ("both", "share", "no-share")
 MAX_TABLE_BYTES = 1 << 20  # 1 MiB
 MAX_NESTING = 32  # nested mappings/lists
 MAX_TEXT = 10_000  # characters of a title, caption, label or note
+MAX_ID = 100  # characters of a table, row or claim id: ids name folders and files (job logs)
 MAX_ROWS = 1_000  # rows of a table, variants of a row
 LIMITS: dict[str, int] = {
     "depth": 2_000,
@@ -455,6 +456,16 @@ FAMILIES = ("densenet", "densenet-bc", "resnet")
 _ID = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 
 
+def _check_id_length(value: str, where: _Where, what: str) -> None:
+    """Ids become folder and file names (``runs/logs/TABLE/ROW/...``), where the system's
+    limit is 255 bytes per name: a longer id would stop the local queue mid-launch."""
+    if len(value) > MAX_ID:
+        raise where.fail(
+            f"{what} {_short(value)} is {len(value)} characters long; at most {MAX_ID} "
+            f"(rkrepro's limit: ids name folders and files)"
+        )
+
+
 class _Where:
     """Accumulates 'file, row X, variant Y' so every error says where it is."""
 
@@ -699,6 +710,7 @@ def _parse_row(data: Any, table_where: _Where, index: int, dataset: str) -> Row:
     row_id = data["id"]
     if not _ID.match(row_id):
         raise where.fail(f"row id {_short(row_id)} must be lower-case letters, digits, '-' or '.'")
+    _check_id_length(row_id, where, "row id")
     family = data["family"]
     if family not in FAMILIES:
         raise where.fail(f"unknown family {_short(family)}; known: {', '.join(FAMILIES)}")
@@ -803,6 +815,7 @@ def parse_table(data: Any, source: Path) -> Table:
     )
     if not _ID.match(data["id"]):
         raise where.fail(f"table id {_short(data['id'])} must be lower-case letters, digits or '-'")
+    _check_id_length(data["id"], where, "table id")
     dataset = data["dataset"]
     if dataset not in NUM_CLASSES:
         raise where.fail(f"unknown dataset {_short(dataset)}; known: {', '.join(NUM_CLASSES)}")
@@ -925,6 +938,7 @@ def _parse_claims(raw: Any, where: _Where, table_id: str) -> tuple[ClaimSpec, ..
         )
         if not _ID.match(data["id"]):
             raise cwhere.fail("claim id must be lower-case letters, digits, '-' or '.'")
+        _check_id_length(data["id"], cwhere, "claim id")
         if data["id"] in seen:
             raise cwhere.fail(f"duplicate claim id {data['id']!r}")
         seen.add(data["id"])

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from rkrepro import mlflow_keys
 from rkrepro.errors import TrackingError
-from rkrepro.paths import resolve_tracking_uri, runs_dir, sqlite_path
+from rkrepro.paths import resolve_tracking_uri, runs_dir, sqlite_path, unwritable
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -45,6 +45,7 @@ HTTP_LIMITS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
 }
+REACH_TIMEOUT_S = 5.0  # the first request to a server: a stuck one fails in seconds
 _UNREACHABLE = ("max retries exceeded", "connection refused", "read timed out", "timed out")
 
 RESUMABLE = ("RUNNING", "KILLED", "FAILED", "SCHEDULED")
@@ -60,16 +61,21 @@ def store_exists(uri: str) -> bool:
     return path is None or path.exists()
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail in seconds, before any training, when the store cannot be used."""
+def bound_http_calls(uri: str) -> None:
+    """For a tracking server: cap MLflow's HTTP timeout and retries (:data:`HTTP_LIMITS`)
+    unless the user set them; no effect on other stores."""
+    if uri.startswith(("http://", "https://")):
+        for name, value in HTTP_LIMITS.items():
+            os.environ.setdefault(name, value)
+
+
+def check_reachable(uri: str, timeout: float = REACH_TIMEOUT_S, write: bool = True) -> None:
+    """Fail in seconds, before any training (or reading), when the store cannot be used: a
+    local store that is not an SQLite database or (``write``) sits in a folder that takes no
+    new files, a database URI whose driver is not installed, a server that does not answer."""
     path = sqlite_path(uri)
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise TrackingError(
-                f"cannot create the tracking store folder {path.parent}: {error.strerror}"
-            ) from None
+        check_sqlite_store(path, write)
         return
     if uri.startswith(("http://", "https://")):
         url = uri.rstrip("/") + "/health"
@@ -80,7 +86,90 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             return  # something answered; the API calls will tell if it is MLflow
         except (urllib.error.URLError, OSError, ValueError) as error:
             reason = getattr(error, "reason", error)
+            if isinstance(reason, TimeoutError):
+                raise TrackingError(
+                    f"MLflow tracking server {uri} did not answer within {timeout:g} s (it "
+                    f"accepts connections but sends nothing back); is it overloaded or stuck?"
+                ) from None
             raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
+        return
+    check_database_driver(uri)
+
+
+def check_sqlite_store(path: Path, write: bool) -> None:
+    """An existing store must be an SQLite database (read-only check: a corrupt file is left
+    exactly as it is); a store to write needs a folder that takes new files, since SQLite
+    keeps its journal next to the database (MLflow would retry opening it for ~100 s)."""
+    if write:
+        why = unwritable(path.parent)
+        if why is not None:
+            raise TrackingError(
+                f"cannot write the tracking store {path}: its folder {path.parent} does not "
+                f"take new files ({why}); use a writable RKREPRO_RUNS_DIR or --tracking-uri"
+            )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise TrackingError(
+                f"cannot create the tracking store folder {path.parent}: {error.strerror}"
+            ) from None
+        if path.exists() and not os.access(path, os.W_OK):
+            raise TrackingError(
+                f"cannot write the tracking store {path}: the file is read-only; use a writable "
+                f"RKREPRO_RUNS_DIR or --tracking-uri"
+            )
+    if not path.exists():
+        return
+    import sqlite3
+    import urllib.parse
+
+    location = urllib.parse.quote(path.resolve().as_posix())
+    try:
+        con = sqlite3.connect(f"file:{location}?mode=ro", uri=True, timeout=5)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as error:
+        if is_lock_error(error):
+            return  # a busy store is a store; MLflow's calls wait for the lock
+        raise TrackingError(
+            f"cannot read MLflow store {path}: {error} (left untouched: restore it from a "
+            f"backup, or move it away to start a new store)"
+        ) from None
+
+
+# Database backends MLflow opens through SQLAlchemy (besides SQLite, checked above).
+_DATABASES = ("postgresql", "mysql", "mssql")
+
+
+def check_database_driver(uri: str) -> None:
+    """A database URI's SQLAlchemy driver must be importable: MLflow's import of a missing one
+    is a traceback. ``postgresql://`` means psycopg 3 to SQLAlchemy 2.1, which the ``server``
+    extra (psycopg2) does not install. Imports SQLAlchemy, never connects."""
+    scheme = uri.split("://", 1)[0].lower()
+    if scheme.split("+", 1)[0] not in _DATABASES:
+        return
+    from sqlalchemy.engine.url import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(uri)
+        shown = url.render_as_string(hide_password=True)
+        url.get_dialect().import_dbapi()
+    except ImportError as error:
+        hint = (
+            "; spell postgresql+psycopg2://... (the driver that pip install 'rkrepro[server]' "
+            "installs)"
+            if url.get_backend_name() == "postgresql"
+            else f"; install the driver or name an installed one ({url.get_backend_name()}+DRIVER)"
+        )
+        raise TrackingError(
+            f"tracking store {shown}: its database driver {url.get_driver_name()!r} is not "
+            f"installed (no Python module {error.name or str(error)!r}){hint}"
+        ) from None
+    except ArgumentError as error:  # NoSuchModuleError: an unknown +driver; a malformed URI
+        raise TrackingError(f"tracking store {scheme}://...: {error}") from None
 
 
 def client(uri: str) -> MlflowClient:
@@ -399,8 +488,31 @@ def wrap_errors(uri: str):
                 ) from None
             first = text.splitlines()[0] if text else type(error).__name__
             raise TrackingError(f"tracking store {uri}: {first}") from None
+        except Exception as error:
+            database = _database_error(error)
+            if database is None:
+                raise
+            raise TrackingError(f"tracking store {uri}: {database}") from None
 
     return _wrapped()
+
+
+def _database_error(error: BaseException) -> str | None:
+    """The first line of SQLite's or the database's own message when ``error`` is one that
+    MLflow let through unwrapped (SQLAlchemy's, e.g. "database disk image is malformed" from a
+    page torn deeper in the file); None for anything else."""
+    import sqlite3
+
+    try:
+        from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+    except ImportError:  # pragma: no cover - mlflow depends on SQLAlchemy
+        DBAPIError = SQLAlchemyError = ()  # type: ignore[assignment,misc]  # noqa: N806
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        error = error.orig
+    elif not isinstance(error, (SQLAlchemyError, sqlite3.Error)):
+        return None
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:500]
 
 
 def environment_tags(device: str, world: int, batchnorm: str | None) -> dict[str, str]:
@@ -429,9 +541,7 @@ class Tracker:
 
     def __init__(self, uri: str | None) -> None:
         self.uri = resolve_tracking_uri(uri)
-        if self.uri.startswith(("http://", "https://")):
-            for name, value in HTTP_LIMITS.items():
-                os.environ.setdefault(name, value)
+        bound_http_calls(self.uri)
         self.client: Any = None
         self._experiments: dict[str, str | None] = {}
 
@@ -441,7 +551,7 @@ class Tracker:
 
     def connect(self, create: bool = True) -> bool:
         """Check the store before anything else; False when a local store does not exist yet."""
-        check_reachable(self.uri)
+        check_reachable(self.uri, write=create)
         if not create and not store_exists(self.uri):
             return False
         with self.errors():

@@ -249,3 +249,317 @@ def test_an_oversized_model_is_refused_before_it_is_built(tmp_path: Path, case: 
         assert code == 2 and len(lines) == 1, (args, output[-2000:])
         assert expected in lines[0] and "tiny.yaml" in lines[0], (args, lines[0])
         assert seconds < 20, (args, seconds)
+
+
+# --------------------------------------------------------------------------------------------
+# A broken store, runs folder or tracking URI: one line, exit 2, in bounded time, and what the
+# store already holds is left exactly as it was. Every command runs as a real subprocess.
+
+RESUMABLE = ("run", "tiny", "--row", "bc-k4", "--variant", "RKNet-1x2_1x1_1x1", "--no-share")
+READERS = (("status", "tiny"), ("list",), ("report", "tiny"))
+
+
+@pytest.fixture(scope="module")
+def runs_space(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace whose store holds a finished run and a resumable one (killed after its
+    first epoch's checkpoint, so its MLflow run is RUNNING with a checkpoint to resume)."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("runs-space")
+    env = {**_child_env(root), "OMP_NUM_THREADS": "1"}
+    finished = [*RUN, "--variant", "original", "--epochs", "1", "--device", "cpu"]
+    done = subprocess.run(
+        [sys.executable, "-m", "rkrepro", *finished], env=env, capture_output=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    killed = subprocess.run(
+        [sys.executable, "-m", "rkrepro", *RESUMABLE, "--epochs", "3", "--device", "cpu"],
+        env={**env, "RKREPRO_FAULT_KILL_IN_CHECKPOINT": "2"},
+        capture_output=True,
+        timeout=300,
+    )
+    assert killed.returncode < 0, killed.stdout + killed.stderr  # SIGKILL, as planned
+    return root
+
+
+def _copy_space(source: Path, target: Path) -> dict[str, str]:
+    """A copy of a workspace (tables, data, runs) and the environment that points there."""
+    import shutil
+
+    shutil.copytree(source, target, symlinks=True)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    for name, folder in (("RUNS", "runs"), ("DATA", "data"), ("TABLES", "tables")):
+        env[f"RKREPRO_{name}_DIR"] = str(target / folder)
+    env.update({"RKREPRO_VERIFY_CHECKSUMS": "0", "RKREPRO_DOWNLOAD": "0"})
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes: the store, checkpoints, artifacts."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _one_error_line(output: str) -> str:
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output[-3000:]
+    assert lines[0].startswith("Error: ") and "Traceback" not in output, output[-3000:]
+    assert len(lines[0]) < 600, lines[0]
+    return lines[0]
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("kind", ["garbage bytes", "truncated sqlite file"])
+def test_a_corrupt_store_is_one_line_for_run_and_every_reader(
+    runs_space: Path, tmp_path: Path, kind: str
+) -> None:
+    import random
+
+    env = _copy_space(runs_space, tmp_path / "ws")
+    db = tmp_path / "ws" / "runs" / "mlflow.db"
+    data = db.read_bytes()
+    if kind == "garbage bytes":
+        db.write_bytes(random.Random(0).randbytes(len(data)))
+    else:
+        assert data.startswith(b"SQLite format 3\0")
+        db.write_bytes(data[: len(data) // 2])
+    before = _snapshot(tmp_path / "ws" / "runs")
+    words = "not a database" if kind == "garbage bytes" else "malformed"
+    for args in ((*RESUMABLE, "--epochs", "3", "--device", "cpu"), *READERS):
+        code, output, seconds = _rkrepro(env, *args, timeout=60)
+        line = _one_error_line(output)
+        assert code == 2, (args, output[-3000:])
+        assert "cannot read MLflow store" in line and str(db) in line and words in line, line
+        assert seconds < 30, (args, seconds)
+    assert _snapshot(tmp_path / "ws" / "runs") == before  # nothing written, nothing lost
+
+
+def _mount_read_only(folder: Path, fill: Path | None = None) -> bool:
+    """Make ``folder`` a real read-only filesystem (a tmpfs, filled from ``fill`` and then
+    remounted read-only): permission bits do not stop root, a read-only mount does."""
+    import shutil
+    import subprocess
+    import sys
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if sys.platform != "linux" or os.geteuid() != 0:
+        return False
+    mount = ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)]
+    if subprocess.run(mount, capture_output=True, check=False).returncode != 0:
+        return False
+    if fill is not None:
+        shutil.copytree(fill, folder, symlinks=True, dirs_exist_ok=True)
+    remount = ["mount", "-o", "remount,ro", str(folder)]
+    if subprocess.run(remount, capture_output=True, check=False).returncode != 0:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, check=False)
+        return False
+    return True
+
+
+@pytest.fixture
+def read_only_runs(tmp_path: Path):
+    """``mount(runs, fill)``: ``runs`` made read-only for real (a read-only tmpfs as root; the
+    permission bits 0555 otherwise, which do stop a non-root user); undone afterwards."""
+    import subprocess
+
+    made: list[tuple[Path, bool]] = []
+
+    def mount(runs: Path, fill: Path | None = None) -> None:
+        if os.geteuid() == 0:
+            if not _mount_read_only(runs, fill):
+                pytest.skip("running as root without a tmpfs mount: no way to deny writes")
+            made.append((runs, True))
+            return
+        if fill is not None:
+            import shutil
+
+            shutil.copytree(fill, runs, symlinks=True, dirs_exist_ok=True)
+        runs.mkdir(parents=True, exist_ok=True)
+        runs.chmod(0o555)
+        made.append((runs, False))
+
+    yield mount
+    for runs, mounted in made:
+        if mounted:
+            subprocess.run(["umount", "-l", str(runs)], capture_output=True, check=False)
+        else:
+            runs.chmod(0o755)
+
+
+@pytest.mark.bad_input
+def test_a_read_only_runs_folder_is_one_line_for_a_new_run(tmp_path: Path, read_only_runs):
+    env = _child_env(tmp_path)
+    runs = tmp_path / "runs"
+    read_only_runs(runs)
+    other = tmp_path / "elsewhere" / "mlflow.db"
+    new_run = (*RUN, "--variant", "original", "--epochs", "1", "--device", "cpu")
+    for args in (
+        new_run,  # the default store, in runs/
+        (*new_run, "--seeds", "2", "--cpu-jobs", "2"),  # through the local queue
+        (*new_run, "--tracking-uri", f"sqlite:///{other}"),  # checkpoints still go to runs/
+    ):
+        code, output, seconds = _rkrepro(env, *args, timeout=60)
+        line = _one_error_line(output)
+        assert code == 2, (args, output[-3000:])
+        assert "cannot write" in line and str(runs) in line, line
+        assert "Read-only file system" in line or "Permission denied" in line, line
+        assert seconds < 30, (args, seconds)
+    assert list(runs.iterdir()) == [] and not other.exists()
+    for args in READERS:  # reading needs no write
+        code, output, _ = _rkrepro(env, *args)
+        assert code == 0 and "Traceback" not in output, (args, output[-3000:])
+
+
+@pytest.mark.bad_input
+def test_a_read_only_store_with_runs_is_one_line_and_still_readable(
+    runs_space: Path, tmp_path: Path, read_only_runs
+) -> None:
+    env = _copy_space(runs_space, tmp_path / "ws")
+    runs = tmp_path / "ws" / "runs"
+    saved = tmp_path / "saved-runs"
+    status = ("status", "tiny", "--format", "json", "--include-shortened")
+    code, readable, _ = _rkrepro(env, *status)
+    assert code == 0 and "FINISHED" in readable and "RUNNING" in readable, readable[-3000:]
+    runs.rename(saved)
+    read_only_runs(runs, fill=saved)
+    before = _snapshot(runs)
+    code, output, seconds = _rkrepro(env, *RESUMABLE, "--epochs", "3", "--device", "cpu")
+    line = _one_error_line(output)
+    assert code == 2 and "cannot write" in line and seconds < 30, (line, seconds)
+    assert _rkrepro(env, *status)[:2] == (0, readable)  # still read, all of it
+    assert _snapshot(runs) == before
+
+
+@pytest.mark.bad_input
+def test_a_row_id_too_long_for_a_file_name_is_one_line(tmp_path: Path) -> None:
+    """A row id names a folder of job logs (``runs/logs/TABLE/ROW``); 10,000 characters
+    stopped the local queue with ENAMETOOLONG. Ids have a limit, and every message shows at
+    most ~60 characters of one."""
+    from rkrepro import targets
+
+    env = _child_env(tmp_path)
+    long_id = "x" * 10_000
+    table = ws.TINY_TABLE.replace("id: tiny", "id: long").replace("id: bc-k4", f"id: {long_id}")
+    (tmp_path / "tables" / "long.yaml").write_text(table)
+    queue = ("--variant", "original", "--epochs", "1", "--seeds", "2", "--cpu-jobs", "2")
+    for args in (("list",), ("run", "long", "--row", long_id, *queue, "--device", "cpu")):
+        code, output, seconds = _rkrepro(env, *args, timeout=60)
+        line = _one_error_line(output)
+        assert code == 2, (args, output[-3000:])
+        assert "long.yaml" in line and f"at most {targets.MAX_ID}" in line, line
+        assert seconds < 30, (args, seconds)
+    (tmp_path / "tables" / "long.yaml").unlink()
+    # From the command line: the usual unknown-row line with the known rows, bounded.
+    code, output, _ = _rkrepro(env, "run", "tiny", "--row", "bc-k4" + long_id, *queue)
+    line = _one_error_line(output)
+    assert code == 2 and "unknown row" in line and "bc-k4" in line, line
+
+
+@pytest.mark.bad_input
+def test_a_job_log_that_cannot_be_written_stops_the_queue_before_any_job(tmp_path: Path) -> None:
+    """Whatever keeps a job's log from being made (here ``runs/logs`` is a file) is one line
+    before the first job starts, not a traceback from a queue thread."""
+    env = _child_env(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "logs").write_text("not a folder")
+    queue = ("--variant", "original", "--epochs", "1", "--seeds", "2", "--cpu-jobs", "2")
+    code, output, seconds = _rkrepro(env, *RUN, *queue, "--device", "cpu", timeout=60)
+    line = output.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in output, output[-3000:]
+    assert line.startswith("Error: cannot write the log of job") and "Not a directory" in line
+    assert "no job was started" in line and seconds < 30, (line, seconds)
+    with sqlite3.connect(tmp_path / "runs" / "mlflow.db") as con:
+        assert con.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+
+
+@pytest.mark.bad_input
+def test_the_longest_row_id_fits_every_file_name(tmp_path: Path, monkeypatch) -> None:
+    """At the limit, every folder and file a job writes has a name the system accepts."""
+    from rkrepro import targets
+    from rkrepro.run import jobs, plans
+
+    longest = "r" * targets.MAX_ID
+    for name, value in ws.make_workspace(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    table = ws.TINY_TABLE.replace("id: bc-k4", f"id: {longest}")
+    table = table.replace("id: tiny", "id: " + "t" * targets.MAX_ID)
+    (tmp_path / "tables" / "tiny.yaml").write_text(table)
+    tables = targets.load_tables(tmp_path / "tables")
+    variants = ["original", "RKNet-1x2_1x1_1x1"]
+    cells = targets.resolve_cells(tables, "t" * targets.MAX_ID, longest, variants, "both")
+    for plan in plans.make_plans(cells, [2**31 - 1], plans.RunOptions(epochs=1), "cpu"):
+        log = jobs.job_for(plan, "cpu").log
+        assert all(len(part.encode()) <= 255 for part in log.parts), log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("ok")  # the system agrees
+
+
+@pytest.mark.bad_input
+def test_a_database_uri_without_its_driver_is_one_line(tmp_path: Path) -> None:
+    """SQLAlchemy maps a bare ``postgresql://`` to psycopg 3; the ``server`` extra installs
+    psycopg2. The driver is imported before anything connects: no database is needed."""
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is not None:
+        pytest.skip("psycopg 3 is installed here: postgresql:// has its driver")
+    env = _child_env(tmp_path)
+    uri = "postgresql://user:secret@127.0.0.1:1/db"
+    for args in (
+        (*RUN, "--variant", "original", "--epochs", "1", "--device", "cpu"),
+        *READERS,
+    ):
+        code, output, seconds = _rkrepro(env, *args, "--tracking-uri", uri, timeout=60)
+        line = _one_error_line(output)
+        assert code == 2, (args, output[-3000:])
+        assert "'psycopg' is not installed" in line and "postgresql+psycopg2://" in line, line
+        assert "secret" not in line, line
+        assert seconds < 30, (args, seconds)
+    assert not (tmp_path / "runs").exists()  # nothing was created locally
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP server on 127.0.0.1 that accepts every connection and never sends a byte."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except (TimeoutError, OSError):
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=5)
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+@pytest.mark.bad_input
+def test_a_server_that_never_answers_is_one_line_in_bounded_time(
+    tmp_path: Path, silent_server: str
+) -> None:
+    """It accepts the connection and sends nothing: ``status`` used to wait 99 s (MLflow's
+    retries of 30 s timeouts); every command now gives up after one 5 s request."""
+    env = _child_env(tmp_path)
+    for args in (
+        *READERS,
+        (*RUN, "--variant", "original", "--epochs", "1", "--device", "cpu"),
+    ):
+        code, output, seconds = _rkrepro(env, *args, "--tracking-uri", silent_server, timeout=60)
+        line = _one_error_line(output)
+        assert code == 2, (args, output[-3000:])
+        assert f"{silent_server} did not answer within" in line, line
+        assert seconds < 30, (args, seconds)
+    assert not (tmp_path / "runs" / "checkpoints").exists()  # nothing started

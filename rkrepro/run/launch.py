@@ -517,6 +517,25 @@ def _run_rank(options: RunOptions, plans: list[Plan], console: Console) -> int:
         distributed.shutdown()
 
 
+def open_logs(jobs: list[Job]) -> None:
+    """Create every job's log before the first job starts: a log that cannot be written (a
+    read-only or full ``runs/``, a name over the system's limit) is one line, with no job
+    half-launched and no traceback from a queue thread."""
+    for job in jobs:
+        try:
+            job.log.parent.mkdir(parents=True, exist_ok=True)
+            with open(job.log, "ab"):
+                pass
+        except OSError as error:
+            shown = str(job.log)
+            if len(shown) > 160:
+                shown = shown[:80] + "..." + shown[-60:]
+            raise RkreproError(
+                f"cannot write the log of job {job.label[:80]}: {shown}: {error.strerror}; "
+                f"no job was started"
+            ) from None
+
+
 def run_queue(runner: Runner, plans: list[Plan], launch: LaunchPlan, console: Console) -> int:
     """Create the store and experiments once, then one job per plan on the free slots."""
     from rkrepro.train import Interrupted
@@ -530,6 +549,7 @@ def run_queue(runner: Runner, plans: list[Plan], launch: LaunchPlan, console: Co
         console.print(f"0 jobs to run: {len(plans)} runs done", highlight=False)
         return 0
     jobs = [job_for(p, "auto", launch.nproc) for p in todo]
+    open_logs(jobs)
     console.print(
         f"{len(jobs)} jobs on {launch.describe()}: " + ", ".join(s.name for s in launch.slots),
         highlight=False,

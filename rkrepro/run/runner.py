@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from rich.console import Console
 
-from rkrepro import mlflow_keys, tracking
+from rkrepro import mlflow_keys, paths, tracking
 from rkrepro.checkpoints import CheckpointBusy, Checkpoints
 from rkrepro.errors import RkreproError
 from rkrepro.fast_path import FastPath, run_precision
@@ -88,7 +88,19 @@ class Runner:
     # -- deciding -----------------------------------------------------------------------
 
     def connect(self, create: bool = True) -> bool:
-        """Check the store before anything else; False when a local store does not exist yet."""
+        """Check the store before anything else; False when a local store does not exist yet.
+
+        To train (``create``), the runs folder must take new files as well: checkpoints, job
+        logs and a local store's artifacts go there, whichever store the runs are logged to.
+        """
+        if create:
+            folder = paths.runs_dir()
+            why = paths.unwritable(folder)
+            if why is not None:
+                raise RkreproError(
+                    f"cannot write the runs folder {folder} (checkpoints, job logs, the local "
+                    f"store): {why}; use a writable folder (RKREPRO_RUNS_DIR)"
+                )
         return self.tracker.connect(create)
 
     def prepare(self, plans: list[Plan]) -> list[Plan]:
