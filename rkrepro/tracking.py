@@ -93,7 +93,9 @@ def check_reachable(uri: str, timeout: float = REACH_TIMEOUT_S, write: bool = Tr
                 ) from None
             raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
         return
-    check_database_driver(uri)
+    if uri.split("://", 1)[0].lower().split("+", 1)[0] in _DATABASES:
+        check_database_driver(uri)
+        check_database_connects(uri, timeout)
 
 
 def check_sqlite_store(path: Path, write: bool) -> None:
@@ -170,6 +172,31 @@ def check_database_driver(uri: str) -> None:
         ) from None
     except ArgumentError as error:  # NoSuchModuleError: an unknown +driver; a malformed URI
         raise TrackingError(f"tracking store {scheme}://...: {error}") from None
+
+
+def check_database_connects(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
+    """One connection, bounded by ``timeout``, before MLflow's own engine: MLflow retries a
+    database that refuses or does not answer for about two minutes, then shows a traceback."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine.url import make_url
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+    from sqlalchemy.pool import NullPool
+
+    url = make_url(uri)
+    shown = url.render_as_string(hide_password=True)
+    backend = url.get_backend_name()
+    args = {"connect_timeout": max(1, round(timeout))} if backend in ("postgresql", "mysql") else {}
+    try:
+        engine = create_engine(url, poolclass=NullPool, connect_args=args)
+        try:
+            engine.connect().close()
+        finally:
+            engine.dispose()
+    except DBAPIError as error:
+        first = str(error.orig or error).strip().splitlines() or [type(error).__name__]
+        raise TrackingError(f"tracking store {shown}: cannot connect ({first[0][:300]})") from None
+    except SQLAlchemyError as error:
+        raise TrackingError(f"tracking store {shown}: {str(error).splitlines()[0][:300]}") from None
 
 
 def client(uri: str) -> MlflowClient:

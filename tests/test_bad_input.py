@@ -518,6 +518,34 @@ def test_a_database_uri_without_its_driver_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()  # nothing was created locally
 
 
+@pytest.mark.bad_input
+def test_a_database_that_refuses_or_never_answers_is_one_line_in_bounded_time(
+    tmp_path: Path, silent_server: str
+) -> None:
+    """With its driver installed, a PostgreSQL URI whose port refuses (nothing listens) or
+    never answers (a socket server that accepts and is silent): MLflow's own engine retried
+    for ~117 s, then a traceback. One connection with a 5 s timeout says it in one line."""
+    pytest.importorskip("psycopg2", reason="pip install 'rkrepro[server]' (psycopg2-binary)")
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        refused = probe.getsockname()[1]
+    env = _child_env(tmp_path)
+    silent = int(silent_server.rsplit(":", 1)[1])
+    for port, expected in ((refused, "refused"), (silent, "timeout")):
+        uri = f"postgresql+psycopg2://mlflow:secret@127.0.0.1:{port}/mlflow"
+        for args in ((*RUN, "--variant", "original", "--epochs", "1", "--device", "cpu"),
+                     *READERS):  # fmt: skip
+            code, output, seconds = _rkrepro(env, *args, "--tracking-uri", uri, timeout=60)
+            line = _one_error_line(output)
+            assert code == 2, (args, output[-3000:])
+            assert "cannot connect" in line and expected in line.lower(), line
+            assert "secret" not in line, line
+            assert seconds < 30, (args, seconds)
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.fixture
 def silent_server():
     """A TCP server on 127.0.0.1 that accepts every connection and never sends a byte."""
