@@ -193,6 +193,18 @@ def _rkrepro(env: dict[str, str], *args: str, timeout: float = 30) -> tuple[int,
     return done.returncode, done.stdout + done.stderr, time.monotonic() - start
 
 
+def _rkrepro_each(
+    env: dict[str, str], commands: list[tuple[str, ...]], timeout: float = 60, workers: int = 4
+) -> list[tuple[tuple[str, ...], int, str, float]]:
+    """``_rkrepro`` for each command, a few at a time (they mostly wait: on a timeout, or on
+    Python's start-up), in the order given: (args, exit code, output, seconds)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(lambda args: _rkrepro(env, *args, timeout=timeout), commands))
+    return [(args, *result) for args, result in zip(commands, results, strict=True)]
+
+
 def _child_env(root: Path) -> dict[str, str]:
     env = {**os.environ, **ws.make_workspace(root, n_train=10, n_test=10)}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
@@ -326,8 +338,8 @@ def test_a_corrupt_store_is_one_line_for_run_and_every_reader(
         db.write_bytes(data[: len(data) // 2])
     before = _snapshot(tmp_path / "ws" / "runs")
     words = "not a database" if kind == "garbage bytes" else "malformed"
-    for args in ((*RESUMABLE, "--epochs", "3", "--device", "cpu"), *READERS):
-        code, output, seconds = _rkrepro(env, *args, timeout=60)
+    commands = [(*RESUMABLE, "--epochs", "3", "--device", "cpu"), *READERS]
+    for args, code, output, seconds in _rkrepro_each(env, commands):
         line = _one_error_line(output)
         assert code == 2, (args, output[-3000:])
         assert "cannot read MLflow store" in line and str(db) in line and words in line, line
@@ -505,11 +517,11 @@ def test_a_database_uri_without_its_driver_is_one_line(tmp_path: Path) -> None:
         pytest.skip("psycopg 3 is installed here: postgresql:// has its driver")
     env = _child_env(tmp_path)
     uri = "postgresql://user:secret@127.0.0.1:1/db"
-    for args in (
-        (*RUN, "--variant", "original", "--epochs", "1", "--device", "cpu"),
-        *READERS,
-    ):
-        code, output, seconds = _rkrepro(env, *args, "--tracking-uri", uri, timeout=60)
+    commands = [
+        (*args, "--tracking-uri", uri)
+        for args in ((*RUN, "--variant", "original", "--epochs", "1", "--device", "cpu"), *READERS)
+    ]
+    for args, code, output, seconds in _rkrepro_each(env, commands):
         line = _one_error_line(output)
         assert code == 2, (args, output[-3000:])
         assert "'psycopg' is not installed" in line and "postgresql+psycopg2://" in line, line
@@ -533,16 +545,19 @@ def test_a_database_that_refuses_or_never_answers_is_one_line_in_bounded_time(
         refused = probe.getsockname()[1]
     env = _child_env(tmp_path)
     silent = int(silent_server.rsplit(":", 1)[1])
-    for port, expected in ((refused, "refused"), (silent, "timeout")):
-        uri = f"postgresql+psycopg2://mlflow:secret@127.0.0.1:{port}/mlflow"
-        for args in ((*RUN, "--variant", "original", "--epochs", "1", "--device", "cpu"),
-                     *READERS):  # fmt: skip
-            code, output, seconds = _rkrepro(env, *args, "--tracking-uri", uri, timeout=60)
-            line = _one_error_line(output)
-            assert code == 2, (args, output[-3000:])
-            assert "cannot connect" in line and expected in line.lower(), line
-            assert "secret" not in line, line
-            assert seconds < 30, (args, seconds)
+    run = (*RUN, "--variant", "original", "--epochs", "1", "--device", "cpu")
+    commands = [
+        (*args, "--tracking-uri", f"postgresql+psycopg2://mlflow:secret@127.0.0.1:{port}/mlflow")
+        for port in (refused, silent)
+        for args in (run, *READERS)
+    ]
+    for args, code, output, seconds in _rkrepro_each(env, commands):
+        line = _one_error_line(output)
+        expected = "refused" if f":{refused}/" in args[-1] else "timeout"
+        assert code == 2, (args, output[-3000:])
+        assert "cannot connect" in line and expected in line.lower(), line
+        assert "secret" not in line, line
+        assert seconds < 30, (args, seconds)
     assert not (tmp_path / "runs").exists()
 
 
@@ -581,11 +596,11 @@ def test_a_server_that_never_answers_is_one_line_in_bounded_time(
     """It accepts the connection and sends nothing: ``status`` used to wait 99 s (MLflow's
     retries of 30 s timeouts); every command now gives up after one 5 s request."""
     env = _child_env(tmp_path)
-    for args in (
-        *READERS,
-        (*RUN, "--variant", "original", "--epochs", "1", "--device", "cpu"),
-    ):
-        code, output, seconds = _rkrepro(env, *args, "--tracking-uri", silent_server, timeout=60)
+    commands = [
+        (*args, "--tracking-uri", silent_server)
+        for args in (*READERS, (*RUN, "--variant", "original", "--epochs", "1", "--device", "cpu"))
+    ]
+    for args, code, output, seconds in _rkrepro_each(env, commands):
         line = _one_error_line(output)
         assert code == 2, (args, output[-3000:])
         assert f"{silent_server} did not answer within" in line, line

@@ -158,11 +158,17 @@ def _cancel_all_jobs(svc: Service, timeout: float = 20) -> None:
     if not ids:
         return
     subprocess.run(["scancel", "--full", *ids], env=env, capture_output=True, timeout=30)
+    wait_queue_empty(env, timeout)
+
+
+def wait_queue_empty(env: dict[str, str], timeout: float) -> str:
+    """Poll ``squeue`` until the cluster has no job; returns what is still queued ("" when
+    empty) once ``timeout`` seconds have passed."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         out = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout
-        if not out.strip():
-            return
+        if not out.strip() or time.monotonic() > deadline:
+            return out.strip()
         time.sleep(0.5)
 
 

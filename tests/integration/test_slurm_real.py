@@ -6,13 +6,15 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import helpers_workspace as hw
 import pytest
-from services import real_env
+from services import real_env, wait_queue_empty
 
 pytestmark = pytest.mark.integration
 
@@ -23,13 +25,9 @@ def _rkrepro(env: dict[str, str], cwd: Path, *args: str) -> subprocess.Completed
 
 
 def _wait_queue_empty(env: dict[str, str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout
-        if not out.strip():
-            return
-        time.sleep(1)
-    pytest.fail(f"jobs still queued after {timeout:.0f} s: {out}")
+    left = wait_queue_empty(env, timeout)
+    if left:
+        pytest.fail(f"jobs still queued after {timeout:.0f} s: {left}")
 
 
 def _submit(env: dict[str, str], cwd: Path, *args: str) -> str:
@@ -75,6 +73,15 @@ def _logs(runs: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in sorted(runs.glob("slurm/*/*_log.*")))
 
 
+def _steps_done(env: dict[str, str], job_id: str, attempts: int) -> bool:
+    """slurmd has ended the batch step and step 0 of ``attempts`` runs of this job: a
+    requeued job started on top of its own completing steps fails at once (exit 1, no log)."""
+    log = Path(env["SLURM_CONF"]).parent / "log" / "slurmd.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    done = (text.count(f"[{job_id}.{step}] done with job") for step in ("batch", "0"))
+    return all(count >= attempts for count in done)
+
+
 def _release_requeue_hold(
     env: dict[str, str], task: str, restarts: int, log, timeout: float = 90
 ) -> None:
@@ -82,22 +89,20 @@ def _release_requeue_hold(
 
     SLURM (22.05) holds a requeued batch job for about two minutes (``Reason=BeginTime``,
     EligibleTime = requeue + 121 s measured here) before it may run again; the operator can
-    lift that with ``StartTime=now``. Only the wait changes, nothing rkrepro does.
+    lift that with ``StartTime=now`` (and ``scontrol release`` after a ``scontrol hold``).
+    Only the wait changes, nothing rkrepro does.
     """
 
     def held() -> bool:
         job = _job(env, task)
         if job.get("Restarts") != str(restarts) or job.get("JobState") != "PENDING":
             return False
-        # The node idle again: the last attempt's steps are gone (a batch job started on top
-        # of its own completing steps fails at once, exit 1, no log).
-        node = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True)
-        return node.stdout.strip() == "idle"
+        return _steps_done(env, job["JobId"], restarts)
 
     _wait(held, timeout, f"{task} requeued ({restarts} restarts)", log)
-    subprocess.run(
-        ["scontrol", "update", f"JobId={task}", "StartTime=now"], env=env, check=True, timeout=30
-    )
+    update = ["scontrol", "update", f"JobId={task}", "StartTime=now"]
+    subprocess.run(update, env=env, check=True, timeout=30)
+    subprocess.run(["scontrol", "release", task], env=env, capture_output=True, timeout=30)
 
 
 def _child_started(env: dict[str, str], workspace: Path) -> bool:
@@ -150,6 +155,32 @@ def test_what_sbatch_refuses_is_one_line_with_slurms_reason(slurm_cluster, tmp_p
     assert "sbatch refused the job" in error and "Invalid generic resource" in error, error
 
 
+@pytest.fixture(scope="module")
+def time_limited(slurm_cluster, tmp_path_factory: pytest.TempPathFactory):
+    """A task under a real 2-minute limit, submitted before the preemption test so that its
+    wait for SLURM's signal overlaps that test (each task asks for 1 of the node's CPUs).
+    Once the signal has requeued it, it is held (``scontrol hold``) so that SLURM does not
+    start it on its own before the time-limit test is there to watch."""
+    root = tmp_path_factory.mktemp("time-limited")
+    env = real_env(hw.make_workspace(root, n_train=512), **slurm_cluster.env)
+    task = _submit(env, root, "--epochs", "300", "--time", "2", "--signal-delay", "30")
+    stop = threading.Event()
+
+    def hold_once_requeued() -> None:
+        while not stop.is_set():
+            job = _job(env, task)
+            if job.get("Restarts") == "1" and job.get("JobState") == "PENDING":
+                subprocess.run(["scontrol", "hold", task], env=env, capture_output=True)
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=hold_once_requeued, daemon=True)
+    watcher.start()
+    yield SimpleNamespace(root=root, env=env, task=task, watcher=watcher)
+    stop.set()
+
+
+@pytest.mark.usefixtures("time_limited")  # its limit runs out meanwhile
 def test_usr2_and_requeue_resume_the_same_run_with_every_epoch_once(
     slurm_cluster, tmp_path: Path
 ) -> None:
@@ -184,30 +215,28 @@ def test_usr2_and_requeue_resume_the_same_run_with_every_epoch_once(
     assert text.count("stopped; checkpoint saved") == 2, text[-3000:]
 
 
-def test_a_time_limit_requeues_and_a_task_without_progress_fails(
-    slurm_cluster, tmp_path: Path
-) -> None:
+def test_a_time_limit_requeues_and_a_task_without_progress_fails(time_limited) -> None:
     """``--time 2 --signal-delay 30``: SLURM's own USR2 comes 30 to 90 s into the task (SLURM
     may send it up to 60 s earlier than asked, never later); the run checkpoints, and the task
     is requeued and resumes the run. When the signal comes again before the requeued task has
     trained a step (here sent the moment its ``rkrepro run`` starts), requeueing would loop
     forever: the task is not requeued and its run becomes FAILED, saying why."""
-    env = real_env(hw.make_workspace(tmp_path, n_train=512), **slurm_cluster.env)
-    runs = tmp_path / "runs"
+    env, task, workspace = time_limited.env, time_limited.task, time_limited.root
+    runs = workspace / "runs"
     uri = f"sqlite:///{runs / 'mlflow.db'}"
-    task = _submit(env, tmp_path, "--epochs", "300", "--time", "2", "--signal-delay", "30")
     log = lambda: _logs(runs) + str(_job(env, task))  # noqa: E731
     script = next(runs.glob("slurm/*/*_submission.sh")).read_text()
     assert "--signal=USR2@30" in script and "--time=2" in script, script
 
-    _release_requeue_hold(env, task, 1, log, timeout=150)  # the time limit's own signal
+    time_limited.watcher.join(timeout=150)  # the time limit's own signal requeued it
+    _release_requeue_hold(env, task, 1, log)
     text = _logs(runs)
     assert "Caught signal SIGUSR2" in text and "stopped; checkpoint saved" in text, text[-3000:]
     assert "DUE TO TIME LIMIT" not in text  # stopped by the signal, before SLURM's kill
     stopped_at = _checkpoint(runs)
     assert stopped_at.get("epoch", 0) + stopped_at.get("step_in_epoch", 0) > 0, stopped_at
 
-    _wait(lambda: _child_started(env, tmp_path), 60, "the requeued task's rkrepro run", log)
+    _wait(lambda: _child_started(env, workspace), 60, "the requeued task's rkrepro run", log)
     subprocess.run(["scancel", "--signal=USR2", task], env=env, check=True, timeout=30)
     _wait(lambda: _job(env, task).get("JobState") == "FAILED", 60, "task FAILED", log)
     time.sleep(3)  # a requeue, had there been one, would show by now
