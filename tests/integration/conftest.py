@@ -48,3 +48,14 @@ def sqlite_server() -> Iterator[services.Service]:
 def postgres_server() -> Iterator[services.Service]:
     pytest.importorskip("psycopg2", reason="pip install 'rkrepro[postgres]' (psycopg2-binary)")
     yield from _up("postgres")
+
+
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store, migrated once: each test's store starts as a copy (a new
+    store's migrations take seconds per ``rkrepro run``)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
