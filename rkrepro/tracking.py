@@ -94,8 +94,7 @@ def check_reachable(uri: str, timeout: float = REACH_TIMEOUT_S, write: bool = Tr
             raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
         return
     if uri.split("://", 1)[0].lower().split("+", 1)[0] in _DATABASES:
-        check_database_driver(uri)
-        check_database_connects(uri, timeout)
+        check_database(uri, timeout)
 
 
 def check_sqlite_store(path: Path, write: bool) -> None:
@@ -145,47 +144,36 @@ def check_sqlite_store(path: Path, write: bool) -> None:
 _DATABASES = ("postgresql", "mysql", "mssql")
 
 
-def check_database_driver(uri: str) -> None:
-    """A database URI's SQLAlchemy driver must be importable: MLflow's import of a missing one
-    is a traceback. ``postgresql://`` means psycopg 3 to SQLAlchemy 2.1, which the ``server``
-    extra (psycopg2) does not install. Imports SQLAlchemy, never connects."""
-    scheme = uri.split("://", 1)[0].lower()
-    if scheme.split("+", 1)[0] not in _DATABASES:
-        return
+def check_database(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
+    """A database URI: its SQLAlchemy driver must be importable (MLflow's import of a missing
+    one is a traceback; ``postgresql://`` means psycopg 3 to SQLAlchemy 2.1, which the
+    ``server`` extra's psycopg2 is not), and one connection bounded by ``timeout`` must open
+    (MLflow retries a database that refuses or is silent for ~2 minutes, then a traceback)."""
+    from sqlalchemy import create_engine
     from sqlalchemy.engine.url import make_url
-    from sqlalchemy.exc import ArgumentError
+    from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+    from sqlalchemy.pool import NullPool
 
     try:
         url = make_url(uri)
         shown = url.render_as_string(hide_password=True)
         url.get_dialect().import_dbapi()
     except ImportError as error:
+        backend = url.get_backend_name()
         hint = (
             "; spell postgresql+psycopg2://... (the driver that pip install 'rkrepro[server]' "
             "installs)"
-            if url.get_backend_name() == "postgresql"
-            else f"; install the driver or name an installed one ({url.get_backend_name()}+DRIVER)"
+            if backend == "postgresql"
+            else f"; install the driver or name an installed one ({backend}+DRIVER)"
         )
         raise TrackingError(
             f"tracking store {shown}: its database driver {url.get_driver_name()!r} is not "
             f"installed (no Python module {error.name or str(error)!r}){hint}"
         ) from None
     except ArgumentError as error:  # NoSuchModuleError: an unknown +driver; a malformed URI
-        raise TrackingError(f"tracking store {scheme}://...: {error}") from None
-
-
-def check_database_connects(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
-    """One connection, bounded by ``timeout``, before MLflow's own engine: MLflow retries a
-    database that refuses or does not answer for about two minutes, then shows a traceback."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.engine.url import make_url
-    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-    from sqlalchemy.pool import NullPool
-
-    url = make_url(uri)
-    shown = url.render_as_string(hide_password=True)
-    backend = url.get_backend_name()
-    args = {"connect_timeout": max(1, round(timeout))} if backend in ("postgresql", "mysql") else {}
+        raise TrackingError(f"tracking store {uri.split('://', 1)[0]}://...: {error}") from None
+    timed = url.get_backend_name() in ("postgresql", "mysql")
+    args = {"connect_timeout": max(1, round(timeout))} if timed else {}
     try:
         engine = create_engine(url, poolclass=NullPool, connect_args=args)
         try:
@@ -530,10 +518,8 @@ def _database_error(error: BaseException) -> str | None:
     page torn deeper in the file); None for anything else."""
     import sqlite3
 
-    try:
-        from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-    except ImportError:  # pragma: no cover - mlflow depends on SQLAlchemy
-        DBAPIError = SQLAlchemyError = ()  # type: ignore[assignment,misc]  # noqa: N806
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError  # mlflow's own dependency
+
     if isinstance(error, DBAPIError) and error.orig is not None:
         error = error.orig
     elif not isinstance(error, (SQLAlchemyError, sqlite3.Error)):

@@ -262,9 +262,8 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
     (root / "plugstack.conf").write_text("")
     env = {"SLURM_CONF": str(conf)}
     # The real SLURM tools, even inside the test suite (its PATH starts with refusing stand-ins).
-    path = os.environ.get("RKREPRO_TEST_REAL_PATH") or os.environ.get("PATH", "")
-    denv = {**os.environ, **env, "PATH": path}
     svc.env.update(env)
+    denv = _slurm_tool_env(svc)
     svc.procs.append(
         subprocess.Popen([SLURMCTLD, "-D", "-i", "-f", str(conf)], env=denv,
                          stdout=subprocess.DEVNULL, stderr=(root / "log/ctld.err").open("w"))
