@@ -43,16 +43,16 @@ cat "$out/machine.txt"
 TP="python3 bench/throughput.py --device cuda --json $out/throughput.jsonl"
 section selfcheck 100 selfcheck.txt python3 bench/gpu_selfcheck.py --out "$out"
 section bc100 90 throughput.txt $TP --table table1 --row densenet-bc-k12 \
-  --arms T,T-fp32,A,B --steps 100 --rounds 3 --seconds 60
+  --arms T,T-bf16,A,B --steps 100 --rounds 3 --seconds 60
 for depth in 20 56 110; do
   section "resnet-$depth" 45 throughput.txt $TP --table table4 --row "resnet-$depth" \
-    --arms T,T-fp32,B --steps 100 --rounds 3 --seconds 30
+    --arms T,T-bf16,B --steps 100 --rounds 3 --seconds 30
 done
 section pack-resnet-20 50 throughput.txt $TP --table table4 --row resnet-20 --arms T \
   --steps 100 --rounds 2 --seconds 10 --jobs-per-gpu 4,8 --no-loss-check
 section pack-bc100 55 throughput.txt $TP --table table1 --row densenet-bc-k12 --arms T \
   --steps 100 --rounds 2 --seconds 10 --jobs-per-gpu 4,8 --no-loss-check
-section large-bc190-k40 70 throughput.txt $TP --spec densenet-bc:190:40 --arms T,T-fp32 \
+section large-bc190-k40 70 throughput.txt $TP --spec densenet-bc:190:40 --arms T,T-bf16 \
   --steps 10 --rounds 2 --warmup-steps 3 --seconds 40 --no-loss-check
 python3 -c "import json, sys; from rkrepro import calibration; print(calibration.snippet([json.loads(l) for l in open(sys.argv[1])]), end='')" \
   "$out/throughput.jsonl" >"$out/calibration.yaml" 2>>"$out/summary.txt"

@@ -6,10 +6,12 @@ may lack pytest): the real Trainer on synthetic CIFAR-format files.
                                                           the CUDA step's logic emulated)
 
 Checks, each one line ``CHECK name: OK|FAIL|SKIP detail`` and a record in DIR/selfcheck.json:
-- ``variants``: per-step losses of graph on/off x bf16/fp32 from one init on the same batches;
-  graph vs eager within GRAPH_RTOL (same precision), bf16 vs fp32 within BF16_RTOL;
-- ``resume``: a run stopped by SIGTERM mid-epoch and one killed by SIGKILL, each resumed in a
-  fresh process, end with the uninterrupted run's metrics (bf16 tolerance);
+- ``variants``: per-step losses of graph on/off x fp32/tf32/bf16 from one init on the same
+  batches; graph vs eager within GRAPH_RTOL (same precision), tf32 and bf16 vs fp32 within
+  BF16_RTOL;
+- ``resume``: a run (fp32, the default) stopped by SIGTERM mid-epoch and one killed by SIGKILL,
+  each resumed in a fresh process, end with the uninterrupted run's metrics (within tolerance;
+  whether they are bitwise equal is recorded);
 - ``oom``: a run under a small memory cap fails with the one-line ``--memory-efficient`` hint.
 Exit status 1 if any check failed.
 """
@@ -37,7 +39,7 @@ for p in (ROOT, ROOT / "tests"):
 GRAPH_RTOL = 1e-3
 # bf16 autocast vs fp32 on the same batches from the same init: first step, then every step.
 BF16_FIRST_RTOL, BF16_RTOL = 2e-2, 5e-2
-# Resumed vs uninterrupted (bf16, different warm-up/replay split): final train loss, test error.
+# Resumed vs uninterrupted (different warm-up/replay split): final train loss, test error.
 RESUME_LOSS_RTOL, RESUME_ERROR_ABS = 5e-2, 5.0
 
 
@@ -52,12 +54,18 @@ def _setup(cpu_smoke: bool) -> dict[str, Any]:
     }
 
 
-def _trainer(cfg: dict[str, Any], root: Path, ck: Path, fast: Any, **kw: Any) -> Any:
+def _trainer(
+    cfg: dict[str, Any], root: Path, ck: Path, fast: Any, precision: str = "fp32", **kw: Any
+) -> Any:
     import torch
 
-    from rkrepro import data, train
+    from rkrepro import data
     from rkrepro.models import build_model
     from rkrepro.spec import ModelSpec, Protocol
+    from rkrepro.training.checkpoints import Checkpoints
+    from rkrepro.training.loop import Trainer
+    from rkrepro.training.setup import Execution
+    from rkrepro.training.state import seed_everything
 
     device = torch.device(cfg["device"])
     family, depth, k = cfg["spec"]
@@ -67,13 +75,12 @@ def _trainer(cfg: dict[str, Any], root: Path, ck: Path, fast: Any, **kw: Any) ->
     )
     os.environ[data.VERIFY_ENV], os.environ[data.DOWNLOAD_ENV] = "0", "0"
     tr_split, te_split = data.load_cifar("cifar10", root)
-    train.seed_everything(0)
-    model = train.model_device_setup(build_model(spec), device, fast.for_device(device, True))
-    tr, te = data.cifar_batches(tr_split, te_split, cfg["batch"], device, 0, None)
-    return train.Trainer(
-        model, tr, te, protocol, device, train.Checkpoints(ck), fast=fast,
-        emulate_cuda=device.type == "cpu", **kw,
-    )  # fmt: skip
+    seed_everything(0)
+    execution = Execution.local(device, precision, fast, emulate_cuda=device.type == "cpu")
+    tr, te = data.cifar_batches(
+        tr_split, te_split, cfg["batch"], device, 0, None, execution.channels_last
+    )
+    return Trainer(build_model(spec), tr, te, protocol, execution, Checkpoints(ck), **kw)
 
 
 def _rel(a: float, b: float) -> float:
@@ -81,47 +88,49 @@ def _rel(a: float, b: float) -> float:
 
 
 def check_variants(cfg: dict[str, Any], root: Path, tmp: Path) -> tuple[bool, str, dict]:
-    from rkrepro.train import FastPath
+    from rkrepro.planning.fast_path import FastPath
 
+    precisions = {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16-autocast"}
     variants = {
-        "graph_bf16": FastPath(),
-        "graph_fp32": FastPath(bf16=False),
-        "eager_bf16": FastPath(cuda_graph=False),
-        "eager_fp32": FastPath(cuda_graph=False, bf16=False),
+        f"{mode}_{short}": (FastPath(cuda_graph=mode == "graph"), recorded)
+        for mode in ("graph", "eager")
+        for short, recorded in precisions.items()
     }
     losses: dict[str, list[float]] = {}
-    for name, fast in variants.items():
-        trainer = _trainer(cfg, root, tmp / name, fast)
+    for name, (fast, precision) in variants.items():
+        trainer = _trainer(cfg, root, tmp / name, fast, precision)
         before, out = 0.0, []
         for x, y in trainer.train_batches.batches(1):
             trainer.train_step(x, y)
             now = float(trainer.running_sums[0])
             out.append((now - before) / y.numel())
             before = now
-        if fast.cuda_graph and trainer.graph is None:
+        if fast.cuda_graph and (trainer.captured is None or trainer.captured.static is None):
             return False, f"{name}: the step was never captured", {"losses": losses}
         losses[name] = out
     problems = []
-    for prec in ("bf16", "fp32"):
+    for prec in precisions:
         g, e = losses[f"graph_{prec}"], losses[f"eager_{prec}"]
         worst = max(_rel(a, b) for a, b in zip(g, e, strict=True))
         if worst > GRAPH_RTOL:
             problems.append(f"graph vs eager {prec}: max rel {worst:.1e} > {GRAPH_RTOL:g}")
     for mode in ("graph", "eager"):
-        b, f = losses[f"{mode}_bf16"], losses[f"{mode}_fp32"]
-        first, worst = _rel(b[0], f[0]), max(_rel(p, q) for p, q in zip(b, f, strict=True))
-        if first > BF16_FIRST_RTOL or worst > BF16_RTOL:
-            problems.append(f"bf16 vs fp32 {mode}: first {first:.1e}, max {worst:.1e}")
+        for other in ("tf32", "bf16"):
+            b, f = losses[f"{mode}_{other}"], losses[f"{mode}_fp32"]
+            first, worst = _rel(b[0], f[0]), max(_rel(p, q) for p, q in zip(b, f, strict=True))
+            if first > BF16_FIRST_RTOL or worst > BF16_RTOL:
+                problems.append(f"{other} vs fp32 {mode}: first {first:.1e}, max {worst:.1e}")
     steps = len(losses["graph_bf16"])
     detail = "; ".join(problems) or (
-        f"{steps} steps, graph vs eager <= {GRAPH_RTOL:g}, bf16 vs fp32 <= {BF16_RTOL:g}"
+        f"{steps} steps, graph vs eager <= {GRAPH_RTOL:g}, tf32/bf16 vs fp32 <= {BF16_RTOL:g}"
     )
     return not problems, detail, {"losses": losses}
 
 
 def child_main(args: argparse.Namespace) -> int:
     """One training process of the resume check; ``--die-at E:S`` stops it there by a signal."""
-    from rkrepro.train import FastPath, Interrupted
+    from rkrepro.planning.fast_path import FastPath
+    from rkrepro.training.signals import Interrupted
 
     cfg = json.loads(args.child_cfg)
     die = args.die_at.split(":") if args.die_at else None
@@ -176,7 +185,7 @@ def check_resume(cfg: dict[str, Any], root: Path, tmp: Path) -> tuple[bool, str,
             problems.append(f"{how}: resume failed: {again.stderr[-300:]}")
             continue
         got = json.loads(again.stdout.strip().splitlines()[-1])
-        results[how] = got
+        results[how] = {**got, "bitwise": got == want}
         if _rel(got["train_loss"], want["train_loss"]) > RESUME_LOSS_RTOL or (
             abs(got["test_error"] - want["test_error"]) > RESUME_ERROR_ABS
         ):
@@ -188,7 +197,8 @@ def check_resume(cfg: dict[str, Any], root: Path, tmp: Path) -> tuple[bool, str,
 def check_oom(cfg: dict[str, Any], root: Path, tmp: Path) -> tuple[bool | None, str, dict]:
     import torch
 
-    from rkrepro.train import MEMORY_EFFICIENT_HINT, FastPath, RunFailure
+    from rkrepro.planning.fast_path import FastPath
+    from rkrepro.training.signals import MEMORY_EFFICIENT_HINT, RunFailure
 
     if cfg["device"] != "cuda":
         return None, "needs CUDA", {}

@@ -8,7 +8,7 @@ One process per arm, all training the same model from the same seed, run interle
 hits every arm alike:
 
 - **T**: what ``rkrepro run`` does on that device: in-memory uint8 CIFAR augmented a batch at
-  a time on the device, :class:`rkrepro.train.Trainer` with its default :class:`FastPath`.
+  a time on the device, :class:`rkrepro.training.loop.Trainer` with its default :class:`FastPath`.
 - **A**: torchvision's ``DenseNet`` with a 3x3 stem (``conv0`` 3->2k, no norm0/relu0/pool0),
   fp32 NCHW, a plain eager step, on the same batches as T. Asserted equal to T in parameters
   and FLOPs; skipped (with the reason) for models torchvision cannot build.
@@ -42,9 +42,9 @@ if str(ROOT) not in sys.path:
 
 PAPER_EPOCHS = 300
 # Loss agreement of T and B on identical, unaugmented batches from the same init (relative):
-# the first step's loss (same weights: only kernel rounding, or bf16 on CUDA), and every
+# the first step's loss (same weights: only kernel rounding, or T-bf16's bf16), and every
 # step's (SGD at lr 0.1 amplifies rounding differences step by step).
-FIRST_RTOL = {"cpu": 1e-4, "cuda": 2e-2}  # CUDA: T runs in bf16, B in fp32
+FIRST_RTOL = {"cpu": 1e-4, "cuda": 2e-2}  # CUDA: TF32-free fp32 kernels differ from B's
 LOSS_RTOL = {"cpu": 1e-2, "cuda": 5e-2}
 LOSS_CHECK_STEPS = 6
 
@@ -160,7 +160,8 @@ class Arm:
     def __init__(self, name: str, cfg: dict[str, Any]) -> None:
         import torch
 
-        from rkrepro import data, train
+        from rkrepro import data
+        from rkrepro.training.state import seed_everything
 
         os.environ[data.VERIFY_ENV] = "0"
         os.environ[data.DOWNLOAD_ENV] = "0"
@@ -180,7 +181,8 @@ class Arm:
         started = time.perf_counter()
         self.train_split, self.test_split = data.load_cifar(self.spec.dataset, Path(cfg["root"]))
         self.data_s = time.perf_counter() - started
-        train.seed_everything(cfg["seed"])
+        seed_everything(cfg["seed"])
+        self.precision = "fp32"
         self.trainer: Any = None
         self.iterator = self._batches()
         started = time.perf_counter()
@@ -196,17 +198,19 @@ class Arm:
         import torch
         import torch.nn.functional as F
 
-        from rkrepro import data, train
-        from rkrepro.checkpoints import Checkpoints
-        from rkrepro.fast_path import FastPath
+        from rkrepro import data
         from rkrepro.models import build_model
+        from rkrepro.planning.fast_path import FastPath
+        from rkrepro.training.checkpoints import Checkpoints
+        from rkrepro.training.loop import Trainer
+        from rkrepro.training.optim import build_optimizer
+        from rkrepro.training.setup import Execution
 
         dev = self.device
-        if self.name in ("T", "J", "T-fp32"):  # J: a T job of --jobs-per-gpu
-            fast = FastPath.from_env().for_device(dev)
-            if self.name == "T-fp32":  # the paper's arithmetic, every other switch as T
-                fast = replace(fast, bf16=False)
-            self.model = train.model_device_setup(build_model(self.spec), dev, fast)
+        if self.name in ("T", "J", "T-bf16"):  # J: a T job of --jobs-per-gpu
+            # T: rkrepro's default (fp32, the paper's arithmetic); T-bf16: --precision bf16.
+            precision = "bf16-autocast" if self.name == "T-bf16" else "fp32"
+            execution = Execution.local(dev, precision, FastPath.from_env())
             tr, te = data.cifar_batches(
                 self.train_split,
                 self.test_split,
@@ -214,19 +218,20 @@ class Arm:
                 dev,
                 self.cfg["seed"],
                 None,
-                dev.type == "cuda",
+                execution.channels_last,
             )
             self.sources = (tr, te)
-            self.trainer = train.Trainer(
-                self.model,
+            self.trainer = Trainer(
+                build_model(self.spec),
                 tr,
                 te,
                 self.protocol,
-                dev,
+                execution,
                 Checkpoints(Path(tempfile.mkdtemp())),
-                fast=fast,
             )
-            self.fast = fast
+            self.model = self.trainer.model
+            self.fast = execution.fast
+            self.precision = precision
             self.step = lambda: self.trainer.train_step(*next(self.iterator))
             return
         self.fast = FastPath.off()
@@ -236,7 +241,7 @@ class Arm:
             self.model = model.to(dev)
         else:
             self.model = build_model(self.spec, feature_buffer=False).to(dev)
-        self.opt = train.build_optimizer(self.model, self.protocol)
+        self.opt = build_optimizer(self.model, self.protocol)
         self.model.train()
         if self.name == "A":
             tr, te = data.cifar_batches(
@@ -364,6 +369,7 @@ class Arm:
             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "saved_fp32_mib": saved_tensor_mib(base, self.batch, self.device),
             "fast": self.fast.describe(),
+            "precision": self.precision,
         }
         if self.device.type == "cuda":
             out["peak_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
@@ -391,12 +397,16 @@ class Arm:
         import torch
         import torch.nn.functional as F
 
-        from rkrepro import data, train
-        from rkrepro.checkpoints import Checkpoints
-        from rkrepro.fast_path import FastPath
+        from rkrepro import data
         from rkrepro.models import build_model
+        from rkrepro.planning.fast_path import FastPath
+        from rkrepro.training.checkpoints import Checkpoints
+        from rkrepro.training.loop import Trainer
+        from rkrepro.training.optim import build_optimizer
+        from rkrepro.training.setup import Execution
+        from rkrepro.training.state import seed_everything
 
-        train.seed_everything(self.cfg["seed"])
+        seed_everything(self.cfg["seed"])
         dev = self.device
         model = build_model(self.spec, feature_buffer=self.name == "T").to(dev)
         mean = torch.tensor(data.CIFAR_MEAN, device=dev).view(1, 3, 1, 1)
@@ -412,16 +422,13 @@ class Arm:
         ]
         losses = []
         if self.name == "T":
-            fast = FastPath.from_env().for_device(dev)
-            model = train.model_device_setup(model, dev, fast)
-            trainer = train.Trainer(
+            trainer = Trainer(
                 model,
-                None,
-                None,
+                None,  # type: ignore[arg-type]
+                None,  # type: ignore[arg-type]
                 self.protocol,
-                dev,  # type: ignore[arg-type]
+                Execution.local(dev, fast=FastPath.from_env()),
                 Checkpoints(Path(tempfile.mkdtemp())),
-                fast=fast,
             )
             loss_sum, _ = trainer.running_sums
             before = 0.0
@@ -431,7 +438,7 @@ class Arm:
                 losses.append((now - before) / y.numel())
                 before = now
             return losses
-        opt = train.build_optimizer(model, self.protocol)
+        opt = build_optimizer(model, self.protocol)
         model.train()
         for x, y in batches:
             loss = F.cross_entropy(model(x), y)
@@ -708,7 +715,7 @@ def write_json(
                 "tflops": 3 * s["flops"] * rate / 1e12,
                 "forward_flops": s["flops"],
                 "peak_mib": s.get("peak_mib", s["rss_mib"]),
-                "precision": "bf16" if device == "cuda" and "bf16" in s["fast"] else "fp32",
+                "precision": s.get("precision", "fp32"),
                 "note": f"{datetime.date.today()} torch {torch.__version__} {s['fast']}",
             }
             f.write(json.dumps(record) + "\n")
@@ -770,7 +777,7 @@ def report(
         "'first step' includes model set-up, compilation and graph capture; 'saved fp32' is "
         "the MiB autograd saves for one fp32 training forward (distinct storages)"
     )
-    for other in ("T-fp32", "A", "B"):
+    for other in ("T-bf16", "A", "B"):
         if "T" in rate and other in rate:
             print(f"T/{other} = {rate['T'] / rate[other]:.2f}")
     if "T" in stats and "memory" in stats["T"]:
@@ -810,7 +817,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a ~4 minute budget")
     p.add_argument("--jobs-per-gpu", default="1", help="K or a list K1,K2: T packed K per GPU")
     p.add_argument("--json", help="append one JSON line per arm (calibration input)")
-    p.add_argument("--arms", default="T,A,B", help="of T, T-fp32, A, B")
+    p.add_argument("--arms", default="T,A,B", help="of T, T-bf16, A, B")
     p.add_argument("--batch", type=int, default=None, help="default: the protocol's (64)")
     p.add_argument("--b-workers", type=int, default=None, help="arm B's DataLoader workers")
     p.add_argument("--data-dir", default=os.environ.get("RKREPRO_DATA_DIR") or "data")

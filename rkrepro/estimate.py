@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from rkrepro.mlflow_keys import PRECISION_FP32
 from rkrepro.targets import Cell
 
 # Images per epoch: (train, test). ImageNet is ILSVRC2012 (1,281,167 / 50,000).
@@ -126,14 +127,18 @@ def _probe_cpu(cell: Cell, steps: int) -> tuple[float, float]:
     return steps * batch / elapsed, _memory_estimate(cell, spec_param_counts(cell.spec)[1])
 
 
-def _probe(cell: Cell, device: str, steps: int) -> tuple[float, float]:
-    """(images/s, peak GB) of real SGD steps at the protocol's batch size on ``device``."""
+def _probe(cell: Cell, device: str, steps: int, precision: str) -> tuple[float, float]:
+    """(images/s, peak GB) of real SGD steps at the protocol's batch size on ``device``, in the
+    precision the runs will train in."""
     import torch
 
     from rkrepro.models import build_model, input_size_for
+    from rkrepro.training.setup import Execution, apply_process_settings
 
     if device == "cpu":
         return _probe_cpu(cell, min(steps, CPU_PROBE_STEPS))
+    execution = Execution(torch.device(device), precision)
+    apply_process_settings(execution)
     model = build_model(cell.spec).to(device).to(memory_format=torch.channels_last)
     optimiser = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
     batch = cell.protocol.batch_size
@@ -143,7 +148,7 @@ def _probe(cell: Cell, device: str, steps: int) -> tuple[float, float]:
     torch.cuda.reset_peak_memory_stats(device)
 
     def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with execution.autocast():
             loss = torch.nn.functional.cross_entropy(model(images), labels)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -180,9 +185,11 @@ def estimate(
     probe_device: str | None = None,
     probe_steps: int = 20,
     progress=None,
+    precision: str = PRECISION_FP32,
 ) -> list[Estimate]:
     """One estimate per cell; ``probe_device`` (a CUDA device, or ``"cpu"`` for a short CPU
-    probe) measures instead of assuming. ``gpu_hours`` are hours on that device."""
+    probe) measures instead of assuming, in ``precision`` (the runs': fp32, the paper's, is
+    several times slower on a GPU than bf16). ``gpu_hours`` are hours on that device."""
     import torch
 
     from rkrepro import calibration
@@ -199,7 +206,7 @@ def estimate(
         flops = protocol_flops(cell, forward)
         train, test = DATASET_SIZES[cell.spec.dataset]
         if probe_device is not None:
-            images_per_s, peak = _probe(cell, probe_device, probe_steps)
+            images_per_s, peak = _probe(cell, probe_device, probe_steps, precision)
             # Evaluation runs without backward: about a third of a training step per image.
             seconds = cell.protocol.epochs * (train + test / BACKWARD_FACTOR) / images_per_s
             if probe_device == "cpu":
@@ -208,7 +215,8 @@ def estimate(
                     f"{CPU_PROBE_STEPS} steps of {CPU_PROBE_BATCH} images)"
                 )
             else:
-                source = f"measured on {torch.cuda.get_device_name(probe_device)}"
+                name = torch.cuda.get_device_name(probe_device)
+                source = f"measured on {name} in {precision}"
         elif (
             hit := calibration.lookup(
                 measured,

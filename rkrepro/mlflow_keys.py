@@ -32,7 +32,7 @@ TAG_FAILURE = "rkrepro.failure"  # reason, on FAILED runs
 TAG_TORCH = "rkrepro.torch_version"
 TAG_CUDA = "rkrepro.cuda_version"
 TAG_GIT_DIRTY = "rkrepro.git_dirty"
-TAG_PRECISION = "rkrepro.precision"  # "fp32", "bf16-autocast" or "fp16-amp"
+TAG_PRECISION = "rkrepro.precision"  # "fp32", "tf32", "bf16-autocast" or "fp16-amp"
 TAG_FAST_PATH = "rkrepro.fast_path"  # the switches in effect, e.g. "channels_last,cpu_malloc"
 # Where and how a run trained (environment tags, refreshed on every resume).
 TAG_WORLD_SIZE = "rkrepro.world_size"  # processes of a data-parallel run; "1" otherwise
@@ -42,9 +42,11 @@ TAG_SLURM_RESTARTS = "rkrepro.slurm_restart_count"  # requeues after preemption 
 # Set on a run replaced by a newer one (``--force``, or a lost checkpoint); readers skip it.
 TAG_SUPERSEDED = "rkrepro.superseded_by"
 
-# TAG_PRECISION values: the paper's fp32, --amp's fp16 with loss scaling, or the CUDA fast
-# path's bf16 autocast (weights, BatchNorm and SGD in fp32).
+# TAG_PRECISION values (``rkrepro run --precision``): the paper's fp32 (TF32 off), TF32 tensor
+# cores for convolutions and matrix products, fp16 autocast with loss scaling, or bf16 autocast
+# (weights, BatchNorm and SGD stay fp32 in the last three).
 PRECISION_FP32 = "fp32"
+PRECISION_TF32 = "tf32"
 PRECISION_FP16_AMP = "fp16-amp"
 PRECISION_BF16 = "bf16-autocast"
 

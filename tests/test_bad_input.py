@@ -489,7 +489,9 @@ def test_a_job_log_that_cannot_be_written_stops_the_queue_before_any_job(tmp_pat
 def test_the_longest_row_id_fits_every_file_name(tmp_path: Path, monkeypatch) -> None:
     """At the limit, every folder and file a job writes has a name the system accepts."""
     from rkrepro import targets
-    from rkrepro.run import jobs, plans
+    from rkrepro.launch import jobs
+    from rkrepro.planning import options
+    from rkrepro.planning import plan as plans
 
     longest = "r" * targets.MAX_ID
     for name, value in ws.make_workspace(tmp_path).items():
@@ -500,7 +502,7 @@ def test_the_longest_row_id_fits_every_file_name(tmp_path: Path, monkeypatch) ->
     tables = targets.load_tables(tmp_path / "tables")
     variants = ["original", "RKNet-1x2_1x1_1x1"]
     cells = targets.resolve_cells(tables, "t" * targets.MAX_ID, longest, variants, "both")
-    for plan in plans.make_plans(cells, [2**31 - 1], plans.RunOptions(epochs=1), "cpu"):
+    for plan in plans.make_plans(cells, [2**31 - 1], options.RunOptions(epochs=1), "cpu"):
         log = jobs.job_for(plan, "cpu").log
         assert all(len(part.encode()) <= 255 for part in log.parts), log
         log.parent.mkdir(parents=True, exist_ok=True)

@@ -96,7 +96,7 @@ def test_gpu_check_script_is_valid_bash_with_real_benchmark_flags() -> None:
             assert spec.dataset == "cifar10"
             seen_arms |= set(args.arms.split(","))
             assert all(int(k) >= 1 for k in args.jobs_per_gpu.split(","))
-    assert seen_arms == {"T", "T-fp32", "A", "B"}
+    assert seen_arms == {"T", "T-bf16", "A", "B"}
 
 
 def test_gpu_selfcheck_runs_on_cpu(tmp_path: Path) -> None:
@@ -114,5 +114,5 @@ def test_gpu_selfcheck_runs_on_cpu(tmp_path: Path) -> None:
 
     record = json.loads((tmp_path / "selfcheck.json").read_text())
     assert set(record["variants"]["losses"]) == {
-        "graph_bf16", "graph_fp32", "eager_bf16", "eager_fp32"
+        "graph_fp32", "graph_tf32", "graph_bf16", "eager_fp32", "eager_tf32", "eager_bf16"
     }  # fmt: skip

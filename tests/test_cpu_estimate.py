@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 
 from rkrepro import targets
 from rkrepro.cli.app import app
-from rkrepro.run.launch import warn_cpu_protocol
-from rkrepro.run.plans import RunOptions, make_plans
+from rkrepro.launch.execute import warn_cpu_protocol
+from rkrepro.planning.options import RunOptions
+from rkrepro.planning.plan import make_plans
 
 pytest.importorskip("torch")
 

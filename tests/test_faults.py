@@ -19,7 +19,7 @@ import helpers_workspace as ws
 import pytest
 
 from rkrepro import mlflow_keys
-from rkrepro.checkpoints import CHECKPOINT_FORMAT, Checkpoints
+from rkrepro.training.checkpoints import CHECKPOINT_FORMAT, Checkpoints
 
 pytestmark = pytest.mark.fault
 
@@ -325,11 +325,10 @@ def test_planted_objects_in_every_checkpoint_are_an_unreadable_stop(tmp_path: Pa
     read through :meth:`Checkpoints.load`: nothing planted runs, and the stop is the clear one."""
     import torch
 
-    from rkrepro.checkpoints import CheckpointCorrupt
-    from rkrepro.run import distributed
+    from rkrepro.training.checkpoints import CheckpointCorrupt, ReadOnlyCheckpoints
 
     marker = tmp_path / "code-ran"
-    for loader in (Checkpoints, distributed.NoCheckpoints):
+    for loader in (Checkpoints, ReadOnlyCheckpoints):
         folder = tmp_path / loader.__name__
         checkpoints = loader(folder)
         Checkpoints(folder).save({"format": CHECKPOINT_FORMAT, "epoch": 1, "run_id": "a"})
@@ -391,13 +390,15 @@ def test_a_single_node_torchrun_job_listens_on_loopback_only(tmp_path: Path) -> 
     """torch's stores bind every interface by default and the rendezvous unpickles what comes
     in: the torchrun that a DDP job runs under must listen on 127.0.0.1 only."""
     from rkrepro import targets
-    from rkrepro.run import jobs, plans
+    from rkrepro.launch import jobs
+    from rkrepro.planning import options
+    from rkrepro.planning import plan as plans
 
     ws.make_workspace(tmp_path)
     cells = targets.resolve_cells(
         targets.load_tables(tmp_path / "tables"), "tiny", "bc-k4", ["original"], "both"
     )
-    (plan,) = plans.make_plans(cells, [0], plans.RunOptions(epochs=1), "cpu")
+    (plan,) = plans.make_plans(cells, [0], options.RunOptions(epochs=1), "cpu")
     args = list(jobs.job_for(plan, "cpu", nproc=2).args)
     head = args[: args.index("rkrepro") - 1]  # the launcher, without "-m rkrepro run ..."
     probe = tmp_path / "probe.py"

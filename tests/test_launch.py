@@ -25,7 +25,9 @@ import torch
 
 from rkrepro import mlflow_keys, tracking
 from rkrepro.errors import RkreproError
-from rkrepro.run import jobs, launch, plans, slurm
+from rkrepro.launch import jobs, placement, slurm
+from rkrepro.planning import options as run_options
+from rkrepro.planning import plan as plans
 
 # The workspace of the run tests: a tiny table, tiny CIFAR files, an SQLite store (fixtures).
 mlflow_template = base.mlflow_template
@@ -113,14 +115,14 @@ def test_dry_run_shows_the_plan_estimate(ws: Workspace) -> None:
 
 def test_slots_pin_one_gpu_each_through_the_visible_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
-    slots = launch.gpu_slots([0, 2], jobs_per_gpu=2)
+    slots = placement.gpu_slots([0, 2], jobs_per_gpu=2)
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["4", "4", "6", "6"]
     assert {s.device for s in slots} == {"cuda:0"}
-    groups = launch.gpu_slots([0, 1, 2, 3], nproc=2)
+    groups = placement.gpu_slots([0, 1, 2, 3], nproc=2)
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in groups] == ["4,5", "6,7"]
-    launch.check_gpus([0, 3], count=4)
+    placement.check_gpus([0, 3], count=4)
     with pytest.raises(RkreproError, match="GPU 4 does not exist; 4 visible"):
-        launch.check_gpus([4], count=4)
+        placement.check_gpus([4], count=4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,22 +229,28 @@ def _train_tiny(env: dict[str, str], world: int, rank: int, epochs: int) -> int:
 
     import rkrepro.models
     from rkrepro import targets
-    from rkrepro.run import runner
+    from rkrepro.training.ledger import Ledger
+    from rkrepro.training.session import Session
+    from rkrepro.training.world import World
 
     rkrepro.models.build_model = lambda spec, memory_efficient=False: _NoBatchNorm()
     cells = targets.resolve_cells(targets.load_tables(), "tiny", "bc-k4", ["original"], "no-share")
-    options = plans.RunOptions(epochs=epochs, data_dir=Path(env["RKREPRO_DATA_DIR"]), device="cpu")
-    planned = plans.make_plans(cells, [0], options)
+    options = run_options.RunOptions(
+        epochs=epochs, data_dir=Path(env["RKREPRO_DATA_DIR"]), device="cpu"
+    )
+    ledger = Ledger(options.tracking_uri, console=Console(quiet=True))
     if world == 1:
-        return runner.Runner(options, Console(quiet=True)).run(planned)
-    from rkrepro.run import distributed
+        planned = plans.make_plans(cells, [0], options)
+        return Session(ledger, World(torch.device("cpu")), options.data_dir).run(planned)
+    from rkrepro.training import distributed
 
-    ctx = distributed.init("cpu")
+    group = distributed.join("cpu")
     try:
-        assert ctx.backend == "gloo" and ctx.world_size == world and ctx.rank == rank
-        return runner.Runner(options, Console(quiet=True), dist=ctx).run(planned)
+        assert group.backend == "gloo" and group.size == world and group.rank == rank
+        planned = plans.make_plans(cells, [0], options, "cpu", group.size)
+        return Session(ledger, group, options.data_dir).run(planned)
     finally:
-        distributed.shutdown()
+        group.close()
 
 
 def _ddp_rank(rank: int, world: int, port: int, env: dict[str, str], epochs: int) -> None:
@@ -490,11 +498,11 @@ def test_a_ddp_job_is_torchrun_of_the_same_rkrepro_command(ws: Workspace) -> Non
     from rkrepro import targets
 
     cells = targets.resolve_cells(targets.load_tables(), "tiny", "bc-k4", [VARIANT], "share")
-    options = plans.RunOptions(epochs=2, sync_bn=True, fast_path="-cuda_graph")
+    options = run_options.RunOptions(epochs=2, sync_bn=True, fast_path="-cuda_graph")
     (plan,) = plans.make_plans(cells, [3], options, "cuda")
     job = jobs.job_for(plan, "auto", nproc=4)
     args = list(job.args)
-    assert args[:2] == ["-m", "rkrepro.run.loopback_torchrun"] and "--nproc-per-node=4" in args
+    assert args[:2] == ["-m", "rkrepro.launch.torchrun"] and "--nproc-per-node=4" in args
     rk = args[args.index("rkrepro") + 1 :]
     assert rk[:9] == [
         "run",

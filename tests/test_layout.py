@@ -14,7 +14,7 @@ from typer.main import get_command
 
 import rkrepro
 from rkrepro.cli.app import app
-from rkrepro.run.plans import RunOptions
+from rkrepro.planning.options import RunOptions
 
 PACKAGE = Path(rkrepro.__file__).parent
 
@@ -73,7 +73,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_package_has_no_import_circle() -> None:
     graph = import_graph()
-    assert "rkrepro.run.runner" in graph and graph["rkrepro.run.runner"]  # the graph is real
+    assert "rkrepro.training.session" in graph and graph["rkrepro.training.session"]  # real
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle or [])
 

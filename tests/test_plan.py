@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from rkrepro import cost
+from rkrepro import estimate as cost
 from rkrepro.cli.app import app
 from rkrepro.targets import load_tables, resolve_cells
 

@@ -10,13 +10,21 @@ import helpers_cifar as h
 import pytest
 import torch
 
-from rkrepro import data, train
-from rkrepro.checkpoints import CHECKPOINT_FORMAT, Checkpoints
+from rkrepro import data
 from rkrepro.errors import RkreproError
-from rkrepro.fast_path import FAST_PATH_ENV, FastPath
 from rkrepro.models import build_model
-from rkrepro.run.plans import RunOptions, make_plans, resolve_device, scale_milestones
+from rkrepro.planning.devices import resolve_device
+from rkrepro.planning.fast_path import FAST_PATH_ENV, FastPath
+from rkrepro.planning.options import RunOptions
+from rkrepro.planning.plan import make_plans, scale_milestones
 from rkrepro.spec import ModelSpec, Protocol
+from rkrepro.training import loop, state
+from rkrepro.training.checkpoints import CHECKPOINT_FORMAT, Checkpoints
+from rkrepro.training.loop import Trainer
+from rkrepro.training.optim import build_optimizer
+from rkrepro.training.setup import Execution
+from rkrepro.training.signals import Interrupted, NonFiniteLoss, StopSignal
+from rkrepro.training.step import LaggedReadout
 
 CPU = torch.device("cpu")
 TINY = ModelSpec(family="densenet-bc", dataset="cifar10", depth=10, growth_rate=4)
@@ -49,16 +57,21 @@ def _split(n: int, seed: int) -> data.ArraySplit:
     )
 
 
-def _trainer(tmp: Path, protocol: Protocol, spec: ModelSpec = TINY, **kw) -> train.Trainer:
-    train.seed_everything(0)
+def _trainer(
+    tmp: Path, protocol: Protocol, spec: ModelSpec = TINY, fast: FastPath | None = None, **kw
+) -> Trainer:
+    state.seed_everything(0)
     model = build_model(spec)
-    tr, te = data.cifar_batches(_split(80, 0), _split(24, 1), protocol.batch_size, CPU, 0, None)
-    return train.Trainer(model, tr, te, protocol, CPU, Checkpoints(tmp), **kw)
+    execution = Execution.local(CPU, fast=fast)
+    tr, te = data.cifar_batches(
+        _split(80, 0), _split(24, 1), protocol.batch_size, CPU, 0, None, execution.channels_last
+    )
+    return Trainer(model, tr, te, protocol, execution, Checkpoints(tmp), **kw)
 
 
 def test_optimizer_is_torch7_sgd_on_all_parameters() -> None:
     model = build_model(TINY)
-    opt = train.build_optimizer(model, PAPER)
+    opt = build_optimizer(model, PAPER)
     (group,) = opt.param_groups
     assert group["nesterov"] and group["dampening"] == 0 and group["momentum"] == 0.9
     assert group["weight_decay"] == 1e-4 and group["lr"] == 0.1
@@ -97,10 +110,15 @@ def test_config_hash_separates_configurations() -> None:
 
 
 def test_precision_is_identity_and_fp32_hashes_are_stable() -> None:
-    """bf16 (the CUDA fast path's default) names a different run than fp32; the overhead
-    switches do not; and fp32 configurations hash as before precision existed, so the runs
-    already in users' stores are still found."""
-    from rkrepro.mlflow_keys import PRECISION_BF16, PRECISION_FP16_AMP, PRECISION_FP32
+    """fp32 (the paper's) is the default on every device; tf32, bf16 and fp16 name other runs;
+    the overhead switches do not; fp32, fp16 and bf16 configurations hash as they did before
+    the precision became a choice, so the runs already in users' stores are still found."""
+    from rkrepro.mlflow_keys import (
+        PRECISION_BF16,
+        PRECISION_FP16_AMP,
+        PRECISION_FP32,
+        PRECISION_TF32,
+    )
     from rkrepro.targets import Cell
 
     cell = Cell("t", "r", "original", False, TINY, PAPER, None, None, None)
@@ -110,21 +128,49 @@ def test_precision_is_identity_and_fp32_hashes_are_stable() -> None:
 
     cpu = plan("cpu")
     assert cpu.precision == PRECISION_FP32 and cpu.fast_path == "channels_last,cpu_malloc"
-    assert cpu.config_hash == "30dfd6c758a2e5ed"  # computed by the code before this change
-    assert plan("cpu", amp=True).config_hash == "2e18d35d33d3ae92"
+    assert cpu.config_hash == "30dfd6c758a2e5ed"  # computed by the code before precision existed
     cuda = plan("cuda")
-    assert cuda.precision == PRECISION_BF16 and cuda.config_hash != cpu.config_hash
-    assert "bf16" in cuda.fast_path and "cpu_malloc" not in cuda.fast_path
-    exact = plan("cuda", fast_path="-bf16")
-    assert exact.precision == PRECISION_FP32 and exact.config_hash == cpu.config_hash
+    assert cuda.precision == PRECISION_FP32 and cuda.config_hash == cpu.config_hash  # default
+    assert "cpu_malloc" not in cuda.fast_path and "cuda_graph" in cuda.fast_path
     assert plan("cuda", fast_path="off").config_hash == cpu.config_hash
     assert plan("cpu", fast_path="off").fast_path == "off"
-    amp = plan("cuda", amp=True)
-    assert amp.precision == PRECISION_FP16_AMP and amp.config_hash == "2e18d35d33d3ae92"
-    assert cuda.tags()["rkrepro.precision"] == PRECISION_BF16
-    assert cuda.config()["precision"] == PRECISION_BF16
+    bf16 = plan("cuda", precision="bf16")
+    assert bf16.precision == PRECISION_BF16 and bf16.config_hash == "bf44559b36d09c26"  # as before
+    amp = plan("cuda", precision="fp16")
+    assert amp.precision == PRECISION_FP16_AMP and amp.config_hash == "2e18d35d33d3ae92"  # --amp
+    tf32 = plan("cuda", precision="tf32")
+    assert tf32.precision == PRECISION_TF32
+    assert len({cpu.config_hash, bf16.config_hash, amp.config_hash, tf32.config_hash}) == 4
+    assert plan("cuda", precision="bf16-autocast").config_hash == bf16.config_hash
+    assert bf16.tags()["rkrepro.precision"] == PRECISION_BF16
+    assert bf16.config()["precision"] == PRECISION_BF16
+    args = RunOptions(precision="tf32").job_args()
+    assert args[args.index("--precision") + 1] == "tf32"  # every launched job repeats it
+    with pytest.raises(RkreproError, match="--precision bf16 needs a CUDA device"):
+        plan("cpu", precision="bf16")
+    with pytest.raises(RkreproError, match="--precision 'fp64': use one of fp32, tf32, bf16, fp16"):
+        plan("cuda", precision="fp64")
     with pytest.raises(RkreproError, match="bad fast-path switch 'warp'"):
         plan("cpu", fast_path="warp")
+
+
+def test_an_fp32_process_configures_no_tf32() -> None:
+    """PyTorch lets cuDNN use TF32 by default: fp32 (the paper's arithmetic) switches it off for
+    convolutions and matrix products, tf32 switches it on, in one place per process."""
+    from rkrepro.training.setup import apply_precision
+
+    backends = torch.backends
+    try:
+        apply_precision("tf32")
+        assert backends.cudnn.conv.fp32_precision == "tf32"
+        assert backends.cuda.matmul.fp32_precision == "tf32"
+        execution = Execution.local(CPU)
+        execution.place(build_model(TINY))  # what every trainer does first
+        assert backends.cudnn.conv.fp32_precision == "ieee"
+        assert backends.cuda.matmul.fp32_precision == "ieee"
+        assert backends.cudnn.rnn.fp32_precision == "ieee"
+    finally:
+        apply_precision("fp32")
 
 
 def test_gpu_decode_is_identity_for_imagenet_on_cuda_only() -> None:
@@ -165,7 +211,7 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path: Path) -> None:
     reference = _trainer(tmp_path / "ref", protocol)
     ref_history = reference.fit()
 
-    stop = train.StopSignal()
+    stop = StopSignal()
 
     class StopAt:
         """Progress hook that raises the stop flag at epoch 2, step 3 (as SIGTERM would)."""
@@ -179,11 +225,11 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path: Path) -> None:
             if self.epoch == 2 and done == 3:
                 stop.signum = 15
 
-        def epoch_end(self, record: train.EpochRecord) -> None:
+        def epoch_end(self, record: state.EpochRecord) -> None:
             pass
 
     first = _trainer(tmp_path / "run", protocol, progress=StopAt(), stop=stop)
-    with pytest.raises(train.Interrupted) as info:
+    with pytest.raises(Interrupted) as info:
         first.fit()
     assert info.value.exit_code == 143
     saved = Checkpoints(tmp_path / "run").load()
@@ -200,9 +246,9 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path: Path) -> None:
 
 
 def test_nan_loss_stops_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(train.FAULT_NAN_ENV, "3")
+    monkeypatch.setenv(loop.FAULT_NAN_ENV, "3")
     trainer = _trainer(tmp_path, replace(PAPER, epochs=2, batch_size=16))
-    with pytest.raises(train.NonFiniteLoss, match="non-finite training loss"):
+    with pytest.raises(NonFiniteLoss, match="non-finite training loss"):
         trainer.fit()
     assert trainer.global_step == 3
 
@@ -225,10 +271,11 @@ def test_small_rknet_learns_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     tr_split, te_split = data.load_cifar("cifar10", tmp_path / "data")
     protocol = replace(PAPER, epochs=4, lr_milestones=(3,), batch_size=32)
     spec = replace(TINY_RK, growth_rate=8)
-    train.seed_everything(0)
+    state.seed_everything(0)
     model = build_model(spec)
-    tr, te = data.cifar_batches(tr_split, te_split, 32, CPU, 0, None)
-    trainer = train.Trainer(model, tr, te, protocol, CPU, Checkpoints(tmp_path / "ck"))
+    execution = Execution.local(CPU)
+    tr, te = data.cifar_batches(tr_split, te_split, 32, CPU, 0, None, execution.channels_last)
+    trainer = Trainer(model, tr, te, protocol, execution, Checkpoints(tmp_path / "ck"))
     history = trainer.fit()
     assert history[-1].test_error < 40.0, [r.test_error for r in history]  # chance: 90 %
     assert history[-1].train_loss < history[0].train_loss
@@ -239,16 +286,20 @@ def test_small_rknet_learns_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_fast_path_switches_parse_and_apply_per_device() -> None:
     on, off = FastPath(), FastPath.off()
-    assert all(getattr(on, f) for f in ("channels_last", "cuda_graph", "bf16", "fused_sgd"))
+    assert all(getattr(on, f) for f in ("channels_last", "cuda_graph", "fused_sgd"))
     assert off.describe() == "off"
     assert FastPath.parse("") == on and FastPath.parse("off") == off
-    assert FastPath.parse("-cuda_graph,-bf16") == replace(on, cuda_graph=False, bf16=False)
+    assert FastPath.parse("-cuda_graph,-fused_sgd") == replace(
+        on, cuda_graph=False, fused_sgd=False
+    )
     assert FastPath.parse("off,+channels_last") == replace(off, channels_last=True)
     with pytest.raises(RkreproError, match="bad fast-path switch"):
         FastPath.parse("-warp_speed")
+    with pytest.raises(RkreproError, match="use --precision bf16"):
+        FastPath.parse("-bf16")  # the precision is not an overhead switch
     cpu = on.for_device(CPU)
     assert cpu.channels_last and not cpu.feature_buffer
-    assert not (cpu.cuda_graph or cpu.bf16 or cpu.fused_sgd or cpu.cudnn_benchmark)
+    assert not (cpu.cuda_graph or cpu.fused_sgd or cpu.cudnn_benchmark)
 
 
 def test_fast_path_env_reaches_the_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -256,7 +307,7 @@ def test_fast_path_env_reaches_the_trainer(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setenv(FAST_PATH_ENV, "off")
     trainer = _trainer(tmp_path, replace(PAPER, epochs=1))
-    assert trainer.fast == FastPath.off()
+    assert trainer.execution.fast == FastPath.off()
     assert not any(m.feature_buffer for m in trainer.model.modules() if isinstance(m, DenseBlock))
     monkeypatch.setenv(FAST_PATH_ENV, "+feature_buffer")
     trainer = _trainer(tmp_path, replace(PAPER, epochs=1))
@@ -293,15 +344,16 @@ def test_cuda_graph_step_trains_like_eager(tmp_path: Path) -> None:
     cuda = torch.device("cuda")
     protocol = replace(PAPER, epochs=1, batch_size=16)
     histories = []
-    for fast in (FastPath(bf16=False), FastPath.off()):
-        train.seed_everything(0)
-        model = build_model(TINY).to(cuda)
-        tr, te = data.cifar_batches(_split(200, 0), _split(24, 1), 16, cuda, 0, None)
-        trainer = train.Trainer(
-            model, tr, te, protocol, cuda, Checkpoints(tmp_path / str(fast)), fast=fast
+    for fast in (FastPath(), FastPath.off()):
+        state.seed_everything(0)
+        model = build_model(TINY)
+        execution = Execution.local(cuda, fast=fast)
+        tr, te = data.cifar_batches(
+            _split(200, 0), _split(24, 1), 16, cuda, 0, None, execution.channels_last
         )
+        trainer = Trainer(model, tr, te, protocol, execution, Checkpoints(tmp_path / str(fast)))
         histories.append(trainer.fit())
-        assert (trainer.graph is not None) == fast.cuda_graph
+        assert (trainer.captured is not None) == fast.cuda_graph
     assert histories[0][0].train_loss == pytest.approx(histories[1][0].train_loss, rel=1e-3)
 
 
@@ -338,9 +390,9 @@ def test_readings_are_run_identity_and_tags() -> None:
     assert best.config_hash == wirings["concat"].config_hash
     assert best.tags()[TAG_PREFIX + "reported_error"] == "best"
     assert plan(dense).tags()[TAG_PREFIX + "precision"] == "fp32"
-    cuda = make_plans([dense], [0], RunOptions(), "cuda")[0]
+    cuda = make_plans([dense], [0], RunOptions(precision="bf16"), "cuda")[0]
     assert cuda.tags()[TAG_PREFIX + "precision"] == "bf16-autocast"  # what it trains in
-    with pytest.raises(RkreproError, match="precision follows the device"):
+    with pytest.raises(RkreproError, match="use --precision fp32"):
         plan(dense, "precision=fp32")
     with pytest.raises(RkreproError, match="unknown reading 'stages'"):
         plan(dense, "stages=concat")
@@ -382,31 +434,34 @@ def test_checkpoint_state_is_plain_data_and_older_numpy_rng_still_loads(tmp_path
     buffer.seek(0)
     assert torch.serialization.get_unsafe_globals_in_checkpoint(buffer) == []
 
-    old = {**trainer.state(), "rng": {**train.rng_states(), "numpy": np.random.get_state()}}
-    ck = train.Checkpoints(tmp_path / "old")
+    old = {**trainer.state(), "rng": {**state.rng_states(), "numpy": np.random.get_state()}}
+    ck = Checkpoints(tmp_path / "old")
     ck.save(old)
     expected = np.random.get_state()[1].copy()
     np.random.seed(99)
-    train.set_rng_states(ck.load()["rng"])
+    state.set_rng_states(ck.load()["rng"])
     assert (np.random.get_state()[1] == expected).all()
 
 
 # ------------------------------------------------- the CUDA step's logic, on the CPU
 
 
-def _emulated(tmp: Path, fast: train.FastPath, n: int = 88, epochs: int = 2) -> train.Trainer:
+def _emulated(
+    tmp: Path, fast: FastPath, n: int = 88, epochs: int = 2, precision: str = "fp32"
+) -> Trainer:
     """A CPU trainer that takes the CUDA code path (``emulate_cuda``): fused SGD, tensor lr,
     the graph body called eagerly; 88 images at batch 16 leave an 8-image tail batch."""
     protocol = replace(PAPER, epochs=epochs, lr_milestones=(1,), batch_size=16)
-    train.seed_everything(0)
+    state.seed_everything(0)
     model = build_model(TINY)
-    tr, te = data.cifar_batches(_split(n, 0), _split(24, 1), 16, CPU, 0, None)
-    return train.Trainer(
-        model, tr, te, protocol, CPU, train.Checkpoints(tmp), fast=fast, emulate_cuda=True
+    execution = Execution.local(CPU, precision, fast, emulate_cuda=True)
+    tr, te = data.cifar_batches(
+        _split(n, 0), _split(24, 1), 16, CPU, 0, None, execution.channels_last
     )
+    return Trainer(model, tr, te, protocol, execution, Checkpoints(tmp))
 
 
-def _step_losses(trainer: train.Trainer, epoch: int) -> list[float]:
+def _step_losses(trainer: Trainer, epoch: int) -> list[float]:
     """Each step's loss, read from the device-side running sum as the step leaves it."""
     losses, before = [], 0.0
     for x, y in trainer.train_batches.batches(epoch):
@@ -418,11 +473,11 @@ def _step_losses(trainer: train.Trainer, epoch: int) -> list[float]:
 
 
 def test_graph_body_on_cpu_matches_the_eager_step_step_for_step(tmp_path: Path) -> None:
-    graph = _emulated(tmp_path / "g", train.FastPath(bf16=False))
-    eager = _emulated(tmp_path / "e", train.FastPath(bf16=False, cuda_graph=False))
-    assert graph.use_graph and not eager.use_graph and graph.fast.fused_sgd
+    graph = _emulated(tmp_path / "g", FastPath())
+    eager = _emulated(tmp_path / "e", FastPath(cuda_graph=False))
+    assert graph.captured and not eager.captured and graph.execution.fast.fused_sgd
     g, e = _step_losses(graph, 1), _step_losses(eager, 1)
-    assert graph.graph is not None and graph.graph.graph is None  # captured = eager body
+    assert graph.captured.static is not None and graph.captured.graph is None  # = eager body
     assert isinstance(graph.optimizer.param_groups[0]["lr"], torch.Tensor)
     assert len(g) == 6 and g == pytest.approx(e, rel=1e-5)  # fp32 vs float32 tensor lr
     for key, value in eager.model.state_dict().items():
@@ -430,8 +485,8 @@ def test_graph_body_on_cpu_matches_the_eager_step_step_for_step(tmp_path: Path) 
 
 
 def test_fit_through_the_graph_path_follows_the_schedule(tmp_path: Path) -> None:
-    graph = _emulated(tmp_path / "g", train.FastPath(bf16=False)).fit()
-    eager = _emulated(tmp_path / "e", train.FastPath(bf16=False, cuda_graph=False)).fit()
+    graph = _emulated(tmp_path / "g", FastPath()).fit()
+    eager = _emulated(tmp_path / "e", FastPath(cuda_graph=False)).fit()
     assert [r.lr for r in graph] == [0.1, 0.01]
     for a, b in zip(graph, eager, strict=True):
         assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
@@ -451,21 +506,23 @@ def test_captured_lr_tensor_follows_a_scheduler_that_replaces_it(
         group[key] = float(value)  # type: ignore[arg-type]
 
     monkeypatch.setattr(lr_scheduler, "_update_param_group_val", assign)
-    trainer = _emulated(tmp_path, train.FastPath(bf16=False))
+    trainer = _emulated(tmp_path, FastPath())
     _step_losses(trainer, 1)
     captured = trainer.optimizer.param_groups[0]["lr"]
-    trainer._step_scheduler()
+    trainer.scheduler.step()
+    trainer.captured.follow_lr(state.plain_lr)
     assert trainer.optimizer.param_groups[0]["lr"] is captured
     assert float(captured) == pytest.approx(0.01)
-    state = trainer.state()
-    assert all(isinstance(v, float) for v in state["scheduler"]["_last_lr"])
+    saved = trainer.state()
+    assert all(isinstance(v, float) for v in saved["scheduler"]["_last_lr"])
 
 
 def test_bf16_autocast_on_cpu_through_the_cuda_path(tmp_path: Path) -> None:
-    bf16 = _emulated(tmp_path / "b", train.FastPath())
-    fp32 = _emulated(tmp_path / "f", train.FastPath(bf16=False))
+    bf16 = _emulated(tmp_path / "b", FastPath(), precision="bf16-autocast")
+    fp32 = _emulated(tmp_path / "f", FastPath())
     x, y = next(iter(bf16.train_batches.batches(1)))
-    logits, _ = bf16._forward(x.contiguous(memory_format=torch.channels_last), y)
+    with bf16.execution.autocast():
+        logits = bf16.model(x.contiguous(memory_format=torch.channels_last))
     assert logits.dtype == torch.bfloat16
     b, f = _step_losses(bf16, 1), _step_losses(fp32, 1)
     assert b[0] == pytest.approx(f[0], rel=2e-2) and b == pytest.approx(f, rel=5e-2)
@@ -473,7 +530,7 @@ def test_bf16_autocast_on_cpu_through_the_cuda_path(tmp_path: Path) -> None:
 
 
 def test_lagged_readout_on_cpu_returns_the_previous_request() -> None:
-    readout = train._LaggedReadout(CPU)
+    readout = LaggedReadout(CPU)
     loss, wrong = torch.tensor(8.0, dtype=torch.float64), torch.tensor(2)
     first = readout.request(loss, wrong, 4)
     assert all(v != v for v in first)  # nothing has landed yet: NaN

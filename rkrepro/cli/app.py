@@ -18,7 +18,7 @@ try:  # Typer >= 0.20 carries its own copy of click
 except ImportError:  # pragma: no cover - older Typer on plain click
     from click import UsageError
 
-from rkrepro.cli.options import RowOpt, TableArg, TablesDir, TrackingUri
+from rkrepro.cli.options import Precision, RowOpt, TableArg, TablesDir, TrackingUri
 from rkrepro.errors import RkreproError
 
 
@@ -173,11 +173,14 @@ def plan_command(
         str, typer.Option(help="Device to estimate for: auto (CUDA if present), cpu or cuda.")
     ] = "auto",
     probe_steps: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    precision: Precision = "fp32",
     format: Annotated[ListFormat, typer.Option("--format", "-f")] = ListFormat.rich,
     tables_dir: TablesDir = None,
 ) -> None:
     """Estimated device-hours (GPU, or CPU where it would run), FLOPs, params and peak memory."""
-    from rkrepro import cost, targets
+    from rkrepro import estimate as cost
+    from rkrepro import targets
+    from rkrepro.planning import precision as precision_mod
 
     cells = targets.select_cells(targets.load_tables(tables_dir), table, row)
     import torch
@@ -190,6 +193,8 @@ def plan_command(
     target = (
         "cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu"
     )
+    recorded = precision_mod.parse(precision)
+    precision_mod.check_device(recorded, target)
     device = target if probe else None
     estimates = cost.estimate(
         cells,
@@ -197,6 +202,7 @@ def plan_command(
         max_images_per_s=max_images_per_s,
         probe_device=device,
         probe_steps=probe_steps,
+        precision=recorded,
     )
     if format is ListFormat.json:
         payload = {

@@ -41,3 +41,12 @@ DataDir = Annotated[
         show_default=False,
     ),
 ]
+Precision = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="Arithmetic: fp32 (the paper's; TF32 off), tf32, bf16 (autocast) or fp16 "
+        "(autocast + loss scaling). fp32 on a recent GPU trains several times slower than bf16 "
+        "or tf32, which give other numbers and so are other runs.",
+    ),
+]

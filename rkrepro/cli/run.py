@@ -1,4 +1,4 @@
-"""The ``run`` command: options in, :func:`rkrepro.run.launch.execute` called, exit code out.
+"""The ``run`` command: options in, :func:`rkrepro.launch.execute.execute` called, exit code out.
 
 torch and mlflow are imported inside the command body so that ``rkrepro --help`` stays
 instant; :mod:`rkrepro.cli.app` calls :func:`register`."""
@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rkrepro.cli.options import DataDir, TablesDir, TrackingUri
+from rkrepro.cli.options import DataDir, Precision, TablesDir, TrackingUri
 from rkrepro.errors import RkreproError
 
 _LAUNCH = "Parallel and cluster launches"
@@ -74,18 +74,15 @@ def run_command(
         bool,
         typer.Option(help="Checkpoint dense-layer concatenations: less GPU memory, slower."),
     ] = False,
-    amp: Annotated[
-        bool,
-        typer.Option(help="Mixed precision (fp16 + loss scaling) on CUDA; not the paper's fp32."),
-    ] = False,
+    precision: Precision = "fp32",
     fast_path: Annotated[
         Optional[str],
         typer.Option(
             envvar="RKREPRO_FAST_PATH",
-            help="Overhead removal, on by default: 'off' is the plain eager fp32 loop; or "
-            "+NAME/-NAME items, e.g. -bf16,-cuda_graph. Names: channels_last, feature_buffer, "
-            "bf16, cudnn_benchmark, fused_sgd, cuda_graph, cpu_malloc, gpu_decode (ImageNet, "
-            "off by default). bf16 and gpu_decode (CUDA) are part of a run's identity.",
+            help="Overhead removal that keeps the numbers, on by default: 'off' is the plain "
+            "eager loop; or +NAME/-NAME items, e.g. -cuda_graph. Names: channels_last, "
+            "feature_buffer, cudnn_benchmark, fused_sgd, cuda_graph, cpu_malloc, gpu_decode "
+            "(ImageNet, off by default; other pixels, so part of a run's identity).",
             show_default=False,
         ),
     ] = None,
@@ -191,20 +188,22 @@ def run_command(
     from rich.console import Console
 
     from rkrepro import targets
-    from rkrepro.run import launch, plans, slurm
+    from rkrepro.launch import execute, placement, slurm
+    from rkrepro.planning import devices
+    from rkrepro.planning import options as run_options
 
     if both and share is not None:
         raise RkreproError("use only one of --share, --no-share and --both")
-    plans.check_device_name(device)  # before planning: a dry run must not accept tpu:7
+    devices.check_device_name(device)  # before planning: a dry run must not accept tpu:7
     share_choice = "both" if share is None else ("share" if share else "no-share")
     tables = targets.load_tables(tables_dir)
     cells = targets.resolve_cells(tables, table, row, variant or None, share_choice)
     if not cells:
         raise RkreproError("nothing to run: the original network has no shared form (--share)")
     values = locals()
-    options = plans.RunOptions.from_values(values)
-    where = launch.LaunchOptions(
-        **{k: values[k] for k in launch.LaunchOptions.__dataclass_fields__}
+    options = run_options.RunOptions.from_values(values)
+    where = placement.LaunchOptions(
+        **{k: values[k] for k in placement.LaunchOptions.__dataclass_fields__}
     )
     settings = slurm.SlurmSettings(
         partition=partition,
@@ -215,9 +214,9 @@ def run_command(
         cluster=os.environ.get(slurm.SUBMITIT_CLUSTER_ENV) or "slurm",
     )
     console = Console(soft_wrap=True) if not sys.stdout.isatty() else Console()
-    seed_list = plans.parse_seeds(seeds, seed)
+    seed_list = run_options.parse_seeds(seeds, seed)
     _exit_with(
-        lambda: launch.execute(
+        lambda: execute.execute(
             cells, seed_list, options, where, console, dry_run=dry_run, slurm=settings
         )
     )
@@ -225,7 +224,7 @@ def run_command(
 
 def _exit_with(body) -> None:
     """Run ``body`` (returns an exit code); stops by signal exit 128+N, with a hint."""
-    from rkrepro.train import Interrupted
+    from rkrepro.training.signals import Interrupted
 
     try:
         code = body()

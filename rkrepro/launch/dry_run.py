@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rkrepro import cost
+from rkrepro import estimate as cost
 
 if TYPE_CHECKING:
-    from rkrepro.run.plans import Plan
-    from rkrepro.run.runner import Runner
+    from rkrepro.planning.plan import Plan
+    from rkrepro.training.ledger import Ledger
 
 COLUMNS = (
     "cell",
@@ -34,7 +34,7 @@ def seeds_text(seeds: list[int]) -> str:
 
 
 def show(
-    runner: Runner,
+    ledger: Ledger,
     plans: list[Plan],
     parallel: str | None = None,
     data=(),
@@ -45,7 +45,7 @@ def show(
     before the plans: the run would stop)."""
     from rkrepro.models import spec_param_counts
 
-    console = runner.console
+    console = ledger.console
     for state in data:
         if state.stops:
             console.print(
@@ -59,7 +59,7 @@ def show(
             console.print(
                 f"data: {state.message} when the run starts", highlight=False, markup=False
             )
-    runner.connect(create=False)
+    ledger.connect(create=False)
     by_cell: dict[str, list[Plan]] = {}
     for plan in plans:
         by_cell.setdefault(plan.cell.key, []).append(plan)
@@ -80,7 +80,7 @@ def show(
     for cell_plans in by_cell.values():
         cell = cell_plans[0].cell
         paper_count, _ = spec_param_counts(cell.spec)
-        statuses = [runner.status(p) for p in cell_plans]
+        statuses = [ledger.status(p) for p in cell_plans]
         words = [s.state + (f" ({s.detail})" if s.detail else "") for s in statuses]
         if len(statuses) == 1:
             status_text = words[0]
@@ -132,7 +132,7 @@ def show(
         f"protocol: {first.protocol_kind}, {protocol.epochs} epochs, batch "
         f"{protocol.batch_size}, lr {protocol.lr:g} /{1 / protocol.lr_gamma:g} at "
         f"{list(protocol.lr_milestones)}; precision {first.precision} (fast path: "
-        f"{first.fast_path}); tracking: {runner.uri}; nothing trained (dry run)",
+        f"{first.fast_path}); tracking: {ledger.uri}; nothing trained (dry run)",
         highlight=False,
         soft_wrap=True,
     )

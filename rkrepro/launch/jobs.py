@@ -18,7 +18,7 @@ from rkrepro.errors import RkreproError
 from rkrepro.paths import RUNS_DIR_ENV, runs_dir, sqlite_path
 
 if TYPE_CHECKING:
-    from rkrepro.run.plans import Plan
+    from rkrepro.planning.plan import Plan
 
 # Seconds a job gets to write its checkpoint after SIGTERM before it is killed.
 STOP_GRACE_S = 120.0
@@ -39,7 +39,7 @@ class Job:
 def job_for(plan: Plan, device: str = "auto", nproc: int = 1) -> Job:
     """``rkrepro run`` of exactly this plan's cell and seed, under torchrun when ``nproc > 1``.
 
-    The options come from the plan's :class:`~rkrepro.run.plans.RunOptions`, so a job plans
+    The options come from the plan's :class:`~rkrepro.planning.options.RunOptions`, so a job plans
     the same configuration (and hash) as the command that launched it.
     """
     cell = plan.cell
@@ -61,7 +61,7 @@ def job_for(plan: Plan, device: str = "auto", nproc: int = 1) -> Job:
         args += ["--launcher", "torchrun", "--nproc-per-node", str(nproc)]
         head = [  # torchrun --standalone, listening on 127.0.0.1 only
             "-m",
-            "rkrepro.run.loopback_torchrun",
+            "rkrepro.launch.torchrun",
             "--nnodes=1",
             f"--nproc-per-node={nproc}",
             "-m",

@@ -22,14 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rkrepro.errors import RkreproError
+from rkrepro.launch.jobs import STOP_GRACE_S, Job, job_env, job_for, warn_sqlite, without_force
 from rkrepro.paths import RUNS_DIR_ENV, runs_dir
-from rkrepro.run.jobs import STOP_GRACE_S, Job, job_env, job_for, warn_sqlite, without_force
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
-    from rkrepro.run.plans import Plan
-    from rkrepro.run.runner import Runner
+    from rkrepro.planning.plan import Plan
+    from rkrepro.training.ledger import Ledger
 
 # Set to "local" to rehearse --launcher slurm on this machine (submitit's local executor).
 SUBMITIT_CLUSTER_ENV = "RKREPRO_SUBMITIT_CLUSTER"
@@ -155,7 +153,7 @@ class RunRef:
 
     def progress(self) -> tuple[int, int] | None:
         """(epoch, step in epoch) of the run's latest checkpoint; None before the first."""
-        from rkrepro.checkpoints import Checkpoints
+        from rkrepro.training.checkpoints import Checkpoints
 
         try:
             info = Checkpoints(Path(self.checkpoint_dir)).peek()
@@ -330,23 +328,22 @@ def _task_env() -> dict[str, str]:
 
 
 def submit(
-    runner: Runner, plans: list[Plan], settings: SlurmSettings, nproc: int, console: Console
+    ledger: Ledger, plans: list[Plan], settings: SlurmSettings, nproc: int, device: str
 ) -> None:
     """Create the store and experiments once, then submit the plans not done as one array."""
-    from rkrepro.run.runner import checkpoints_for
-
+    console = ledger.console
     executor = make_executor(settings)  # no SLURM here: one line before anything
-    warnings = [warn_sqlite(runner.uri, 0, "slurm"), *settings.warnings()]
+    warnings = [warn_sqlite(ledger.uri, 0, "slurm"), *settings.warnings()]
     for warning in filter(None, warnings):
         print(warning, file=sys.stderr)
-    todo = runner.prepare(plans)
+    todo = ledger.prepare(plans)
     if not todo:
         console.print(f"nothing to submit: {len(plans)} runs done", highlight=False)
         return
-    device = "cpu" if settings.gpus_per_node == 0 else runner.options.device
+    device = "cpu" if settings.gpus_per_node == 0 else device
     jobs = [job_for(p, device, nproc) for p in todo]
-    uri = runner.uri
-    refs = [RunRef(str(checkpoints_for(p).dir), uri, p.cell.table, p.config_hash) for p in todo]
+    uri = ledger.uri
+    refs = [RunRef(str(ledger.checkpoints(p).dir), uri, p.cell.table, p.config_hash) for p in todo]
     handles = submit_slurm(jobs, executor, refs)
     first = handles[0].job_id.split("_")[0]
     console.print(

@@ -1,5 +1,8 @@
-"""The fast path: overhead removal that never changes the protocol, and the precision a run
-trains in, which does change its numbers and so belongs to the run's identity.
+"""The fast path: overhead removal that never changes the protocol.
+
+The precision a run trains in is not a fast-path switch: it changes the numbers, so it is its
+own choice (:mod:`rkrepro.planning.precision`) and part of the run's identity. ``gpu_decode`` is
+the one switch here that changes pixels (nvJPEG against PIL), so it is identity too.
 
 Kept free of torch imports: ``rkrepro run`` validates ``--fast-path`` and hashes a plan's
 configuration before anything heavy is loaded.
@@ -12,7 +15,6 @@ from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
 from rkrepro.errors import RkreproError
-from rkrepro.mlflow_keys import PRECISION_BF16, PRECISION_FP16_AMP, PRECISION_FP32
 
 if TYPE_CHECKING:
     import torch
@@ -36,7 +38,6 @@ class FastPath:
       oneDNN; ``bench/throughput.py`` measures it).
     - ``feature_buffer``: dense blocks write into one preallocated buffer: less memory, but
       slower on the CPU (strided kernels), so off by default.
-    - ``bf16`` (CUDA): bf16 autocast; weights, BatchNorm and the optimizer stay fp32.
     - ``cudnn_benchmark`` (CUDA): cuDNN autotunes each convolution shape once.
     - ``fused_sgd`` (CUDA): one fused SGD kernel, the learning rate a device tensor.
     - ``cuda_graph`` (CUDA): forward, backward, SGD and the running loss captured as one CUDA
@@ -51,7 +52,6 @@ class FastPath:
 
     channels_last: bool = True
     feature_buffer: bool = False
-    bf16: bool = True
     cudnn_benchmark: bool = True
     fused_sgd: bool = True
     cuda_graph: bool = True
@@ -75,6 +75,11 @@ class FastPath:
                 fast = cls.off()
                 continue
             name = item.lstrip("+-").replace("-", "_")
+            if name in ("bf16", "fp16", "tf32", "fp32"):
+                raise RkreproError(
+                    f"fast-path switch {item!r}: the precision is not part of the fast path "
+                    f"(it changes the numbers); use --precision {name}"
+                )
             if item[0] not in "+-" or name not in names:
                 raise RkreproError(
                     f"bad fast-path switch {item!r}: use on, off, +NAME or -NAME with NAME in "
@@ -91,15 +96,14 @@ class FastPath:
         """The parts that apply on ``device`` (the CUDA-only ones are off elsewhere).
 
         ``emulate_cuda`` (tests, ``bench/gpu_selfcheck.py --cpu-smoke``) keeps on the CPU the
-        CUDA parts whose logic runs there too: bf16 autocast, fused SGD with a tensor learning
-        rate, and the captured step's body, called eagerly instead of replayed."""
+        CUDA parts whose logic runs there too: fused SGD with a tensor learning rate, and the
+        captured step's body, called eagerly instead of replayed."""
         if _device_type(device) == "cuda":
             return replace(self, cpu_malloc=False)
         if emulate_cuda:
             return replace(self, cudnn_benchmark=False, gpu_decode=False)
         return replace(
             self,
-            bf16=False,
             cudnn_benchmark=False,
             fused_sgd=False,
             cuda_graph=False,
@@ -113,12 +117,3 @@ class FastPath:
     def describe(self) -> str:
         on = [f.name for f in fields(self) if getattr(self, f.name)]
         return ",".join(on) if on else "off"
-
-
-def run_precision(fast: FastPath, device_type: str, amp: bool = False) -> str:
-    """The precision a run on ``device_type`` trains in under ``fast`` (and ``--amp``)."""
-    if device_type != "cuda":
-        return PRECISION_FP32
-    if amp:
-        return PRECISION_FP16_AMP
-    return PRECISION_BF16 if fast.bf16 else PRECISION_FP32

@@ -11,7 +11,10 @@ A reproduction runs for days, so this file decides whether a crash costs minutes
 - nothing in a checkpoint can run code: ``runs/`` may sit on a filesystem other users can write
   (a cluster's shared disk), so files load with ``weights_only=True`` (tensors, numbers, strings
   and plain containers only) and a file that does not load that way is unreadable, like a torn
-  one. The trainer saves plain types only (:func:`rkrepro.train.rng_states`).
+  one. The trainer saves plain types only (:func:`rkrepro.training.state.rng_states`).
+
+torch is imported only to write or load a checkpoint: the launchers read ``last.json`` (the
+epoch a run reached) without it.
 """
 
 from __future__ import annotations
@@ -25,8 +28,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from rkrepro.errors import RkreproError
 
@@ -95,6 +96,8 @@ class Checkpoints:
             ) from None
 
     def _write(self, path: Path, state: dict[str, Any]) -> None:
+        import torch
+
         with open(path, "wb") as handle:
             if self._fault_kill_now():
                 # Half a file on disk, then the hardest possible stop.
@@ -166,12 +169,24 @@ class Checkpoints:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class ReadOnlyCheckpoints(Checkpoints):
+    """The checkpoints of a run another process writes: the other processes of a data-parallel
+    run read rank 0's checkpoint but never write or delete it."""
+
+    def save(self, state: dict[str, Any]) -> None:
+        return None
+
+    def clear(self) -> None:
+        return None
+
+
 def _safe_load(path: Path) -> Any:
     """``torch.load`` restricted to data: torch's weights-only unpickler refuses every global
     outside its allow-list, so a planted ``__reduce__`` is an error, never a call. The only
     additions are what NumPy needs to rebuild a plain array, scoped to this call: checkpoints
     from before format-plain RNG states hold NumPy's RNG key array."""
     import numpy as np
+    import torch
 
     multiarray = getattr(np, "_core", None) or np.core
     allowed = [multiarray.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]

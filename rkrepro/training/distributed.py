@@ -8,8 +8,10 @@ talks to MLflow and writes checkpoints; a checkpoint holds the plain model's sta
 resumes on any number of GPUs, or on one.
 
 Every decision that only rank 0 can take (is this run done, which MLflow run, is there a
-checkpoint) is taken there and broadcast (:meth:`Context.on_main`); a signal is acted on at the
-same step on every rank (:class:`DistributedStop`), so no rank waits forever in a collective.
+checkpoint) is taken there and broadcast (:meth:`TorchrunWorld.on_main`); a signal is acted on
+at the same step on every rank (:class:`DistributedStop`), so no rank waits forever in a
+collective. :class:`TorchrunWorld` is the same interface as the world of one process
+(:class:`rkrepro.training.world.World`), so nothing above it branches on being distributed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -26,11 +27,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from rkrepro.checkpoints import Checkpoints
 from rkrepro.errors import RkreproError
-from rkrepro.fast_path import FastPath
-from rkrepro.run.plans import planned_device_type
-from rkrepro.train import StopSignal, model_device_setup
+from rkrepro.planning.devices import planned_device_type
+from rkrepro.training.signals import StopSignal
+from rkrepro.training.world import World
 
 # A rank stuck in a collective (another rank died) fails after this instead of hanging.
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
@@ -38,23 +38,24 @@ COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 T = TypeVar("T")
 
 
-@dataclass
-class Context:
-    """This process's place in the group, and the collectives the runner needs."""
+class TorchrunWorld(World):
+    """This process's place in the torchrun group, and the collectives a run needs."""
 
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    backend: str
-    cpu_group: Any  # gloo group for host-side collectives (flags, small objects)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+    def __init__(
+        self,
+        rank: int,
+        size: int,
+        local_rank: int,
+        device: torch.device,
+        backend: str,
+        cpu_group: Any,  # gloo group for host-side collectives (flags, small objects)
+    ) -> None:
+        super().__init__(device)
+        self.rank, self.size, self.local_rank = rank, size, local_rank
+        self.backend, self.cpu_group = backend, cpu_group
 
     def sum(self, tensor: Tensor) -> Tensor:
-        """Sum over ranks (on the training device; the Trainer's ``reduce_sums`` hook)."""
+        """Sum over ranks, on the training device."""
         tensor = tensor.clone()
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
@@ -89,8 +90,33 @@ class Context:
     def barrier(self) -> None:
         dist.barrier(group=self.cpu_group)
 
+    def stop_signal(self) -> DistributedStop:
+        return DistributedStop(self)
 
-def init(device_name: str = "auto") -> Context:
+    def shard(self, train: Any, test: Any, stop: StopSignal) -> tuple[Any, Any]:
+        """This rank's share of every global batch of ``train`` (same order on every rank);
+        rank 0 alone evaluates, the others get no test batches."""
+        assert isinstance(stop, DistributedStop)
+        train.shard = (self.rank, self.size)
+        return SyncedBatches(train, stop), test if self.is_main else NoBatches()
+
+    def wrap(self, model: nn.Module, sync_bn: bool = False) -> nn.Module:
+        """DDP of the placed model. Rank 0's weights and BatchNorm statistics are broadcast at
+        the start and its running statistics before every forward (what the test-time model of
+        the multi-GPU Torch code was: the first GPU's)."""
+        if sync_bn:
+            if self.device.type != "cuda":
+                raise RkreproError("--sync-bn needs CUDA GPUs (torch's SyncBatchNorm is GPU-only)")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DataParallel(model, device_ids=device_ids)
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def join(device_name: str = "auto") -> TorchrunWorld:
     """Join the group torchrun set up: NCCL on CUDA (GPU = LOCAL_RANK), gloo on the CPU."""
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
@@ -116,12 +142,7 @@ def init(device_name: str = "auto") -> Context:
             kwargs["device_id"] = device
         dist.init_process_group(**kwargs)
     cpu_group = dist.new_group(backend="gloo") if backend != "gloo" else None
-    return Context(rank, world, local_rank, device, backend, cpu_group)
-
-
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    return TorchrunWorld(rank, world, local_rank, device, backend, cpu_group)
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,9 +158,9 @@ class DistributedStop(StopSignal):
     the loop, saves (rank 0) and raises ``Interrupted`` together.
     """
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, world: TorchrunWorld) -> None:
         super().__init__()
-        self.ctx = ctx
+        self.world = world
         self.pending: int | None = None
 
     def _handle(self, signum: int, frame: object) -> None:
@@ -148,7 +169,7 @@ class DistributedStop(StopSignal):
         self.pending = signum
 
     def sync(self) -> None:
-        agreed = self.ctx.max_int(self.pending or 0)
+        agreed = self.world.max_int(self.pending or 0)
         if agreed and self.signum is None:
             self.signum = agreed
 
@@ -186,22 +207,6 @@ class NoBatches:
         return iter(())
 
 
-def shard(source: Any, ctx: Context, stop: DistributedStop) -> SyncedBatches:
-    """This rank's share of every global batch of ``source`` (same order on every rank)."""
-    source.shard = (ctx.rank, ctx.world_size)
-    return SyncedBatches(source, stop)
-
-
-class NoCheckpoints(Checkpoints):
-    """Ranks other than 0 read rank 0's checkpoints but never write or delete them."""
-
-    def save(self, state: dict[str, Any]) -> None:
-        return None
-
-    def clear(self) -> None:
-        return None
-
-
 # --------------------------------------------------------------------------------------------
 # The model.
 
@@ -220,32 +225,3 @@ class DataParallel(DistributedDataParallel):
 
     def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         return self.module.load_state_dict(*args, **kwargs)
-
-
-def wrap_model(
-    model: nn.Module, ctx: Context, sync_bn: bool = False, fast: FastPath | None = None
-) -> nn.Module:
-    """Device placement as on one GPU, then DDP. Rank 0's weights and BatchNorm statistics are
-    broadcast at the start and its running statistics before every forward (what the test-time
-    model of the multi-GPU Torch code was: the first GPU's)."""
-    if sync_bn:
-        if ctx.device.type != "cuda":
-            raise RkreproError("--sync-bn needs CUDA GPUs (torch's SyncBatchNorm is GPU-only)")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model_device_setup(model, ctx.device, fast)
-    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DataParallel(model, device_ids=device_ids)
-
-
-__all__ = [
-    "Context",
-    "DataParallel",
-    "DistributedStop",
-    "NoBatches",
-    "NoCheckpoints",
-    "SyncedBatches",
-    "init",
-    "shard",
-    "shutdown",
-    "wrap_model",
-]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 if TYPE_CHECKING:
-    from rkrepro.train import EpochRecord
+    from rkrepro.training.state import EpochRecord
 
 
 def format_duration(seconds: float) -> str:
