@@ -88,11 +88,13 @@ READINGS: dict[str, Reading] = {
             default="fp32",
             legacy="fp32",
             why={
-                "fp32": "the Torch code trains in fp32",
-                "bf16-autocast": "the CUDA fast path: bf16 autocast, weights and SGD in fp32",
-                "fp16-amp": "--amp: fp16 autocast with loss scaling",
+                "fp32": "the Torch code trains in fp32 (-precision single); TF32 off on CUDA",
+                "tf32": "--precision tf32: TF32 tensor cores for convolutions and matrix products",
+                "bf16-autocast": "--precision bf16: bf16 autocast, weights and SGD in fp32",
+                "fp16-amp": "--precision fp16: fp16 autocast with loss scaling",
             },
-            scope="every cell (the precision a run was actually trained in)",
+            scope="every cell (the precision a run was trained in; runs of different "
+            "precisions are reported apart)",
         ),
     )
 }

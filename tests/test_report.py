@@ -429,8 +429,9 @@ def test_real_parameter_counts_are_cached(store):
     )
 
 
-def test_a_non_fp32_number_is_labelled(tmp_path):
-    """The paper trained in fp32: a seed trained under bf16 autocast is shown as such, by
+def test_a_non_fp32_number_is_labelled_and_never_mixed_with_fp32(tmp_path):
+    """The paper trained in fp32: a seed trained under bf16 autocast is never averaged with fp32
+    seeds of the same cell; it is reported under its own precision and labelled as such, by
     both readers, in every format (runs without the tag are fp32, as all runs before it)."""
     from mlflow import MlflowClient
 
@@ -456,10 +457,20 @@ def test_a_non_fp32_number_is_labelled(tmp_path):
 
     result = _report(uri, "table4")
     original = _result(result, "table4/resnet-20/original/noshare")
-    assert original.paper.precisions == (mlflow_keys.PRECISION_BF16, mlflow_keys.PRECISION_FP32)
+    assert original.paper.precisions == (mlflow_keys.PRECISION_FP32,)
+    assert original.paper.error.mean == pytest.approx(7.20) and original.paper.error.n == 1
+    assert [r.precision for r in original.other_readings] == [mlflow_keys.PRECISION_BF16]
     record = next(r for r in reporting.records(result) if r["row"] == "resnet-20")
-    assert record["precision"] == "bf16-autocast,fp32"
-    line = next(x for x in reporting.to_markdown(result).splitlines() if "7.30 ± 0.14" in x)
+    assert record["precision"] == "fp32" and record["other_reading_runs"] == 1
+    line = next(x for x in reporting.to_markdown(result).splitlines() if "7.20" in x)
+    assert "[bf16-autocast]" not in line
+    bf16 = _report(uri, "table4", readings={"precision": mlflow_keys.PRECISION_BF16})
+    original = _result(bf16, "table4/resnet-20/original/noshare")
+    assert original.paper.precisions == (mlflow_keys.PRECISION_BF16,)
+    assert original.paper.error.mean == pytest.approx(7.40)
+    record = next(r for r in reporting.records(bf16) if r["row"] == "resnet-20")
+    assert record["precision"] == "bf16-autocast"
+    line = next(x for x in reporting.to_markdown(bf16).splitlines() if "7.40" in x)
     assert "[bf16-autocast]" in line
     fp32_only = next(r for r in reporting.records(result) if r["row"] == "resnet-32")
     assert fp32_only["precision"] == ""  # no finished run counted: no precision to show

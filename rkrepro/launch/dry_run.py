@@ -67,7 +67,10 @@ def show(
         # On the CPU, a short probe there: FLOPs at a GPU's rate would promise GPU-hours.
         probe = "cpu" if device_type == "cpu" else None
         first = [ps[0].cell for ps in by_cell.values()]
-        estimates = {e.cell.key: e for e in cost.estimate(first, probe_device=probe)}
+        precision = plans[0].precision if plans else "fp32"
+        estimates = {
+            e.cell.key: e for e in cost.estimate(first, probe_device=probe, precision=precision)
+        }
     except Exception as error:  # noqa: BLE001 - the plan is still worth showing
         console.print(
             f"warning: no cost estimate ({type(error).__name__}: {error})",

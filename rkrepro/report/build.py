@@ -342,12 +342,20 @@ def training_readings(values: dict[str, str], spec: ModelSpec) -> dict[str, str]
     return readings_mod.identity(values, spec)
 
 
+def trained_as(values: dict[str, str], spec: ModelSpec) -> dict[str, str]:
+    """What makes two runs of a cell different trainings: the training readings and the
+    precision. A number never mixes runs trained in different arithmetic: bf16 seeds are
+    reported under ``--reading precision=bf16-autocast``, apart from the paper's fp32."""
+    precision = values.get("precision", mlflow_keys.PRECISION_FP32)
+    return {**training_readings(values, spec), "precision": precision}
+
+
 def _under(cell: Cell, runs: list[RunRecord]) -> tuple[list[RunRecord], list[RunRecord]]:
-    """(runs trained under ``cell``'s training readings, the others)."""
-    wanted = training_readings(cell.reading, cell.spec)
+    """(runs trained as ``cell`` says: its training readings and precision, the others)."""
+    wanted = trained_as(cell.reading, cell.spec)
     mine, others = [], []
     for run in runs:
-        trained = training_readings(run.resolved_readings(cell.spec), cell.spec)
+        trained = trained_as(run.resolved_readings(cell.spec), cell.spec)
         (mine if trained == wanted else others).append(run)
     return mine, others
 

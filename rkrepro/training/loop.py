@@ -26,7 +26,14 @@ from rkrepro.training.checkpoints import CHECKPOINT_FORMAT, Checkpoints
 from rkrepro.training.optim import build_optimizer, build_scheduler
 from rkrepro.training.setup import Execution
 from rkrepro.training.signals import MEMORY_EFFICIENT_HINT, NonFiniteLoss, RunFailure, StopSignal
-from rkrepro.training.state import EpochRecord, plain_lr, rng_states, set_rng_states
+from rkrepro.training.state import (
+    EpochRecord,
+    plain_lr,
+    plain_optimizer_state,
+    plain_scheduler_state,
+    rng_states,
+    set_rng_states,
+)
 from rkrepro.training.step import CapturedStep, LaggedReadout, SgdStep
 
 # Test hook (documented in the README): make the loss of this global step (1-based) NaN.
@@ -120,8 +127,8 @@ class Trainer:
             "partial": self.partial,
             "global_step": self.global_step,
             "model": self.model.state_dict(),
-            "optimizer": self._optimizer_state(),
-            "scheduler": self._scheduler_state(),
+            "optimizer": plain_optimizer_state(self.optimizer),
+            "scheduler": plain_scheduler_state(self.scheduler),
             "scaler": self.scaler.state_dict(),
             "rng": rng_states(),
             "history": [asdict(r) for r in self.history],
@@ -145,23 +152,6 @@ class Trainer:
 
     def save(self) -> None:
         self.checkpoints.save(self.state())
-
-    def _optimizer_state(self) -> dict[str, Any]:
-        """The optimizer's state with a float learning rate (a graph's device tensor is not
-        something a checkpoint should carry)."""
-        state = self.optimizer.state_dict()
-        for group in state["param_groups"]:
-            group["lr"] = plain_lr(group["lr"])
-        return state
-
-    def _scheduler_state(self) -> dict[str, Any]:
-        """The scheduler's state with float learning rates: a scheduler reading a tensor lr
-        keeps copies of it (``_last_lr``), device tensors a CPU process could not load."""
-        state = self.scheduler.state_dict()
-        for key in ("_last_lr", "base_lrs"):
-            if key in state:
-                state[key] = [plain_lr(v) for v in state[key]]
-        return state
 
     # -- one step -------------------------------------------------------------------------
 

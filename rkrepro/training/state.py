@@ -78,3 +78,22 @@ def plain_lr(value: float | torch.Tensor) -> float:
     """A learning rate as a Python float; a float32 device tensor's value is rounded back to
     the 7 significant digits it holds (0.1, not 0.10000000149)."""
     return float(f"{value.item():.7g}") if isinstance(value, torch.Tensor) else float(value)
+
+
+def plain_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state with a float learning rate (a captured step's device tensor is
+    not something a checkpoint should carry)."""
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:
+        group["lr"] = plain_lr(group["lr"])
+    return state
+
+
+def plain_scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+    """The scheduler's state with float learning rates: a scheduler reading a tensor lr keeps
+    copies of it (``_last_lr``), device tensors a CPU process could not load."""
+    state = scheduler.state_dict()
+    for key in ("_last_lr", "base_lrs"):
+        if key in state:
+            state[key] = [plain_lr(v) for v in state[key]]
+    return state
