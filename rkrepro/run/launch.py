@@ -45,9 +45,9 @@ from rkrepro.run.progress import format_duration
 from rkrepro.run.slurm import SUBMITIT_CLUSTER_ENV
 
 if TYPE_CHECKING:
+    from rkrepro.paper import Cell
     from rkrepro.run.runner import Runner
     from rkrepro.run.slurm import SlurmSettings
-    from rkrepro.targets import Cell
 
 LAUNCHERS = ("local", "torchrun", "slurm")
 

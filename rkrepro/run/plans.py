@@ -20,17 +20,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rkrepro import mlflow_keys
-from rkrepro import readings as readings_mod
 from rkrepro.errors import RkreproError
 from rkrepro.fast_path import FastPath, run_precision
+from rkrepro.paper import readings as readings_mod
+from rkrepro.paper import with_readings
 from rkrepro.paths import default_data_dir, resolve_tracking_uri
 from rkrepro.spec import Protocol, scaled_milestones
-from rkrepro.targets import with_readings
 
 if TYPE_CHECKING:
     import torch
 
-    from rkrepro.targets import Cell
+    from rkrepro.paper import Cell
 
 # A typo like --seeds 1000000 must not queue a million runs.
 MAX_SEEDS = 100
@@ -65,7 +65,7 @@ class RunOptions:
     workers: int = 8
     sync_bn: bool = False
     fast_path: str | None = None  # --fast-path; None: $RKREPRO_FAST_PATH, else the defaults
-    reading: tuple[str, ...] = ()  # --reading NAME=VALUE (repeatable), see rkrepro.readings
+    reading: tuple[str, ...] = ()  # --reading NAME=VALUE (repeatable), see rkrepro.paper.readings
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> RunOptions:
