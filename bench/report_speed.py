@@ -24,10 +24,10 @@ def fill(uri: str, runs: int, epochs: int) -> None:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from rkrepro import mlflow_keys, targets
+    from rkrepro import mlflow_keys, paper
 
     client = MlflowClient(tracking_uri=uri)
-    cells = targets.all_cells(targets.load_tables())
+    cells = paper.all_cells(paper.load_tables())
     experiments = {
         table: client.create_experiment(mlflow_keys.experiment_name(table))
         for table in dict.fromkeys(c.table for c in cells)
@@ -71,9 +71,9 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     print(f"filled {args.runs} runs x {args.epochs} epochs in {elapsed:.1f} s")
 
-    from rkrepro import report, status, targets
+    from rkrepro import paper, report, status
 
-    cells = targets.all_cells(targets.load_tables())
+    cells = paper.all_cells(paper.load_tables())
     started = time.perf_counter()
     report.param_counts(cell.spec for cell in cells)
     elapsed = time.perf_counter() - started
@@ -91,7 +91,7 @@ def main() -> None:
         )
 
     started = time.perf_counter()
-    labels = status.cell_status_map(uri, list(targets.load_tables()))
+    labels = status.cell_status_map(uri, list(paper.load_tables()))
     print(f"status fast path (sqlite3): {time.perf_counter() - started:.3f} s, {len(labels)} cells")
 
     command = [sys.executable, "-m", "rkrepro", "report", "--format", "markdown"]

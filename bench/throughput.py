@@ -63,7 +63,7 @@ def parse_spec(text: str, dataset: str) -> Any:
 
 def resolve(args: argparse.Namespace) -> tuple[Any, Any, str]:
     """(ModelSpec, Protocol, label) of the chosen table cell, or of ``--spec``."""
-    from rkrepro import targets
+    from rkrepro import paper
     from rkrepro.spec import Protocol
 
     if args.spec:
@@ -72,9 +72,9 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any, str]:
             args.dataset, "pad 4 + crop + flip", 64, 300, 0.1, 0.9, 1e-4, (150, 225)
         )
         return spec, protocol, args.spec
-    tables = targets.load_tables(args.tables_dir)
+    tables = paper.load_tables(args.tables_dir)
     share = "share" if args.share else "no-share"
-    cells = targets.resolve_cells(tables, args.table, args.row, [args.model], share)
+    cells = paper.resolve_cells(tables, args.table, args.row, [args.model], share)
     if not cells:
         raise SystemExit(f"no cell {args.table} {args.row} {args.model} (share={args.share})")
     cell = cells[0]

@@ -9,7 +9,7 @@ class RkreproError(Exception):
     exit_code: int = 2
 
 
-class TargetError(RkreproError):
+class TableError(RkreproError):
     """Bad tables YAML, or an unknown table/row/variant."""
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rkrepro.mlflow_keys import PRECISION_FP32
-from rkrepro.targets import Cell
+from rkrepro.paper import Cell
 
 # Images per epoch: (train, test). ImageNet is ILSVRC2012 (1,281,167 / 50,000).
 DATASET_SIZES: dict[str, tuple[int, int]] = {

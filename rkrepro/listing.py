@@ -1,4 +1,4 @@
-"""Rendering of the tables as targets: ``rkrepro list`` and ``rkrepro show``.
+"""The paper's tables as a listing: ``rkrepro list`` and ``rkrepro show``.
 
 Torch- and mlflow-free: these commands must start instantly.
 """
@@ -11,7 +11,7 @@ from rich.console import Group
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from rkrepro.targets import Cell, Printed, Row, Table, row_cells
+from rkrepro.paper import Cell, Printed, Row, Table, row_cells
 from rkrepro.textsafe import rich_text
 
 NOT_STARTED = "not started"
@@ -182,9 +182,9 @@ def row_structure(table: Table, row: Row) -> RichTable:
 
 
 def row_readings(table: Table, row: Row) -> Text:
-    """The row's readings (rkrepro.readings), each with its one-line justification and where
+    """The row's readings (rkrepro.paper.readings), each with its one-line justification and where
     it applies, then the learning-rate rule the protocol follows."""
-    from rkrepro import readings
+    from rkrepro.paper import readings
 
     cells = row_cells(table, row)
     values = cells[0].reading

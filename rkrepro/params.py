@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rkrepro.targets import Cell
+from rkrepro.paper import Cell
 
 
 def param_records(cells: list[Cell], with_flops: bool = True) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """Plain, torch-free descriptions of what to build and how to train it.
 
-These dataclasses are the contract between the tables (``targets``), the model
+These dataclasses are the contract between the tables (``paper``), the model
 zoo (``models``) and training (``train``): the CLI can resolve and print them
 without importing torch.
 """

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from rkrepro import mlflow_keys, readings, targets
+from rkrepro import mlflow_keys
 from rkrepro.errors import TrackingError
+from rkrepro.paper import cell_key, readings
 from rkrepro.paths import resolve_tracking_uri, sqlite_path
 
 if TYPE_CHECKING:
+    from rkrepro.paper import Cell
     from rkrepro.spec import ModelSpec
-    from rkrepro.targets import Cell
 
 NOT_STARTED = "not started"
 Reader = Literal["auto", "sqlite", "mlflow"]
@@ -106,7 +107,7 @@ class RunRecord:
 
     @property
     def cell_id(self) -> tuple[str, str, str, bool]:
-        """(table, row, model, share): what a :class:`~rkrepro.targets.Cell` is made of."""
+        """(table, row, model, share): what a :class:`~rkrepro.paper.Cell` is made of."""
         return (self.table, self.row, self.model, self.share)
 
     def metric(self, name: str) -> float | None:
@@ -415,11 +416,9 @@ def _status_view(records, protocols) -> tuple[dict[str, str], dict[str, int]]:
         if record.protocol in wanted:
             by_cell.setdefault(record.cell_id, []).append(record)
         else:
-            key = targets.cell_key(*record.cell_id)
+            key = cell_key(*record.cell_id)
             hidden[key] = hidden.get(key, 0) + 1
-    labels = {
-        targets.cell_key(*cid): CellStatus(cid, tuple(runs)).label for cid, runs in by_cell.items()
-    }
+    labels = {cell_key(*cid): CellStatus(cid, tuple(runs)).label for cid, runs in by_cell.items()}
     return labels, hidden
 
 

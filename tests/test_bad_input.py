@@ -448,7 +448,7 @@ def test_a_row_id_too_long_for_a_file_name_is_one_line(tmp_path: Path) -> None:
     """A row id names a folder of job logs (``runs/logs/TABLE/ROW``); 10,000 characters
     stopped the local queue with ENAMETOOLONG. Ids have a limit, and every message shows at
     most ~60 characters of one."""
-    from rkrepro import targets
+    from rkrepro.paper.limits import MAX_ID
 
     env = _child_env(tmp_path)
     long_id = "x" * 10_000
@@ -459,7 +459,7 @@ def test_a_row_id_too_long_for_a_file_name_is_one_line(tmp_path: Path) -> None:
         code, output, seconds = _rkrepro(env, *args, timeout=60)
         line = _one_error_line(output)
         assert code == 2, (args, output[-3000:])
-        assert "long.yaml" in line and f"at most {targets.MAX_ID}" in line, line
+        assert "long.yaml" in line and f"at most {MAX_ID}" in line, line
         assert seconds < 30, (args, seconds)
     (tmp_path / "tables" / "long.yaml").unlink()
     # From the command line: the usual unknown-row line with the known rows, bounded.
@@ -488,20 +488,21 @@ def test_a_job_log_that_cannot_be_written_stops_the_queue_before_any_job(tmp_pat
 @pytest.mark.bad_input
 def test_the_longest_row_id_fits_every_file_name(tmp_path: Path, monkeypatch) -> None:
     """At the limit, every folder and file a job writes has a name the system accepts."""
-    from rkrepro import targets
+    from rkrepro import paper
     from rkrepro.launch import jobs
+    from rkrepro.paper.limits import MAX_ID
     from rkrepro.planning import options
     from rkrepro.planning import plan as plans
 
-    longest = "r" * targets.MAX_ID
+    longest = "r" * MAX_ID
     for name, value in ws.make_workspace(tmp_path).items():
         monkeypatch.setenv(name, value)
     table = ws.TINY_TABLE.replace("id: bc-k4", f"id: {longest}")
-    table = table.replace("id: tiny", "id: " + "t" * targets.MAX_ID)
+    table = table.replace("id: tiny", "id: " + "t" * MAX_ID)
     (tmp_path / "tables" / "tiny.yaml").write_text(table)
-    tables = targets.load_tables(tmp_path / "tables")
+    tables = paper.load_tables(tmp_path / "tables")
     variants = ["original", "RKNet-1x2_1x1_1x1"]
-    cells = targets.resolve_cells(tables, "t" * targets.MAX_ID, longest, variants, "both")
+    cells = paper.resolve_cells(tables, "t" * MAX_ID, longest, variants, "both")
     for plan in plans.make_plans(cells, [2**31 - 1], options.RunOptions(epochs=1), "cpu"):
         log = jobs.job_for(plan, "cpu").log
         assert all(len(part.encode()) <= 255 for part in log.parts), log

@@ -13,7 +13,7 @@ from pathlib import Path
 import helpers_browser as browser
 import pytest
 
-from rkrepro import mlflow_keys, targets
+from rkrepro import mlflow_keys, paper
 from rkrepro import report as reporting
 from rkrepro.report.claims import evaluate_claims
 from rkrepro.status import RunRecord
@@ -89,7 +89,7 @@ PROBE = (
 
 
 def test_html_report_in_chromium(tmp_path, tmp_path_factory):
-    tables = targets.load_tables(SHIPPED)
+    tables = paper.load_tables(SHIPPED)
     counter = lambda spec: (270_000, 270_000)  # noqa: E731 - parameters are not under test
     report = reporting.build_report([tables["table4"]], RECORDS, counter=counter)
     history = {r.run_id: [(1, 20.0), (2, r.metrics.get("final_test_error", 15.0))] for r in RECORDS}

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rkrepro import mlflow_keys, targets
+from rkrepro import mlflow_keys
 from rkrepro import report as reporting
-from rkrepro.errors import TargetError
+from rkrepro.paper import all_cells, load_tables
 from rkrepro.report.claims import (
     FAILS,
     HOLDS,
@@ -48,7 +48,7 @@ def _isolated(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tables():
-    return targets.load_tables(SHIPPED)
+    return load_tables(SHIPPED)
 
 
 def _printed_counter(tables):
@@ -56,7 +56,7 @@ def _printed_counter(tables):
     must come out as on the paper's."""
     by_spec = {
         c.spec: round(float(c.reported_params_m) * 1e6)
-        for c in targets.all_cells(tables)
+        for c in all_cells(tables)
         if c.reported_params_m is not None
     }
     return lambda spec: (by_spec.get(spec, 123_456), by_spec.get(spec, 123_456))
@@ -154,66 +154,16 @@ def test_an_unfinished_run_leaves_the_pair_undecided(tables):
     assert result.on_reproduced == UNDECIDED and result.decided == 0
 
 
-# --------------------------------------------------------------------------------------------
-# Schema: one line naming file and claim.
-
-GOOD_CLAIM = """
-claims:
-  - id: c1
-    text: t
-    quantity: params
-    relation: less
-    left: {model: one-stage}
-"""
-
-
-def _tables_with(tmp_path: Path, claim_yaml: str) -> Path:
-    folder = tmp_path / "tables"
-    shutil.copytree(SHIPPED, folder)
-    path = folder / "table4.yaml"
-    text = path.read_text(encoding="utf-8")
-    path.write_text(text[: text.index("claims:")] + claim_yaml, encoding="utf-8")
-    return folder
-
-
 def test_a_claim_on_a_table_not_in_the_folder_is_kept_but_not_judged(tmp_path, tables):
     folder = tmp_path / "only"
     folder.mkdir()
     shutil.copy(SHIPPED / "table1.yaml", folder)
-    loaded = targets.load_tables(folder)
+    loaded = load_tables(folder)
     assert "no-share-more-accurate" in {c.id for c in loaded["table1"].claims}
     judged = {c.id for c in reporting.claims.claims_of(loaded)}
     assert "one-stage-fewest-params" in judged and "no-share-more-accurate" not in judged
     # The shipped folder names only tables it holds.
     assert {t for table in tables.values() for c in table.claims for t in c.tables} <= set(tables)
-
-
-def test_a_minimal_claim_loads(tmp_path):
-    tables = targets.load_tables(_tables_with(tmp_path, GOOD_CLAIM))
-    (claim,) = tables["table4"].claims
-    assert claim.right.model == "original" and claim.pairs == "row"
-    assert claim.left.tables == ("table4",)
-
-
-@pytest.mark.bad_input
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        (("quantity: params", "quantity: accuracy"), "field 'quantity' must be one of"),
-        (("relation: less", "relation: about"), "field 'relation' must be one of"),
-        (("{model: one-stage}", "{model: one-stage, tables: [Table 9]}"), "must list table"),
-        (("{model: one-stage}", "{model: one-stage, family: densenet}"), "selects no cell"),
-        (("{model: one-stage}", "{model: one-stage, shared: true}"), "did you mean 'share'"),
-        (("id: c1", "id: C 1"), "claim id must be"),
-        (("    text: t\n", ""), "missing required field 'text'"),
-    ],
-)
-def test_bad_claims_are_one_line(tmp_path, change, message):
-    folder = _tables_with(tmp_path, GOOD_CLAIM.replace(*change))
-    with pytest.raises(TargetError) as error:
-        targets.load_tables(folder)
-    text = str(error.value)
-    assert message in text and "table4.yaml" in text and "\n" not in text
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from rkrepro import targets
+from rkrepro import paper
 from rkrepro.cli.app import app
 from rkrepro.launch.execute import warn_cpu_protocol
 from rkrepro.planning.options import RunOptions
@@ -60,7 +60,7 @@ def test_paper_protocol_on_cpu_is_warned_shortened_is_not(env, monkeypatch):
             monkeypatch.delenv(key, raising=False)
         else:
             monkeypatch.setenv(key, value)
-    cells = targets.resolve_cells(targets.load_tables(), "tiny", "bc-k4", ["original"])
+    cells = paper.resolve_cells(paper.load_tables(), "tiny", "bc-k4", ["original"])
 
     def warned(**options) -> str:
         opts = RunOptions(device="cpu", **options)

@@ -389,14 +389,14 @@ dist.destroy_process_group()
 def test_a_single_node_torchrun_job_listens_on_loopback_only(tmp_path: Path) -> None:
     """torch's stores bind every interface by default and the rendezvous unpickles what comes
     in: the torchrun that a DDP job runs under must listen on 127.0.0.1 only."""
-    from rkrepro import targets
+    from rkrepro import paper
     from rkrepro.launch import jobs
     from rkrepro.planning import options
     from rkrepro.planning import plan as plans
 
     ws.make_workspace(tmp_path)
-    cells = targets.resolve_cells(
-        targets.load_tables(tmp_path / "tables"), "tiny", "bc-k4", ["original"], "both"
+    cells = paper.resolve_cells(
+        paper.load_tables(tmp_path / "tables"), "tiny", "bc-k4", ["original"], "both"
     )
     (plan,) = plans.make_plans(cells, [0], options.RunOptions(epochs=1), "cpu")
     args = list(jobs.job_for(plan, "cpu", nproc=2).args)

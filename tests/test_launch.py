@@ -228,13 +228,13 @@ def _train_tiny(env: dict[str, str], world: int, rank: int, epochs: int) -> int:
     from rich.console import Console
 
     import rkrepro.models
-    from rkrepro import targets
+    from rkrepro import paper
     from rkrepro.training.ledger import Ledger
     from rkrepro.training.session import Session
     from rkrepro.training.world import World
 
     rkrepro.models.build_model = lambda spec, memory_efficient=False: _NoBatchNorm()
-    cells = targets.resolve_cells(targets.load_tables(), "tiny", "bc-k4", ["original"], "no-share")
+    cells = paper.resolve_cells(paper.load_tables(), "tiny", "bc-k4", ["original"], "no-share")
     options = run_options.RunOptions(
         epochs=epochs, data_dir=Path(env["RKREPRO_DATA_DIR"]), device="cpu"
     )
@@ -495,9 +495,9 @@ def test_a_short_slurm_time_limit_is_warned_about() -> None:
 
 
 def test_a_ddp_job_is_torchrun_of_the_same_rkrepro_command(ws: Workspace) -> None:
-    from rkrepro import targets
+    from rkrepro import paper
 
-    cells = targets.resolve_cells(targets.load_tables(), "tiny", "bc-k4", [VARIANT], "share")
+    cells = paper.resolve_cells(paper.load_tables(), "tiny", "bc-k4", [VARIANT], "share")
     options = run_options.RunOptions(epochs=2, sync_bn=True, fast_path="-cuda_graph")
     (plan,) = plans.make_plans(cells, [3], options, "cuda")
     job = jobs.job_for(plan, "auto", nproc=4)

@@ -28,8 +28,8 @@ from rkrepro.models import (
 )
 from rkrepro.models.densenet import DenseLayer, load_torchvision_state_dict, torchvision_key
 from rkrepro.models.rknet import DenseRKStep, Period, ResNetRKStep, tie_shared_weights
+from rkrepro.paper import Printed
 from rkrepro.spec import RESNET_STAGES, ModelSpec
-from rkrepro.targets import Printed
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -173,14 +173,6 @@ def test_printed_param_count(cell: Cell) -> None:
     paper, total = spec_param_counts(cell.spec)
     assert_printed_params(paper, cell.printed, cell.id)
     assert total > paper  # BatchNorm affine parameters are outside the paper's count
-
-
-def test_rounding_helper() -> None:
-    assert matches_printed(745_174, "0.75")
-    assert matches_printed(754_999, "0.75") and not matches_printed(755_000, "0.75")
-    assert matches_printed(749_999, "0.75") and matches_printed(745_000, "0.75")
-    assert not matches_printed(744_999, "0.75")
-    assert matches_printed(1_650_000, "1.7") and not matches_printed(1_750_000, "1.7")
 
 
 # Exact counts worked out by hand from the architectures (conv + linear weights).
@@ -454,7 +446,7 @@ def test_default_table4_cell_is_not_successive_euler_steps() -> None:
     """The audit's finding, as a check: under ``euler`` an s x 1 period's weights map onto the
     1 x s variant and give the same outputs (s Euler steps); the Table 4 cell as loaded
     (default reading) has wider stage inputs, so no such mapping exists."""
-    from rkrepro.targets import find_variant, load_tables, row_cells
+    from rkrepro.paper import find_variant, load_tables, row_cells
 
     table = load_tables()["table4"]
     row = next(r for r in table.rows if r.id == "resnet-20")

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from rkrepro import estimate as cost
 from rkrepro.cli.app import app
-from rkrepro.targets import load_tables, resolve_cells
+from rkrepro.paper import load_tables, resolve_cells
 
 
 def test_plan_json_sums_cells_per_row_and_table():

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from rkrepro import mlflow_keys, targets  # noqa: E402
+from rkrepro import mlflow_keys, paper  # noqa: E402
 from rkrepro import report as reporting  # noqa: E402
 from rkrepro.report.plots import curves_figure, params_figure, point_label  # noqa: E402
 from rkrepro.status import RunRecord  # noqa: E402
@@ -36,13 +36,13 @@ def plt():
 
 @pytest.fixture(scope="module")
 def tables():
-    return targets.load_tables(SHIPPED)
+    return paper.load_tables(SHIPPED)
 
 
 def _counter(tables):
     by_spec = {
         c.spec: round(float(c.reported_params_m) * 1e6)
-        for c in targets.all_cells(tables)
+        for c in paper.all_cells(tables)
         if c.reported_params_m is not None
     }
     return lambda spec: (by_spec.get(spec, 270_000), by_spec.get(spec, 270_000))
@@ -138,7 +138,7 @@ def test_curves_show_the_papers_final_error_and_shortened_size(plt, tables):
         r.run_id: list(enumerate([20.0, r.metrics["final_test_error"]], 1))
         for r in [*RECORDS, shortened]
     }
-    row = targets.find_row(tables["table4"], "resnet-20")
+    row = paper.find_row(tables["table4"], "resnet-20")
     figure = curves_figure(plt, report.tables[0], row, history.__getitem__)
     axes = figure.axes[0]
     labels = [line.get_label() for line in axes.lines]

@@ -21,8 +21,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from rkrepro import mlflow_keys, readings, status, targets
+from rkrepro import mlflow_keys, status
 from rkrepro import report as reporting
+from rkrepro.paper import all_cells, cell_key, load_tables, readings
 
 GOLDEN = Path(__file__).parent / "golden"
 START = 1_700_000_000_000  # ms; runs get increasing start times so reruns have an order
@@ -96,7 +97,7 @@ def _fill(uri: str) -> dict[str, list[str]]:
         client.log_batch(run_id, metrics=metrics, tags=[RunTag(mlflow_keys.TAG_DEVICE, "cpu")])
         if state != "RUNNING":
             client.set_terminated(run_id, state, end_time=stamp + 500)
-        key = targets.cell_key(table, row, model, share)
+        key = cell_key(table, row, model, share)
         ids.setdefault(key, []).append(run_id)
     deleted = client.create_run(experiments["table4"], tags={**tags, mlflow_keys.TAG_SEED: "9"})
     client.log_metric(deleted.info.run_id, mlflow_keys.M_FINAL_TEST_ERROR, 99.0)
@@ -124,7 +125,7 @@ def _isolated(tmp_path_factory, monkeypatch):
 def _fixed_counter():
     """Parameters = the paper's printed count where there is one: pins goldens to the report."""
     by_spec = {}
-    for cell in targets.all_cells(targets.load_tables()):
+    for cell in all_cells(load_tables()):
         if cell.reported_params_m is not None:
             by_spec[cell.spec] = round(float(cell.reported_params_m) * 1e6)
 
@@ -405,7 +406,7 @@ def test_cell_status_map_needs_neither_mlflow_nor_torch(store):
     assert labels["table4/resnet-32/original/noshare"] == "failed (1 killed)"
     assert labels["table3/densenet-121/original/noshare"] == "done (1 seed)"
     assert "table4/resnet-32/RKNet-1x5_1x4_1x4/noshare" not in labels  # shortened only
-    cells = {c.key for c in targets.all_cells(targets.load_tables())}
+    cells = {c.key for c in all_cells(load_tables())}
     assert set(labels) <= cells  # status keys are Cell.key
 
 
@@ -420,7 +421,7 @@ def test_default_tracking_uri(monkeypatch, tmp_path):
 
 def test_real_parameter_counts_are_cached(store):
     pytest.importorskip("rkrepro.models.counting", reason="rkrepro.models not available yet")
-    cells = targets.all_cells(targets.load_tables(), "table4")[:3]
+    cells = all_cells(load_tables(), "table4")[:3]
     counts = reporting.param_counts(c.spec for c in cells)
     assert all(paper > 0 and total >= paper for paper, total in counts.values())
     cache = Path(os.environ[reporting.CACHE_DIR_ENV]) / "param_counts.json"

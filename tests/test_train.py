@@ -94,7 +94,7 @@ def test_scheduler_divides_lr_by_ten_at_milestones(tmp_path: Path) -> None:
 
 
 def test_config_hash_separates_configurations() -> None:
-    from rkrepro.targets import Cell
+    from rkrepro.paper import Cell
 
     cell = Cell("t", "r", "original", False, TINY, PAPER, None, None, None)
     base = make_plans([cell], [0, 1], RunOptions())
@@ -119,7 +119,7 @@ def test_precision_is_identity_and_fp32_hashes_are_stable() -> None:
         PRECISION_FP32,
         PRECISION_TF32,
     )
-    from rkrepro.targets import Cell
+    from rkrepro.paper import Cell
 
     cell = Cell("t", "r", "original", False, TINY, PAPER, None, None, None)
 
@@ -174,7 +174,7 @@ def test_an_fp32_process_configures_no_tf32() -> None:
 
 
 def test_gpu_decode_is_identity_for_imagenet_on_cuda_only() -> None:
-    from rkrepro.targets import Cell
+    from rkrepro.paper import Cell
 
     imagenet = ModelSpec(family="densenet", dataset="imagenet", depth=121, growth_rate=32)
     protocol = replace(PAPER, dataset="imagenet", batch_size=256, epochs=90)
@@ -360,8 +360,8 @@ def test_cuda_graph_step_trains_like_eager(tmp_path: Path) -> None:
 def test_readings_are_run_identity_and_tags() -> None:
     """A multi-stage ResNet cell under concat, lincomb and euler: three runs, each tagged with
     its reading; a one-stage cell or a DenseNet cell hashes the same under every wiring."""
-    from rkrepro.readings import TAG_PREFIX
-    from rkrepro.targets import all_cells, load_tables
+    from rkrepro.paper import all_cells, load_tables
+    from rkrepro.paper.readings import TAG_PREFIX
 
     tables = load_tables()
     cells = {c.key: c for c in all_cells(tables, "table4")}
@@ -404,7 +404,7 @@ def test_protocol_changes_are_run_identity() -> None:
     """The Torch code's LR rule (in the milestones, also for shortened runs), CIFAR-100's own
     normalisation and fb.resnet.torch's ImageNet transforms name new runs; CIFAR-10's pipeline
     did not change."""
-    from rkrepro.targets import all_cells, load_tables
+    from rkrepro.paper import all_cells, load_tables
 
     tables = load_tables()
 

@@ -96,10 +96,10 @@ def list_command(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Every table, row and model of the paper with its reported numbers and status."""
-    from rkrepro import listing, targets
+    from rkrepro import listing, paper
 
-    tables = targets.load_tables(tables_dir)
-    cells = targets.all_cells(tables, table)
+    tables = paper.load_tables(tables_dir)
+    cells = paper.all_cells(tables, table)
     statuses, hidden = listing.statuses_and_hidden(tracking_uri, cells)
     if format is ListFormat.json:
         records = [listing.cell_record(c, statuses, hidden) for c in cells]
@@ -115,11 +115,11 @@ def show_command(
     tables_dir: TablesDir = None,
 ) -> None:
     """A row's models with their period structure (s, r, channels per period) and readings."""
-    from rkrepro import listing, targets
+    from rkrepro import listing, paper
 
-    tables = targets.load_tables(tables_dir)
-    found = targets.find_table(tables, table)
-    found_row = targets.find_row(found, row)
+    tables = paper.load_tables(tables_dir)
+    found = paper.find_table(tables, table)
+    found_row = paper.find_row(found, row)
     console = _console()
     console.print(listing.row_structure(found, found_row))
     console.print(listing.row_readings(found, found_row))
@@ -134,9 +134,9 @@ def params_command(
     tables_dir: TablesDir = None,
 ) -> None:
     """Parameter counts of every model against the paper's printed values, and FLOPs."""
-    from rkrepro import params, targets
+    from rkrepro import paper, params
 
-    cells = targets.select_cells(targets.load_tables(tables_dir), table, row)
+    cells = paper.select_cells(paper.load_tables(tables_dir), table, row)
     records = params.param_records(cells, with_flops=flops)
     if format is ParamsFormat.json:
         typer.echo(json.dumps(records, indent=2))
@@ -179,10 +179,10 @@ def plan_command(
 ) -> None:
     """Estimated device-hours (GPU, or CPU where it would run), FLOPs, params and peak memory."""
     from rkrepro import estimate as cost
-    from rkrepro import targets
+    from rkrepro import paper
     from rkrepro.planning import precision as precision_mod
 
-    cells = targets.select_cells(targets.load_tables(tables_dir), table, row)
+    cells = paper.select_cells(paper.load_tables(tables_dir), table, row)
     import torch
 
     choice = device.strip().lower()

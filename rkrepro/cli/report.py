@@ -166,8 +166,8 @@ def report_command(
     tables_dir: TablesDir = None,
 ) -> None:
     """The paper's tables with reproduced numbers: reported / reproduced / difference."""
-    from rkrepro import readings
     from rkrepro import report as reporting
+    from rkrepro.paper import readings
 
     if out is not None:
         check_output_file(out, tracking_uri, force)
@@ -353,10 +353,10 @@ def status_command(
     tables_dir: TablesDir = None,
 ) -> None:
     """Which cells are done, running, failed or not started, with their MLflow run ids."""
-    from rkrepro import mlflow_keys, status, targets
+    from rkrepro import mlflow_keys, paper, status
 
-    tables = targets.load_tables(tables_dir)
-    cells = targets.all_cells(tables, table)
+    tables = paper.load_tables(tables_dir)
+    cells = paper.all_cells(tables, table)
     table_ids = list(dict.fromkeys(cell.table for cell in cells))
     records = status.fetch_runs(tracking_uri, table_ids)
     protocols = [mlflow_keys.PROTOCOL_PAPER]

@@ -187,7 +187,7 @@ def run_command(
     """
     from rich.console import Console
 
-    from rkrepro import targets
+    from rkrepro import paper
     from rkrepro.launch import execute, placement, slurm
     from rkrepro.planning import devices
     from rkrepro.planning import options as run_options
@@ -196,8 +196,8 @@ def run_command(
         raise RkreproError("use only one of --share, --no-share and --both")
     devices.check_device_name(device)  # before planning: a dry run must not accept tpu:7
     share_choice = "both" if share is None else ("share" if share else "no-share")
-    tables = targets.load_tables(tables_dir)
-    cells = targets.resolve_cells(tables, table, row, variant or None, share_choice)
+    tables = paper.load_tables(tables_dir)
+    cells = paper.resolve_cells(tables, table, row, variant or None, share_choice)
     if not cells:
         raise RkreproError("nothing to run: the original network has no shared form (--share)")
     values = locals()

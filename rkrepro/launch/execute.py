@@ -18,7 +18,7 @@ from rkrepro.training.ledger import Ledger
 
 if TYPE_CHECKING:
     from rkrepro.launch.slurm import SlurmSettings
-    from rkrepro.targets import Cell
+    from rkrepro.paper import Cell
 
 
 def execute(

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from rkrepro import readings as readings_mod
 from rkrepro.errors import RkreproError
+from rkrepro.paper import readings as readings_mod
 from rkrepro.paths import default_data_dir, resolve_tracking_uri
 from rkrepro.planning import precision as precision_mod
 from rkrepro.planning.fast_path import FastPath
@@ -46,7 +46,7 @@ class RunOptions:
     workers: int = 8
     sync_bn: bool = False
     fast_path: str | None = None  # --fast-path; None: $RKREPRO_FAST_PATH, else the defaults
-    reading: tuple[str, ...] = ()  # --reading NAME=VALUE (repeatable), see rkrepro.readings
+    reading: tuple[str, ...] = ()  # --reading NAME=VALUE (repeatable), see rkrepro.paper.readings
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> RunOptions:

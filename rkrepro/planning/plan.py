@@ -19,17 +19,17 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from rkrepro import mlflow_keys
-from rkrepro import readings as readings_mod
 from rkrepro.errors import RkreproError
+from rkrepro.paper import readings as readings_mod
+from rkrepro.paper import with_readings
 from rkrepro.planning import precision as precision_mod
 from rkrepro.planning.devices import per_rank_batch, planned_device_type
 from rkrepro.planning.fast_path import FastPath
 from rkrepro.planning.options import RunOptions
 from rkrepro.spec import Protocol, scaled_milestones
-from rkrepro.targets import with_readings
 
 if TYPE_CHECKING:
-    from rkrepro.targets import Cell
+    from rkrepro.paper import Cell
 
 
 # Identity entries of the data pipelines that follow the Torch code: CIFAR-100's own

@@ -1,4 +1,4 @@
-"""The report as data: runs + targets -> per-cell seed statistics, verdicts and bold claims.
+"""The report as data: runs + tables -> per-cell seed statistics, verdicts and bold claims.
 
 Pipeline: MLflow runs (:func:`rkrepro.status.fetch_runs`, ``mlflow.search_runs`` per table) ->
 :func:`build_report` (seed statistics, verdicts, bold claims) -> one renderer per format, plus
@@ -38,7 +38,7 @@ from rkrepro.status import (
 )
 
 if TYPE_CHECKING:
-    from rkrepro.targets import Cell, Table
+    from rkrepro.paper import Cell, Table
 
 DEFAULT_TOLERANCE_PP: dict[str, float] = {"cifar10": 0.3, "cifar100": 0.6, "imagenet": 0.5}
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
@@ -236,10 +236,10 @@ def load_report(
 ) -> tuple[Report, list[RunRecord]]:
     """Read the tables and the store: one ``mlflow.search_runs`` per table for a server, a
     read-only sqlite3 query for a local store (``reader="auto"``; both give the same records)."""
-    from rkrepro import targets
+    from rkrepro import paper
 
-    tables = targets.load_tables(tables_dir)
-    chosen = [targets.find_table(tables, table_id)] if table_id else list(tables.values())
+    tables = paper.load_tables(tables_dir)
+    chosen = [paper.find_table(tables, table_id)] if table_id else list(tables.values())
     records = fetch_runs(tracking_uri, [t.id for t in chosen], reader=reader)
     report = build_report(
         chosen,
@@ -269,12 +269,12 @@ def build_report(
 
     A cell's number counts only runs trained under the cell's training readings (the table's,
     with ``readings`` overriding), resolved from each run's tags: a run without reading tags
-    resolves to what it was trained as (:data:`rkrepro.readings.LEGACY`), so e.g. an old
+    resolves to what it was trained as (:data:`rkrepro.paper.readings.LEGACY`), so e.g. an old
     ``euler`` run of a multi-stage ResNet is never reported as ``concat``. The metric follows
     the ``reported_error`` reading (``best=True``: best epoch everywhere). ``compare`` gives
     every cell a second number under other readings, for side-by-side display.
     """
-    from rkrepro.targets import row_cells, with_readings
+    from rkrepro.paper import row_cells, with_readings
 
     overrides = {**(readings or {}), **({"reported_error": "best"} if best else {})}
     by_cell: dict[tuple, list[RunRecord]] = {}
@@ -337,7 +337,7 @@ def build_report(
 def training_readings(values: dict[str, str], spec: ModelSpec) -> dict[str, str]:
     """The readings that make two runs of one cell different trainings (precision apart: it
     is shown per number, as before readings existed)."""
-    from rkrepro import readings as readings_mod
+    from rkrepro.paper import readings as readings_mod
 
     return readings_mod.identity(values, spec)
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from rkrepro.report.build import CellResult, Report
 
 if TYPE_CHECKING:
-    from rkrepro.targets import ClaimSpec, Table
+    from rkrepro.paper import ClaimSpec, Table
 
 HOLDS, FAILS, UNDECIDED = "holds", "fails", "undecided"
 
@@ -184,12 +184,12 @@ def load_claims(
     counter=None,
 ) -> list[ClaimResult]:
     """The claims that name ``table_id`` (or all), judged on the store's paper-protocol runs."""
-    from rkrepro import targets
+    from rkrepro import paper
     from rkrepro.report.build import build_report
     from rkrepro.status import fetch_runs
 
-    tables = targets.load_tables(tables_dir)
-    wanted = targets.find_table(tables, table_id).id if table_id else None
+    tables = paper.load_tables(tables_dir)
+    wanted = paper.find_table(tables, table_id).id if table_id else None
     chosen = claim_tables(tables, wanted)
     records = fetch_runs(tracking_uri, [t.id for t in chosen]) if chosen else []
     report = build_report(chosen, records, best=best, counter=counter)

@@ -20,7 +20,7 @@ from rkrepro.status import (
 )
 
 if TYPE_CHECKING:
-    from rkrepro.targets import Cell
+    from rkrepro.paper import Cell
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from rkrepro.status import (
 )
 
 if TYPE_CHECKING:
-    from rkrepro.targets import Row, Table
+    from rkrepro.paper import Row, Table
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,7 +435,7 @@ def _notes(report: Report, table_report: TableReport) -> list[str]:
     chosen = {**dict(table.readings), **dict(report.readings)}
     if report.best:
         chosen["reported_error"] = "best"
-    from rkrepro.readings import READINGS  # only those that apply to a model of the table
+    from rkrepro.paper.readings import READINGS  # only those that apply to a model of the table
 
     used = {n for r in table_report.results for n in READINGS if READINGS[n].applies(r.cell.spec)}
     chosen = {k: v for k, v in chosen.items() if k in used}

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from rkrepro.errors import TargetError
+from rkrepro.errors import TableError
 from rkrepro.spec import DEFAULT_RESNET_STAGES, RESNET_STAGES, ModelSpec
 
 TAG_PREFIX = "rkrepro.reading."
@@ -111,10 +111,10 @@ def check(values: Mapping[str, object], where: str) -> dict[str, str]:
         reading = READINGS.get(str(name))
         if reading is None:
             known = ", ".join(READINGS)
-            raise TargetError(f"{where}: unknown reading {name!r}; known: {known}")
+            raise TableError(f"{where}: unknown reading {name!r}; known: {known}")
         if not isinstance(value, str) or value not in reading.choices:
             choices = "|".join(reading.choices)
-            raise TargetError(f"{where}: reading {name} must be one of {choices}, got {value!r}")
+            raise TableError(f"{where}: reading {name} must be one of {choices}, got {value!r}")
         checked[reading.name] = value
     return checked
 
@@ -127,9 +127,7 @@ def parse_overrides(
     for text in texts:
         name, sep, value = text.partition("=")
         if not sep or not name.strip() or not value.strip():
-            raise TargetError(
-                f"{option} {text!r}: expected NAME=VALUE (e.g. resnet_stages=lincomb)"
-            )
+            raise TableError(f"{option} {text!r}: expected NAME=VALUE (e.g. resnet_stages=lincomb)")
         pairs[name.strip()] = value.strip()
     return check(pairs, option)
 

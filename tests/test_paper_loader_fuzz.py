@@ -1,4 +1,5 @@
-"""Property-based: no malformed table document crashes the loader; each gives a TargetError."""
+"""rkrepro.paper.loader, property-based: no malformed table document crashes the loader; each
+gives a TableError."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rkrepro.errors import TargetError
-from rkrepro.targets import parse_table
+from rkrepro.errors import TableError
+from rkrepro.paper.loader import parse_table
 
 pytestmark = pytest.mark.bad_input
 
@@ -57,7 +58,7 @@ PATHS = list(_paths(BASE))
         max_size=3,
     )
 )
-def test_mutated_documents_give_target_errors_only(edits):
+def test_mutated_documents_give_table_errors_only(edits):
     document = copy.deepcopy(BASE)
     for path, value, action in edits:
         parent = document
@@ -72,7 +73,7 @@ def test_mutated_documents_give_target_errors_only(edits):
             continue  # an earlier edit removed this place
     try:
         table = parse_table(document, Path("fuzz.yaml"))
-    except TargetError as error:
+    except TableError as error:
         message = str(error)
         assert message.startswith("fuzz.yaml")
         assert "\n" not in message
@@ -82,12 +83,12 @@ def test_mutated_documents_give_target_errors_only(edits):
 
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=200))
-def test_arbitrary_text_gives_target_errors_only(tmp_path_factory, text):
+def test_arbitrary_text_gives_table_errors_only(tmp_path_factory, text):
     directory = tmp_path_factory.mktemp("fuzz")
     (directory / "t.yaml").write_text(text, encoding="utf-8")
-    from rkrepro.targets import load_tables
+    from rkrepro.paper.loader import load_tables
 
     try:
         load_tables(directory)
-    except TargetError as error:
+    except TableError as error:
         assert "\n" not in str(error)
