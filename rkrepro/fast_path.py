@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
 from rkrepro.errors import RkreproError
-from rkrepro.mlflow_keys import PRECISION_BF16, PRECISION_FP16_AMP, PRECISION_FP32
+from rkrepro.tracking.keys import PRECISION_BF16, PRECISION_FP16_AMP, PRECISION_FP32
 
 if TYPE_CHECKING:
     import torch

@@ -18,8 +18,8 @@ from pathlib import Path
 import helpers_workspace as ws
 import pytest
 
-from rkrepro import mlflow_keys
 from rkrepro.checkpoints import CHECKPOINT_FORMAT, Checkpoints
+from rkrepro.tracking import keys as mlflow_keys
 
 pytestmark = pytest.mark.fault
 

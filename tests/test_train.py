@@ -100,8 +100,8 @@ def test_precision_is_identity_and_fp32_hashes_are_stable() -> None:
     """bf16 (the CUDA fast path's default) names a different run than fp32; the overhead
     switches do not; and fp32 configurations hash as before precision existed, so the runs
     already in users' stores are still found."""
-    from rkrepro.mlflow_keys import PRECISION_BF16, PRECISION_FP16_AMP, PRECISION_FP32
     from rkrepro.targets import Cell
+    from rkrepro.tracking.keys import PRECISION_BF16, PRECISION_FP16_AMP, PRECISION_FP32
 
     cell = Cell("t", "r", "original", False, TINY, PAPER, None, None, None)
 

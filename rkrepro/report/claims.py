@@ -186,7 +186,7 @@ def load_claims(
     """The claims that name ``table_id`` (or all), judged on the store's paper-protocol runs."""
     from rkrepro import targets
     from rkrepro.report.build import build_report
-    from rkrepro.status import fetch_runs
+    from rkrepro.tracking.reader import fetch_runs
 
     tables = targets.load_tables(tables_dir)
     wanted = targets.find_table(tables, table_id).id if table_id else None

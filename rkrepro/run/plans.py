@@ -19,13 +19,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rkrepro import mlflow_keys
 from rkrepro import readings as readings_mod
 from rkrepro.errors import RkreproError
 from rkrepro.fast_path import FastPath, run_precision
 from rkrepro.paths import default_data_dir, resolve_tracking_uri
 from rkrepro.spec import Protocol, scaled_milestones
 from rkrepro.targets import with_readings
+from rkrepro.tracking import keys as mlflow_keys
 
 if TYPE_CHECKING:
     import torch

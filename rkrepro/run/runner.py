@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from rich.console import Console
 
-from rkrepro import mlflow_keys, paths, tracking
+from rkrepro import paths, tracking
 from rkrepro.checkpoints import CheckpointBusy, Checkpoints
 from rkrepro.errors import RkreproError
 from rkrepro.fast_path import FastPath, run_precision
 from rkrepro.paths import checkpoint_dir
 from rkrepro.run import progress as progress_ui
 from rkrepro.run.plans import Plan, RunOptions, per_rank_batch, resolve_device
+from rkrepro.tracking import keys as mlflow_keys
 
 if TYPE_CHECKING:
     import torch
