@@ -37,8 +37,10 @@ def store(tmp_path_factory) -> tuple[str, dict[str, list[str]]]:
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory, monkeypatch):
-    """Parameter-count cache and tracking env of the tests stay out of the user's."""
+    """Parameter-count cache, runs folder (the plots run's artifacts) and tracking env of the
+    tests stay out of the user's."""
     monkeypatch.setenv(reporting.CACHE_DIR_ENV, str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("RKREPRO_RUNS_DIR", str(tmp_path_factory.getbasetemp() / "runs"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RKREPRO_TABLES_DIR", raising=False)
 
