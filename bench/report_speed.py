@@ -24,7 +24,8 @@ def fill(uri: str, runs: int, epochs: int) -> None:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from rkrepro import mlflow_keys, paper
+    from rkrepro import paper
+    from rkrepro.tracking import keys as mlflow_keys
 
     client = MlflowClient(tracking_uri=uri)
     cells = paper.all_cells(paper.load_tables())
@@ -84,7 +85,7 @@ def main() -> None:
         result, records = report.load_report(uri, reader=reader)
         text = report.to_markdown(result)
         elapsed = time.perf_counter() - started
-        how = "mlflow.search_runs" if reader == "mlflow" else "sqlite3 fast path"
+        how = "MlflowClient.search_runs" if reader == "mlflow" else "sqlite3 fast path"
         print(
             f"report in-process via {how}: {elapsed:.2f} s for {len(records)} runs, "
             f"{len(text.splitlines())} markdown lines"

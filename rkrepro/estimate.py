@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from rkrepro.mlflow_keys import PRECISION_FP32
 from rkrepro.paper import Cell
+from rkrepro.tracking.keys import PRECISION_FP32
 
 # Images per epoch: (train, test). ImageNet is ILSVRC2012 (1,281,167 / 50,000).
 DATASET_SIZES: dict[str, tuple[int, int]] = {

@@ -11,15 +11,14 @@ from __future__ import annotations
 import ipaddress
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 
-from rkrepro import mlflow_keys
 from rkrepro.errors import RkreproError
+from rkrepro.tracking import reader
 
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
@@ -51,27 +50,9 @@ def check_address(host: str, port: int, expose: bool) -> None:
 
 def runs_views(uri: str, base_url: str) -> list[tuple[str, str]]:
     """(table id, URL of its runs view) for each rkrepro experiment of a local SQLite store."""
-    from rkrepro.status import sqlite_path
-
-    path = sqlite_path(uri)
-    if path is None or not path.exists():
-        return []
-    try:
-        con = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True, timeout=5)
-        try:
-            rows = con.execute(
-                "SELECT experiment_id, name FROM experiments WHERE lifecycle_stage = 'active' "
-                "ORDER BY experiment_id"
-            ).fetchall()
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return []
-    prefix = mlflow_keys.EXPERIMENT_PREFIX
     return [
-        (name.removeprefix(prefix), f"{base_url}/#/experiments/{exp_id}/runs")
-        for exp_id, name in rows
-        if name.startswith(prefix)
+        (table_id, f"{base_url}/#/experiments/{exp_id}/runs")
+        for table_id, exp_id in reader.experiments(uri)
     ]
 
 

@@ -77,3 +77,37 @@ def wait_for_epoch(
         time.sleep(0.02)
     on_timeout()
     pytest.fail(f"no checkpoint of epoch {epoch} within {timeout}s")
+
+
+# What a status, list or report of :func:`shortened_run_workspace` says about its run.
+HIDDEN = "1 shortened run hidden (--include-shortened)"
+MARK = "[shortened: 1 epochs, 64 images]"
+
+
+def invoke(env: dict[str, str], *args: str):
+    """The real rkrepro app, in this process, on the workspace of ``env``."""
+    from typer.testing import CliRunner
+
+    from rkrepro.cli.app import app
+
+    # None unsets MLFLOW_TRACKING_URI: these runs go to the workspace's own store.
+    return CliRunner().invoke(
+        app, list(args), env={**env, "COLUMNS": "200", "MLFLOW_TRACKING_URI": None}
+    )
+
+
+def shortened_run_workspace(tmp_path_factory) -> dict[str, str]:
+    """A workspace with one shortened run (``--epochs 1 --train-subset 64``) of the tiny
+    table's original, trained for real on CPU; returns its environment."""
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("visible")
+    env = make_workspace(root)
+    template = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{template}").search_experiments()
+    new_store(template, root / "runs")
+    env["RKREPRO_CACHE_DIR"] = str(root / "cache")
+    args = ["run", "tiny", "--row", "bc-k4", "--variant", "original", "--epochs", "1"]
+    result = invoke(env, *args, "--train-subset", "64", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    return env

@@ -13,10 +13,11 @@ from pathlib import Path
 import helpers_browser as browser
 import pytest
 
-from rkrepro import mlflow_keys, paper
+from rkrepro import paper
 from rkrepro import report as reporting
 from rkrepro.report.claims import evaluate_claims
-from rkrepro.status import RunRecord
+from rkrepro.tracking import keys as mlflow_keys
+from rkrepro.tracking.reader import RunRecord
 
 pytestmark = pytest.mark.browser
 SHIPPED = Path(__file__).resolve().parent.parent / "tables"

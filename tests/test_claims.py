@@ -1,8 +1,8 @@
 """The paper's claims (``claims:`` in tables/*.yaml): schema, evaluation on the printed numbers
 and on reproduced runs, and ``rkrepro report --claims``.
 
-Run records are real :class:`~rkrepro.status.RunRecord` values, as both store readers return
-them; the CLI test reads a real (empty, then filled) SQLite MLflow store.
+Run records are real :class:`~rkrepro.tracking.reader.RunRecord` values, as both store readers
+return them; the CLI test reads a real (empty, then filled) SQLite MLflow store.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rkrepro import mlflow_keys
 from rkrepro import report as reporting
 from rkrepro.paper import all_cells, load_tables
 from rkrepro.report.claims import (
@@ -26,7 +25,8 @@ from rkrepro.report.claims import (
     pair_text,
     verdict_texts,
 )
-from rkrepro.status import RunRecord
+from rkrepro.tracking import keys as mlflow_keys
+from rkrepro.tracking.reader import RunRecord
 
 SHIPPED = Path(__file__).resolve().parent.parent / "tables"
 SIX = {

@@ -18,7 +18,7 @@ from pathlib import Path
 import helpers_workspace as ws
 import pytest
 
-from rkrepro import mlflow_keys
+from rkrepro.tracking import keys as mlflow_keys
 from rkrepro.training.checkpoints import CHECKPOINT_FORMAT, Checkpoints
 
 pytestmark = pytest.mark.fault

@@ -23,11 +23,12 @@ import pytest
 import test_run_cli as base
 import torch
 
-from rkrepro import mlflow_keys, tracking
 from rkrepro.errors import RkreproError
 from rkrepro.launch import jobs, placement, slurm
 from rkrepro.planning import options as run_options
 from rkrepro.planning import plan as plans
+from rkrepro.tracking import keys as mlflow_keys
+from rkrepro.tracking import store
 
 # The workspace of the run tests: a tiny table, tiny CIFAR files, an SQLite store (fixtures).
 mlflow_template = base.mlflow_template
@@ -129,30 +130,10 @@ def test_slots_pin_one_gpu_each_through_the_visible_list(monkeypatch: pytest.Mon
 # SQLite: lock contention is waited out, not lost.
 
 
-def test_locked_calls_are_retried_then_succeed(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlflow.exceptions import MlflowException
-
-    monkeypatch.setattr(tracking, "LOCK_BACKOFF_S", 0.001)
-    calls = []
-
-    def flaky() -> str:
-        calls.append(1)
-        if len(calls) < 3:
-            try:
-                raise sqlite3.OperationalError("database is locked")
-            except sqlite3.OperationalError as cause:
-                raise MlflowException("(sqlite3.OperationalError) database is locked") from cause
-        return "ok"
-
-    assert tracking.retry_locked(flaky) == "ok" and len(calls) == 3
-    with pytest.raises(ValueError):  # anything else is not retried
-        tracking.retry_locked(lambda: (_ for _ in ()).throw(ValueError("no")))
-
-
 @pytest.mark.fault
 def test_a_writer_waits_for_a_held_lock(ws: Workspace) -> None:
     db = ws.runs / "mlflow.db"
-    client = tracking.client(f"sqlite:///{db}")
+    client = store.client(f"sqlite:///{db}")
     client.search_experiments()  # the store is open before another process locks it
     holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN EXCLUSIVE")

@@ -15,10 +15,13 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from rkrepro import mlflow_keys, paper  # noqa: E402
+from rkrepro import (
+    paper,  # noqa: E402
+)
 from rkrepro import report as reporting  # noqa: E402
 from rkrepro.report.plots import curves_figure, params_figure, point_label  # noqa: E402
-from rkrepro.status import RunRecord  # noqa: E402
+from rkrepro.tracking import keys as mlflow_keys  # noqa: E402
+from rkrepro.tracking.reader import RunRecord  # noqa: E402
 
 SHIPPED = Path(__file__).resolve().parent.parent / "tables"
 

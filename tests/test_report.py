@@ -1,8 +1,8 @@
-"""``rkrepro report`` / ``rkrepro status`` against a real SQLite MLflow store built in tmp_path.
+"""``rkrepro report`` against a real SQLite MLflow store built in tmp_path.
 
-The store is filled through the MLflow client with the schema's tags and per-epoch metrics, so
-both readers (mlflow's ``search_runs`` and the stdlib ``sqlite3`` fast path) see what training
-writes. Golden markdown uses a fixed parameter counter so that it pins the report, not the
+The store (``helpers_store.py``) is filled through the MLflow client with the schema's tags and
+per-epoch metrics, so both readers (mlflow's client and the stdlib ``sqlite3`` fast path) see what
+training writes. Golden markdown uses a fixed parameter counter so that it pins the report, not the
 models; set ``RKREPRO_UPDATE_GOLDEN=1`` to rewrite the files after an intended change.
 """
 
@@ -12,112 +12,35 @@ import csv
 import io
 import json
 import os
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import typer
+from helpers_store import PAPER, R20_MULTI, R20_V, START, fill
 from typer.testing import CliRunner
 
-from rkrepro import mlflow_keys, status
 from rkrepro import report as reporting
-from rkrepro.paper import all_cells, cell_key, load_tables, readings
+from rkrepro.paper import all_cells, load_tables, readings
+from rkrepro.tracking import keys as mlflow_keys
+from rkrepro.tracking import reader
 
 GOLDEN = Path(__file__).parent / "golden"
-START = 1_700_000_000_000  # ms; runs get increasing start times so reruns have an order
-
-
-# --------------------------------------------------------------------------------------------
-# The store: (table, row, model, share, seed, protocol, mlflow status, per-epoch test error).
-
-PAPER, SHORT = mlflow_keys.PROTOCOL_PAPER, mlflow_keys.PROTOCOL_SHORTENED
-R20_V = "RKNet-1x3_1x2_1x2"
-R20_MULTI = "RKNet-3x1_2x1_2x1"
-RUNS = [
-    # table4 resnet-20: original within (7.30 vs 7.27), a rerun of seed 0 supersedes 9.99.
-    ("table4", "resnet-20", "original", False, 0, PAPER, "FINISHED", [20.0, 12.0, 9.99]),
-    ("table4", "resnet-20", "original", False, 0, PAPER, "FINISHED", [20.0, 10.0, 7.20]),
-    ("table4", "resnet-20", "original", False, 1, PAPER, "FINISHED", [21.0, 9.0, 7.30]),
-    ("table4", "resnet-20", "original", False, 2, PAPER, "FINISHED", [19.0, 9.5, 7.40]),
-    # variant worse (8.20 vs 7.60), its shared twin better (7.90 vs 8.32)
-    ("table4", "resnet-20", R20_V, False, 0, PAPER, "FINISHED", [22.0, 11.0, 8.10]),
-    ("table4", "resnet-20", R20_V, False, 1, PAPER, "FINISHED", [22.0, 11.0, 8.30]),
-    ("table4", "resnet-20", R20_V, True, 0, PAPER, "FINISHED", [23.0, 12.0, 7.90]),
-    ("table4", "resnet-20", "RKNet-3x1_2x1_2x1", False, 0, PAPER, "RUNNING", [30.0, 15.0]),
-    ("table4", "resnet-32", "original", False, 0, PAPER, "FAILED", [40.0]),
-    ("table4", "resnet-32", "original", False, 1, PAPER, "KILLED", []),
-    ("table4", "resnet-32", "RKNet-1x5_1x4_1x4", False, 0, SHORT, "FINISHED", [30.0, 12.5]),
-    ("table4", "resnet-110", "RKNet-1x18_1x17_1x17", False, 0, PAPER, "FINISHED", [25.0, 9.0]),
-    # table3: ImageNet top-1 within (25.30 vs 25.02); top-5 logged separately
-    ("table3", "densenet-121", "original", False, 0, PAPER, "FINISHED", [60.0, 30.0, 25.30]),
-    # table1: the paper's bold claim fails on these numbers; a new one holds
-    ("table1", "densenet-bc-k24-d250", "original", False, 0, PAPER, "FINISHED", [9.0, 3.65]),
-    ("table1", "densenet-bc-k24-d250", "original", False, 1, PAPER, "FINISHED", [9.0, 3.75]),
-    ("table1", "densenet-bc-k24-d250", "RKNet-1x21_1x2_1x2", False, 0, PAPER, "FINISHED", [3.8]),
-    ("table1", "densenet-bc-k12", "original", False, 0, PAPER, "FINISHED", [8.0, 4.60]),
-    ("table1", "densenet-bc-k12", "RKNet-1x8_1x2_1x2", False, 0, PAPER, "FINISHED", [8.0, 4.50]),
-]
-
-
-def _fill(uri: str) -> dict[str, list[str]]:
-    """Write RUNS (plus a deleted run and an untagged one); returns run ids per cell key."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, RunTag
-
-    client = MlflowClient(tracking_uri=uri)
-    experiments: dict[str, str] = {}
-    ids: dict[str, list[str]] = {}
-    for index, (table, row, model, share, seed, protocol, state, curve) in enumerate(RUNS):
-        if table not in experiments:
-            experiments[table] = client.create_experiment(mlflow_keys.experiment_name(table))
-        tags = {
-            mlflow_keys.TAG_TABLE: table,
-            mlflow_keys.TAG_ROW: row,
-            mlflow_keys.TAG_MODEL: model,
-            mlflow_keys.TAG_SHARE: "true" if share else "false",
-            mlflow_keys.TAG_SEED: str(seed),
-            mlflow_keys.TAG_PROTOCOL: protocol,
-            # as rkrepro.run.plans.Plan.tags writes them: the readings that apply
-            readings.TAG_PREFIX + "reported_error": "final",
-            **({readings.TAG_PREFIX + "resnet_stages": "concat"} if model == R20_MULTI else {}),
-        }
-        run = client.create_run(experiments[table], start_time=START + 1000 * index, tags=tags)
-        run_id = run.info.run_id
-        stamp = START + 1000 * index
-        metrics = [Metric(mlflow_keys.M_TEST_ERROR, v, stamp, e) for e, v in enumerate(curve, 1)]
-        if state == "FINISHED":
-            metrics += [
-                Metric(mlflow_keys.M_FINAL_TEST_ERROR, curve[-1], stamp, 0),
-                Metric(mlflow_keys.M_BEST_TEST_ERROR, min(curve) - 0.05, stamp, 0),
-            ]
-            if table == "table3":
-                metrics.append(Metric(mlflow_keys.M_FINAL_TEST_TOP5, 7.80, stamp, 0))
-        client.log_batch(run_id, metrics=metrics, tags=[RunTag(mlflow_keys.TAG_DEVICE, "cpu")])
-        if state != "RUNNING":
-            client.set_terminated(run_id, state, end_time=stamp + 500)
-        key = cell_key(table, row, model, share)
-        ids.setdefault(key, []).append(run_id)
-    deleted = client.create_run(experiments["table4"], tags={**tags, mlflow_keys.TAG_SEED: "9"})
-    client.log_metric(deleted.info.run_id, mlflow_keys.M_FINAL_TEST_ERROR, 99.0)
-    client.set_terminated(deleted.info.run_id, "FINISHED")
-    client.delete_run(deleted.info.run_id)
-    client.create_run(experiments["table4"], tags={"note": "not a cell"})
-    return ids
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> tuple[str, dict[str, list[str]]]:
     folder = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    return uri, _fill(uri)
+    return uri, fill(uri)
 
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory, monkeypatch):
-    """Parameter-count cache and tracking env of the tests stay out of the user's."""
+    """Parameter-count cache, runs folder (the plots run's artifacts) and tracking env of the
+    tests stay out of the user's."""
     monkeypatch.setenv(reporting.CACHE_DIR_ENV, str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("RKREPRO_RUNS_DIR", str(tmp_path_factory.getbasetemp() / "runs"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RKREPRO_TABLES_DIR", raising=False)
 
@@ -312,7 +235,7 @@ def test_latex_uses_booktabs(store):
 
 
 # --------------------------------------------------------------------------------------------
-# CLI: formats, --check, --plots, status.
+# CLI: formats, --check, --plots.
 
 
 @pytest.mark.parametrize("fmt", ["rich", "markdown", "csv", "json", "latex", "html"])
@@ -353,70 +276,14 @@ def test_cli_plots_written_and_logged(store, tmp_path):
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(reporting.REPORTS_EXPERIMENT)
+    experiment = client.get_experiment_by_name(mlflow_keys.REPORTS_EXPERIMENT)
     run = client.search_runs([experiment.experiment_id])[0]
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert logged == {f"plots/{n}" for n in names}
 
 
-def test_cli_status_lists_states_and_run_ids(store):
-    uri, ids = store
-    result = _invoke("status", "table4", "--format", "json", "--tracking-uri", uri)
-    assert result.exit_code == 0, result.output
-    records = {r["key"]: r for r in json.loads(result.output)}
-    assert len(records) == 24
-    original = records["table4/resnet-20/original/noshare"]
-    assert original["label"] == "done (3 seeds)"
-    assert [r["run_id"] for r in original["runs"]] == ids["table4/resnet-20/original/noshare"]
-    assert records["table4/resnet-20/RKNet-3x1_2x1_2x1/noshare"]["state"] == "running"
-    assert records["table4/resnet-32/original/noshare"]["label"] == "failed (1 killed)"
-    assert records["table4/resnet-44/original/noshare"]["state"] == status.NOT_STARTED
-    rich = _invoke("status", "table4", "--tracking-uri", uri)
-    assert rich.exit_code == 0 and ids[f"table4/resnet-20/{R20_V}/share"][0] in rich.output
-
-
 # --------------------------------------------------------------------------------------------
-# The sqlite3 fast path.
-
-
-def test_sqlite_fast_path_agrees_with_mlflow(store):
-    uri, _ = store
-    tables = ["table1", "table3", "table4", "table2"]
-    fast = status.fetch_runs(uri, tables, reader="sqlite")
-    slow = status.fetch_runs(uri, tables, reader="mlflow")
-    assert fast == slow and len(fast) == len(RUNS)
-    assert [dict(r.metrics) for r in fast] == [dict(r.metrics) for r in slow]
-    assert status.fetch_runs("sqlite:///" + str(Path(uri[10:]).parent / "none.db"), tables) == []
-
-
-def test_cell_status_map_needs_neither_mlflow_nor_torch(store):
-    uri, _ = store
-    code = (
-        "import json, sys\n"
-        "from rkrepro.status import cell_status_map\n"
-        "import rkrepro.cli.report\n"
-        f"result = cell_status_map({uri!r}, ['table4', 'table3'])\n"
-        "assert 'mlflow' not in sys.modules and 'torch' not in sys.modules\n"
-        "print(json.dumps(result))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    labels = json.loads(done.stdout)
-    assert labels["table4/resnet-20/original/noshare"] == "done (3 seeds)"
-    assert labels["table4/resnet-32/original/noshare"] == "failed (1 killed)"
-    assert labels["table3/densenet-121/original/noshare"] == "done (1 seed)"
-    assert "table4/resnet-32/RKNet-1x5_1x4_1x4/noshare" not in labels  # shortened only
-    cells = {c.key for c in all_cells(load_tables())}
-    assert set(labels) <= cells  # status keys are Cell.key
-
-
-def test_default_tracking_uri(monkeypatch, tmp_path):
-    monkeypatch.setenv("RKREPRO_RUNS_DIR", str(tmp_path))
-    assert status.default_tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
-    assert status.sqlite_path(status.default_tracking_uri()) == tmp_path / "mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
-    assert status.default_tracking_uri() == "http://tracking:5000"
-    assert status.sqlite_path("http://tracking:5000") is None
+# Parameter counts and precision.
 
 
 def test_real_parameter_counts_are_cached(store):
@@ -452,8 +319,8 @@ def test_a_non_fp32_number_is_labelled_and_never_mixed_with_fp32(tmp_path):
         run = client.create_run(experiment, start_time=START + seed, tags=tags)
         client.log_metric(run.info.run_id, mlflow_keys.M_FINAL_TEST_ERROR, error)
         client.set_terminated(run.info.run_id, "FINISHED")
-    fast = status.fetch_runs(uri, ["table4"], reader="sqlite")
-    assert fast == status.fetch_runs(uri, ["table4"], reader="mlflow")
+    fast = reader.fetch_runs(uri, ["table4"], reader="sqlite")
+    assert fast == reader.fetch_runs(uri, ["table4"], reader="mlflow")
     assert [r.precision for r in fast] == [mlflow_keys.PRECISION_FP32, mlflow_keys.PRECISION_BF16]
 
     result = _report(uri, "table4")
@@ -507,8 +374,8 @@ def test_runs_count_only_under_the_reading_they_were_trained_as(tmp_path):
         client.log_metric(run.info.run_id, mlflow_keys.M_FINAL_TEST_ERROR, final)
         client.log_metric(run.info.run_id, mlflow_keys.M_BEST_TEST_ERROR, best)
         client.set_terminated(run.info.run_id, "FINISHED")
-    fast = status.fetch_runs(uri, ["table4"], reader="sqlite")
-    assert fast == status.fetch_runs(uri, ["table4"], reader="mlflow")
+    fast = reader.fetch_runs(uri, ["table4"], reader="sqlite")
+    assert fast == reader.fetch_runs(uri, ["table4"], reader="mlflow")
     assert [r.legacy for r in fast] == [True, False, False, False]
     key = f"table4/resnet-20/{R20_MULTI}/noshare"
 

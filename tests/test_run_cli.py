@@ -22,8 +22,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rkrepro import mlflow_keys
 from rkrepro.cli.app import app
+from rkrepro.tracking import keys as mlflow_keys
 
 REPO = Path(__file__).resolve().parent.parent
 

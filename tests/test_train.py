@@ -113,13 +113,13 @@ def test_precision_is_identity_and_fp32_hashes_are_stable() -> None:
     """fp32 (the paper's) is the default on every device; tf32, bf16 and fp16 name other runs;
     the overhead switches do not; fp32, fp16 and bf16 configurations hash as they did before
     the precision became a choice, so the runs already in users' stores are still found."""
-    from rkrepro.mlflow_keys import (
+    from rkrepro.paper import Cell
+    from rkrepro.tracking.keys import (
         PRECISION_BF16,
         PRECISION_FP16_AMP,
         PRECISION_FP32,
         PRECISION_TF32,
     )
-    from rkrepro.paper import Cell
 
     cell = Cell("t", "r", "original", False, TINY, PAPER, None, None, None)
 

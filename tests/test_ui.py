@@ -19,8 +19,9 @@ import helpers_browser as browser
 import pytest
 from typer.testing import CliRunner
 
-from rkrepro import mlflow_keys, tracking
 from rkrepro.cli.app import app
+from rkrepro.tracking import keys as mlflow_keys
+from rkrepro.tracking import runs as tracking
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_NAMES = ("original s0", "1x8_1x2_1x2+share s1")

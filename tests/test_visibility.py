@@ -1,9 +1,10 @@
 """What was run is always visible, and text from table files reaches the terminal as text.
 
-A real shortened run (``--epochs 1 --train-subset 64``) in a tiny workspace; then ``status``,
-``list`` and ``report`` must each say that it exists when they leave it out, and mark it with
-how short it was when asked to show it. A table whose title and labels carry terminal escapes
-and rich markup is printed by ``list``, ``show`` and ``report`` without either taking effect.
+A real shortened run (``--epochs 1 --train-subset 64``) in a tiny workspace; then ``list`` and
+``report`` (``status`` in tests/test_status.py) must each say that it exists when they leave it
+out, and mark it with how short it was when asked to show it. A table whose title and labels
+carry terminal escapes and rich markup is printed by ``list``, ``show`` and ``report`` without
+either taking effect.
 """
 
 from __future__ import annotations
@@ -20,42 +21,17 @@ from typer.testing import CliRunner
 from rkrepro.cli.app import app
 
 pytest.importorskip("torch")
-HIDDEN = "1 shortened run hidden (--include-shortened)"
-MARK = "[shortened: 1 epochs, 64 images]"
+HIDDEN, MARK = wsh.HIDDEN, wsh.MARK
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> dict[str, str]:
     """One shortened run of the tiny table's original, trained for real on CPU."""
-    from mlflow.tracking import MlflowClient
-
-    root = tmp_path_factory.mktemp("visible")
-    env = wsh.make_workspace(root)
-    template = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{template}").search_experiments()
-    wsh.new_store(template, root / "runs")
-    env["RKREPRO_CACHE_DIR"] = str(root / "cache")
-    args = ["run", "tiny", "--row", "bc-k4", "--variant", "original", "--epochs", "1"]
-    result = _invoke(env, *args, "--train-subset", "64", "--device", "cpu")
-    assert result.exit_code == 0, result.output
-    return env
+    return wsh.shortened_run_workspace(tmp_path_factory)
 
 
 def _invoke(env: dict[str, str], *args: str):
-    # None unsets: mlflow.set_tracking_uri (an earlier test's mlflow reader) exports
-    # MLFLOW_TRACKING_URI, which would send these runs to another store.
-    return CliRunner().invoke(
-        app, list(args), env={**env, "COLUMNS": "200", "MLFLOW_TRACKING_URI": None}
-    )
-
-
-def test_status_says_a_shortened_run_is_hidden_and_marks_it_when_shown(workspace):
-    hidden = _invoke(workspace, "status", "tiny")
-    assert hidden.exit_code == 0, hidden.output
-    assert HIDDEN in hidden.stdout and "(+1 shortened hidden)" in hidden.stdout
-    shown = _invoke(workspace, "status", "tiny", "--include-shortened")
-    assert f"{MARK} done (1 seed)" in shown.stdout
-    assert "hidden" not in shown.stdout
+    return wsh.invoke(env, *args)
 
 
 def test_list_says_a_shortened_run_exists(workspace):

@@ -69,15 +69,16 @@ def ui_command(
 ) -> None:
     """Open the MLflow web UI on the runs store (mlflow ui, one worker) and print each
     table's runs view once it answers."""
-    from rkrepro import paths, tracking, ui
+    from rkrepro import paths, ui
+    from rkrepro.tracking import store
 
     ui.check_address(host, port, expose)
     uri = paths.resolve_tracking_uri(tracking_uri)
-    if not tracking.is_local_store(uri):
+    if not store.is_local_store(uri):
         raise RkreproError(f"{uri} is a tracking server already: open it in a browser")
-    if not tracking.store_exists(uri):
+    if not store.store_exists(uri):
         raise RkreproError(f"no runs yet: {uri} does not exist (run `rkrepro run` first)")
-    artifacts = (paths.runs_dir() / "artifacts").as_uri()
+    artifacts = store.artifacts_root().as_uri()
     raise typer.Exit(ui.serve(uri, artifacts, host, port))
 
 
@@ -168,6 +169,7 @@ def report_command(
     """The paper's tables with reproduced numbers: reported / reproduced / difference."""
     from rkrepro import report as reporting
     from rkrepro.paper import readings
+    from rkrepro.tracking import keys as mlflow_keys
 
     if out is not None:
         check_output_file(out, tracking_uri, force)
@@ -198,7 +200,7 @@ def report_command(
         run_id = reporting.log_plots(tracking_uri, result, images, name)
         typer.echo(
             f"Wrote {len(images)} plots to {plots}; logged to MLflow run {run_id} "
-            f"(experiment {reporting.REPORTS_EXPERIMENT}).",
+            f"(experiment {mlflow_keys.REPORTS_EXPERIMENT}).",
             err=True,
         )
     extra: dict = {}
@@ -353,12 +355,14 @@ def status_command(
     tables_dir: TablesDir = None,
 ) -> None:
     """Which cells are done, running, failed or not started, with their MLflow run ids."""
-    from rkrepro import mlflow_keys, paper, status
+    from rkrepro import paper, status
+    from rkrepro.tracking import keys as mlflow_keys
+    from rkrepro.tracking.reader import fetch_runs
 
     tables = paper.load_tables(tables_dir)
     cells = paper.all_cells(tables, table)
     table_ids = list(dict.fromkeys(cell.table for cell in cells))
-    records = status.fetch_runs(tracking_uri, table_ids)
+    records = fetch_runs(tracking_uri, table_ids)
     protocols = [mlflow_keys.PROTOCOL_PAPER]
     if include_shortened:
         protocols.append(mlflow_keys.PROTOCOL_SHORTENED)

@@ -165,7 +165,7 @@ class RunRef:
 
     def mark_failed(self, reason: str) -> None:
         """Best effort: the run of this configuration becomes FAILED with ``reason``."""
-        from rkrepro import tracking
+        from rkrepro.tracking import runs as tracking
 
         try:
             tracker = tracking.Tracker(self.tracking_uri)

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from rkrepro import mlflow_keys
 from rkrepro.errors import RkreproError
 from rkrepro.paper import readings as readings_mod
 from rkrepro.paper import with_readings
@@ -27,6 +26,7 @@ from rkrepro.planning.devices import per_rank_batch, planned_device_type
 from rkrepro.planning.fast_path import FastPath
 from rkrepro.planning.options import RunOptions
 from rkrepro.spec import Protocol, scaled_milestones
+from rkrepro.tracking import keys as mlflow_keys
 
 if TYPE_CHECKING:
     from rkrepro.paper import Cell

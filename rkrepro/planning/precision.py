@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from rkrepro.errors import RkreproError
-from rkrepro.mlflow_keys import PRECISION_BF16, PRECISION_FP16_AMP, PRECISION_FP32, PRECISION_TF32
+from rkrepro.tracking.keys import PRECISION_BF16, PRECISION_FP16_AMP, PRECISION_FP32, PRECISION_TF32
 
 # ``--precision`` value -> the name a run records (tag ``rkrepro.precision``).
 CHOICES: dict[str, str] = {

@@ -1,6 +1,6 @@
 """The report as data: runs + tables -> per-cell seed statistics, verdicts and bold claims.
 
-Pipeline: MLflow runs (:func:`rkrepro.status.fetch_runs`, ``mlflow.search_runs`` per table) ->
+Pipeline: MLflow runs (:func:`rkrepro.tracking.reader.fetch_runs`, one search per table) ->
 :func:`build_report` (seed statistics, verdicts, bold claims) -> one renderer per format, plus
 plots. The model itself is imported lazily, only to count parameters that are not cached yet.
 
@@ -23,26 +23,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rkrepro import mlflow_keys
 from rkrepro.spec import ModelSpec
 from rkrepro.status import (
     ACTIVE,
     FAILED,
     FINISHED,
     KILLED,
-    Reader,
-    RunRecord,
     cell_id_of,
-    fetch_runs,
     seed_order,
 )
+from rkrepro.tracking import keys as mlflow_keys
+from rkrepro.tracking.reader import Reader, RunRecord, fetch_runs
 
 if TYPE_CHECKING:
     from rkrepro.paper import Cell, Table
 
 DEFAULT_TOLERANCE_PP: dict[str, float] = {"cifar10": 0.3, "cifar100": 0.6, "imagenet": 0.5}
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
-REPORTS_EXPERIMENT = mlflow_keys.EXPERIMENT_PREFIX + "reports"
 CACHE_DIR_ENV = "RKREPRO_CACHE_DIR"
 
 WITHIN, BETTER, WORSE = "within", "better", "worse"
@@ -234,8 +231,8 @@ def load_report(
     readings: dict[str, str] | None = None,
     compare: dict[str, str] | None = None,
 ) -> tuple[Report, list[RunRecord]]:
-    """Read the tables and the store: one ``mlflow.search_runs`` per table for a server, a
-    read-only sqlite3 query for a local store (``reader="auto"``; both give the same records)."""
+    """Read the tables and the store: one MLflow search per table for a server, a read-only
+    sqlite3 query for a local store (``reader="auto"``; both give the same records)."""
     from rkrepro import paper
 
     tables = paper.load_tables(tables_dir)

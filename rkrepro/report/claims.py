@@ -186,7 +186,7 @@ def load_claims(
     """The claims that name ``table_id`` (or all), judged on the store's paper-protocol runs."""
     from rkrepro import paper
     from rkrepro.report.build import build_report
-    from rkrepro.status import fetch_runs
+    from rkrepro.tracking.reader import fetch_runs
 
     tables = paper.load_tables(tables_dir)
     wanted = paper.find_table(tables, table_id).id if table_id else None

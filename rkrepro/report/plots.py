@@ -1,23 +1,21 @@
 """Plots of a report (matplotlib, Agg): params vs error per table, training curves per row;
-and their logging to MLflow.
+and their logging to MLflow (through :mod:`rkrepro.tracking.reports`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import statistics
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rkrepro import mlflow_keys
-from rkrepro.errors import TrackingError
-from rkrepro.report.build import DATASET_NAMES, REPORTS_EXPERIMENT, Report, TableReport
+from rkrepro.report.build import DATASET_NAMES, Report, TableReport
 from rkrepro.report.render import to_json
 from rkrepro.status import (
     ACTIVE,
 )
+from rkrepro.tracking import keys as mlflow_keys
+from rkrepro.tracking import reader, reports
 
 if TYPE_CHECKING:
     from rkrepro.paper import Cell
@@ -35,7 +33,7 @@ def write_plots(
 ) -> list[Path]:
     """Params vs error per table, and test error vs epoch per row; returns the PNG paths.
 
-    ``history(run_id)`` gives (epoch, test error) pairs; by default from MLflow.
+    ``history(run_id)`` gives (epoch, test error) pairs; by default from the store.
     """
     import matplotlib
 
@@ -43,7 +41,7 @@ def write_plots(
     import matplotlib.pyplot as plt
 
     if history is None:
-        history = _mlflow_history(tracking_uri)
+        history = reader.metric_history(tracking_uri)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for table_report in report.tables:
@@ -53,20 +51,6 @@ def write_plots(
             if path is not None:
                 paths.append(path)
     return paths
-
-
-def _mlflow_history(tracking_uri: str | None) -> Callable[[str], list[tuple[int, float]]]:
-    from mlflow import MlflowClient
-
-    from rkrepro.status import default_tracking_uri
-
-    client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
-
-    def history(run_id: str) -> list[tuple[int, float]]:
-        metrics = client.get_metric_history(run_id, mlflow_keys.M_TEST_ERROR)
-        return sorted((m.step, m.value) for m in metrics)
-
-    return history
 
 
 _KIND_MARKER = {"original": "o", "variant": "^", "share": "s"}
@@ -313,44 +297,9 @@ def _shortened_text(reproduced) -> str:
 
 
 def log_plots(tracking_uri: str | None, report: Report, paths: Sequence[Path], name: str) -> str:
-    """Log the PNGs (and the JSON report) as artifacts of a new run in ``rkrepro/reports``.
-
-    For a local SQLite store the experiment keeps its artifacts next to the database, not in the
-    current directory. Returns the run id.
-    """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from rkrepro.status import default_tracking_uri
-
-    uri = tracking_uri or default_tracking_uri()
-    try:
-        # mlflow prints "View run ... at" on stdout for servers; stdout may carry the report.
-        with contextlib.redirect_stdout(sys.stderr):
-            return _log_run(mlflow.MlflowClient(tracking_uri=uri), uri, report, paths, name)
-    except (MlflowException, OSError) as error:
-        raise TrackingError(f"cannot log the plots to {uri}: {error}") from None
-
-
-def _log_run(client, uri: str, report: Report, paths: Sequence[Path], name: str) -> str:
-    """The run, its parameters and artifacts; artifacts of a local store sit beside its file."""
-    from rkrepro.status import sqlite_path
-
-    experiment = client.get_experiment_by_name(REPORTS_EXPERIMENT)
-    if experiment is None:
-        db = sqlite_path(uri)
-        location = (db.resolve().parent / "artifacts").as_uri() if db else None
-        experiment_id = client.create_experiment(REPORTS_EXPERIMENT, location)
-    else:
-        experiment_id = experiment.experiment_id
-    run = client.create_run(experiment_id, run_name=name, tags={"rkrepro.report": name})
-    run_id = run.info.run_id
-    client.log_param(run_id, "metric", report.metric)
-    client.log_param(run_id, "include_shortened", str(report.include_shortened).lower())
+    """Log the PNGs (and the JSON report) as artifacts of a new run in ``rkrepro/reports``;
+    returns the run id."""
+    params = {"metric": report.metric, "include_shortened": str(report.include_shortened).lower()}
     if report.tolerance_override is not None:
-        client.log_param(run_id, "tolerance_pp", report.tolerance_override)
-    for path in paths:
-        client.log_artifact(run_id, str(path), artifact_path="plots")
-    client.log_text(run_id, to_json(report), "report.json")
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
+        params["tolerance_pp"] = str(report.tolerance_override)
+    return reports.log_report(tracking_uri, name, params, paths, to_json(report))

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rkrepro import mlflow_keys
 from rkrepro.report.build import (
     BETTER,
     DATASET_NAMES,
@@ -49,6 +48,7 @@ from rkrepro.status import (
     FAILED,
     KILLED,
 )
+from rkrepro.tracking import keys as mlflow_keys
 
 if TYPE_CHECKING:
     from rkrepro.paper import Row, Table

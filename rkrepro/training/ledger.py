@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from rkrepro import paths, tracking
+from rkrepro import paths
 from rkrepro.errors import RkreproError
 from rkrepro.paths import checkpoint_dir
+from rkrepro.tracking import runs as tracking
 from rkrepro.training.checkpoints import Checkpoints
 
 if TYPE_CHECKING:

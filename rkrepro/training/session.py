@@ -3,9 +3,9 @@
 The session sequences the parts so that a run's checkpoint and its MLflow run always agree and
 a rerun of the same command finds and continues its own work: the decisions about a plan are
 its :class:`~rkrepro.training.setup.Execution`, the loop is the
-:class:`~rkrepro.training.loop.Trainer`, MLflow is :class:`rkrepro.tracking_training.TrainingRun`,
-and the processes are a :class:`~rkrepro.training.world.World` (one, or a torchrun group: the
-same calls either way).
+:class:`~rkrepro.training.loop.Trainer`, MLflow is
+:class:`rkrepro.tracking.training_run.TrainingRun`, and the processes are a
+:class:`~rkrepro.training.world.World` (one, or a torchrun group: the same calls either way).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rkrepro import tracking
 from rkrepro.errors import RkreproError
 from rkrepro.planning.plan import Plan
-from rkrepro.tracking_training import TrainingRun
+from rkrepro.tracking import runs as tracking
+from rkrepro.tracking.training_run import TrainingRun
 from rkrepro.training import progress as progress_ui
 from rkrepro.training.checkpoints import CheckpointBusy, Checkpoints, ReadOnlyCheckpoints
 from rkrepro.training.ledger import Ledger, PlanStatus

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from rkrepro.errors import RkreproError
-from rkrepro.mlflow_keys import PRECISION_BF16, PRECISION_FP16_AMP, PRECISION_FP32, PRECISION_TF32
 from rkrepro.planning.fast_path import FastPath
+from rkrepro.tracking.keys import PRECISION_BF16, PRECISION_FP16_AMP, PRECISION_FP32, PRECISION_TF32
 from rkrepro.training.world import World
 
 if TYPE_CHECKING:

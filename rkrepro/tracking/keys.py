@@ -1,5 +1,5 @@
-"""MLflow names (experiments, tags, metrics) shared by the writer (``tracking``) and the readers
-(``report``, ``status``) of runs.
+"""MLflow names (experiments, tags, metrics) shared by the writers (:mod:`.runs`,
+:mod:`.reports`) and the readers (:mod:`.reader`, ``report``, ``status``) of runs.
 
 Kept free of mlflow and torch so any module can import it cheaply.
 """
@@ -71,3 +71,10 @@ M_PARAMS_TOTAL = "params_total"
 
 def experiment_name(table_id: str) -> str:
     return EXPERIMENT_PREFIX + table_id
+
+
+# The report's plots: one run per ``rkrepro report --plots`` in this experiment, tagged with the
+# report's name; a local store keeps their artifacts under runs/artifacts/reports.
+REPORTS_EXPERIMENT = experiment_name("reports")
+REPORTS_ARTIFACTS = "reports"
+TAG_REPORT = "rkrepro.report"

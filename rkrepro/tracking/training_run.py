@@ -1,8 +1,8 @@
 """One training run as MLflow records it: its configuration and model when it starts, a row of
 metrics per epoch, and how it ended (finished with its summary, stopped, or failed and why).
 
-The key names are :mod:`rkrepro.mlflow_keys`; every store failure is one line
-(:meth:`rkrepro.tracking.Tracker.errors`).
+The key names are :mod:`rkrepro.tracking.keys`; every store failure is one line
+(:meth:`rkrepro.tracking.runs.Tracker.errors`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from rkrepro import mlflow_keys
-from rkrepro.tracking import RunLog, Tracker
+from rkrepro.tracking import keys as mlflow_keys
+from rkrepro.tracking.runs import RunLog, Tracker
 
 
 class TrainingRun:

@@ -1,0 +1,317 @@
+"""Reading runs back from a store: the records that ``status``, ``report`` and ``list`` work on,
+the metric histories the report's plots draw, and the experiments ``rkrepro ui`` links to.
+
+Two readers return the same :class:`RunRecord` list: a read-only ``sqlite3`` query of a local
+``sqlite:///`` store (no mlflow import, so ``rkrepro list`` answers instantly) and MLflow's client
+for every other URI (servers, databases). Both fill the same records, and tests check that they
+agree on the same store, so a local report need not pay for importing mlflow. Neither sets
+MLflow's process-wide tracking URI: each read names its store.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from rkrepro.errors import TrackingError
+from rkrepro.paper import readings
+from rkrepro.paths import resolve_tracking_uri, sqlite_path
+from rkrepro.tracking import keys as mlflow_keys
+from rkrepro.tracking import store
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+    from rkrepro.spec import ModelSpec
+
+Reader = Literal["auto", "sqlite", "mlflow"]
+
+# Metrics a report needs; both readers return only these (latest value of each).
+REPORT_METRICS = (
+    mlflow_keys.M_FINAL_TEST_ERROR,
+    mlflow_keys.M_BEST_TEST_ERROR,
+    mlflow_keys.M_FINAL_TEST_TOP5,
+    mlflow_keys.M_PARAMS_PAPER,
+    mlflow_keys.M_PARAMS_TOTAL,
+)
+_CELL_TAGS = (
+    mlflow_keys.TAG_TABLE,
+    mlflow_keys.TAG_ROW,
+    mlflow_keys.TAG_MODEL,
+    mlflow_keys.TAG_SHARE,
+    mlflow_keys.TAG_SEED,
+    mlflow_keys.TAG_PROTOCOL,
+    mlflow_keys.TAG_PRECISION,
+    mlflow_keys.TAG_SUPERSEDED,  # a run replaced by a newer one is not read at all
+    *(readings.TAG_PREFIX + name for name in readings.READINGS),
+)
+
+
+# Params that say how short a shortened run was (``protocol.*`` of the run's config).
+P_EPOCHS = "protocol.epochs"
+P_TRAIN_SUBSET = "protocol.train_subset"
+_SIZE_PARAMS = (P_EPOCHS, P_TRAIN_SUBSET)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One MLflow run of a cell: its identity tags, MLflow status and latest metric values."""
+
+    run_id: str
+    status: str
+    table: str
+    row: str
+    model: str
+    share: bool
+    seed: str
+    protocol: str
+    start_time: int  # ms since the epoch; orders reruns of a seed
+    metrics: Mapping[str, float] = field(default_factory=dict, compare=False, hash=False)
+    # Runs logged before the tag existed all trained in fp32 (no GPU had run bf16 yet).
+    precision: str = mlflow_keys.PRECISION_FP32
+    # (name, value) of the run's rkrepro.reading.* tags; empty for runs logged before readings
+    # existed, which :meth:`resolved_readings` resolves to what they were trained as.
+    readings: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def legacy(self) -> bool:
+        """Trained before readings existed (and so before issue 13's protocol changes)."""
+        return not self.readings
+
+    def resolved_readings(self, spec: ModelSpec | None = None) -> dict[str, str]:
+        tags = {readings.TAG_PREFIX + k: v for k, v in self.readings}
+        tags[mlflow_keys.TAG_PRECISION] = self.precision
+        return readings.from_tags(tags, spec)
+
+    experiment_id: str = field(default="", compare=False)  # for links into the MLflow UI
+    epochs: int | None = field(default=None, compare=False)  # as trained (shortened runs)
+    train_subset: int | None = field(default=None, compare=False)  # images; None: all
+
+    @property
+    def size_text(self) -> str:
+        """``2 epochs, 512 images``: how much a run trained, for shortened numbers."""
+        parts = [f"{self.epochs} epochs"] if self.epochs else []
+        return ", ".join(parts + ([f"{self.train_subset} images"] if self.train_subset else []))
+
+    @property
+    def cell_id(self) -> tuple[str, str, str, bool]:
+        """(table, row, model, share): what a :class:`~rkrepro.paper.Cell` is made of."""
+        return (self.table, self.row, self.model, self.share)
+
+    def metric(self, name: str) -> float | None:
+        value = self.metrics.get(name)
+        return None if value is None or math.isnan(value) else value
+
+
+def _record(
+    run_id: str,
+    status: str,
+    start: object,
+    tags: Mapping[str, object],
+    metrics,
+    experiment_id: object = "",
+    params: Mapping[str, object] | None = None,
+):
+    """A RunRecord from raw values, or ``None`` when the run lacks the cell tags."""
+    values = {key: tags.get(key) for key in _CELL_TAGS}
+    needed = (mlflow_keys.TAG_TABLE, mlflow_keys.TAG_ROW, mlflow_keys.TAG_MODEL)
+    if any(not isinstance(values[key], str) or not values[key] for key in needed):
+        return None
+    if isinstance(values[mlflow_keys.TAG_SUPERSEDED], str) and values[mlflow_keys.TAG_SUPERSEDED]:
+        return None
+    text = {key: str(value) if isinstance(value, str) else "" for key, value in values.items()}
+    return RunRecord(
+        run_id=run_id,
+        status=status,
+        table=text[mlflow_keys.TAG_TABLE],
+        row=text[mlflow_keys.TAG_ROW],
+        model=text[mlflow_keys.TAG_MODEL],
+        share=text[mlflow_keys.TAG_SHARE].lower() == "true",
+        seed=text[mlflow_keys.TAG_SEED],
+        protocol=text[mlflow_keys.TAG_PROTOCOL] or mlflow_keys.PROTOCOL_PAPER,
+        start_time=int(start) if isinstance(start, int | float) and not math.isnan(start) else 0,
+        metrics=metrics,
+        precision=text[mlflow_keys.TAG_PRECISION] or mlflow_keys.PRECISION_FP32,
+        readings=tuple(
+            (name, text[readings.TAG_PREFIX + name])
+            for name in readings.READINGS
+            if text[readings.TAG_PREFIX + name]
+        ),
+        experiment_id=str(experiment_id or ""),
+        epochs=_int_param((params or {}).get(P_EPOCHS)),
+        train_subset=_int_param((params or {}).get(P_TRAIN_SUBSET)),
+    )
+
+
+def _int_param(value: object) -> int | None:
+    if isinstance(value, str) and value.isdigit() and len(value) < 12:
+        return int(value)
+    return None
+
+
+def fetch_runs(
+    tracking_uri: str | None, table_ids: Iterable[str], reader: Reader = "auto"
+) -> list[RunRecord]:
+    """Every active run with cell tags in the experiments of ``table_ids``.
+
+    ``auto`` reads a local SQLite file directly and asks mlflow for anything else. A SQLite
+    file that does not exist yet holds no runs (and is not created, unlike mlflow would).
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    table_ids = list(dict.fromkeys(table_ids))
+    path = sqlite_path(uri)
+    if reader == "sqlite" and path is None:
+        raise TrackingError(f"{store.shown_uri(uri)} is not a sqlite:/// store")
+    if path is not None and not path.exists():
+        return []
+    if path is not None and reader in ("auto", "sqlite"):
+        return _fetch_sqlite(path, table_ids)
+    return _fetch_mlflow(uri, table_ids)
+
+
+def _fetch_sqlite(path: Path, table_ids: list[str]) -> list[RunRecord]:
+    """One query per kind of data, on a read-only connection; never imports mlflow."""
+    names = [mlflow_keys.experiment_name(t) for t in table_ids]
+    if not names:
+        return []
+    try:
+        con = store.connect_read_only(path)
+    except sqlite3.Error as error:
+        raise TrackingError(f"cannot open MLflow store {path}: {error}") from None
+    try:
+        marks = ",".join("?" * len(names))
+        runs_sql = (
+            "SELECT r.run_uuid, r.status, r.start_time, e.name, e.experiment_id FROM runs r "
+            "JOIN experiments e ON e.experiment_id = r.experiment_id "
+            f"WHERE e.name IN ({marks}) AND e.lifecycle_stage = 'active' "
+            "AND r.lifecycle_stage = 'active'"
+        )
+        runs = con.execute(runs_sql, names).fetchall()
+        run_filter = f"run_uuid IN (SELECT r.run_uuid FROM ({runs_sql}) r)"
+        tags: dict[str, dict[str, str]] = {}
+        tag_marks = ",".join("?" * len(_CELL_TAGS))
+        tag_sql = f"SELECT run_uuid, key, value FROM tags WHERE key IN ({tag_marks}) AND "
+        for run_id, key, value in con.execute(tag_sql + run_filter, [*_CELL_TAGS, *names]):
+            tags.setdefault(run_id, {})[key] = value
+        params: dict[str, dict[str, str]] = {}
+        param_sql = "SELECT run_uuid, key, value FROM params WHERE key IN (?, ?) AND "
+        for run_id, key, value in con.execute(param_sql + run_filter, [*_SIZE_PARAMS, *names]):
+            params.setdefault(run_id, {})[key] = value
+        metrics: dict[str, dict[str, float]] = {}
+        metric_marks = ",".join("?" * len(REPORT_METRICS))
+        metric_sql = (
+            "SELECT run_uuid, key, value, is_nan FROM latest_metrics "
+            f"WHERE key IN ({metric_marks}) AND "
+        )
+        rows = con.execute(metric_sql + run_filter, [*REPORT_METRICS, *names])
+        for run_id, key, value, is_nan in rows:
+            metrics.setdefault(run_id, {})[key] = math.nan if is_nan else float(value)
+    except sqlite3.Error as error:
+        raise TrackingError(f"cannot read MLflow store {path}: {error}") from None
+    finally:
+        con.close()
+    records = []
+    for run_id, status, start, experiment, experiment_id in runs:
+        tag_values, metric_values = tags.get(run_id, {}), metrics.get(run_id, {})
+        record = _record(
+            run_id, status, start, tag_values, metric_values, experiment_id, params.get(run_id)
+        )
+        if record is not None and mlflow_keys.experiment_name(record.table) == experiment:
+            records.append(record)
+    return _sorted(records)
+
+
+def _fetch_mlflow(uri: str, table_ids: list[str]) -> list[RunRecord]:
+    """MLflow's client on ``uri``, one search per table's experiment, every page of it."""
+    # Before mlflow: a server that does not answer fails in seconds (not after mlflow's
+    # retries), a database URI without its driver in one line (not an ImportError traceback).
+    # The same HTTP bounds and lock retries as for writing, unless the user set them.
+    client = store.connect(uri, write=False)
+    records: list[RunRecord] = []
+    try:
+        with store.wrap_errors(uri, "cannot read MLflow store"):
+            for table_id in table_ids:
+                experiment = client.get_experiment_by_name(mlflow_keys.experiment_name(table_id))
+                if experiment is None or experiment.lifecycle_stage != "active":
+                    continue
+                token = None
+                while True:
+                    page = client.search_runs(
+                        [experiment.experiment_id],
+                        filter_string=f"tags.`{mlflow_keys.TAG_TABLE}` = '{table_id}'",
+                        page_token=token,
+                    )
+                    records.extend(_records_from_runs(page))
+                    token = page.token
+                    if not token:
+                        break
+    except OSError as error:
+        shown = store.shown_uri(uri)
+        raise TrackingError(f"cannot reach MLflow store {shown}: {error}") from None
+    return _sorted(records)
+
+
+def _records_from_runs(runs: Iterable[Run]) -> list[RunRecord]:
+    records = []
+    for run in runs:
+        # A metric logged as NaN is left out: RunRecord.metric reads it as missing either way.
+        metrics = {k: float(v) for k, v in run.data.metrics.items() if k in REPORT_METRICS}
+        metrics = {k: v for k, v in metrics.items() if v == v}
+        sizes = {k: run.data.params[k] for k in _SIZE_PARAMS if k in run.data.params}
+        record = _record(
+            run.info.run_id,
+            run.info.status,
+            run.info.start_time,
+            run.data.tags,
+            metrics,
+            run.info.experiment_id,
+            sizes,
+        )
+        if record is not None:
+            records.append(record)
+    return records
+
+
+def _sorted(records: list[RunRecord]) -> list[RunRecord]:
+    return sorted(records, key=lambda r: (r.table, r.row, r.model, r.share, r.start_time, r.run_id))
+
+
+def metric_history(tracking_uri: str | None) -> Callable[[str], list[tuple[int, float]]]:
+    """``history(run_id)``: a run's (epoch, test error) pairs, for the report's curves."""
+    uri = resolve_tracking_uri(tracking_uri)
+    store.bound_http_calls(uri)
+    client = store.client(uri)
+
+    def history(run_id: str) -> list[tuple[int, float]]:
+        with store.wrap_errors(uri, "cannot read MLflow store"):
+            metrics = client.get_metric_history(run_id, mlflow_keys.M_TEST_ERROR)
+        return sorted((m.step, m.value) for m in metrics)
+
+    return history
+
+
+def experiments(tracking_uri: str) -> list[tuple[str, str]]:
+    """(table id, experiment id) of each rkrepro experiment of a local SQLite store, in the
+    order they were made; empty for any other store or one that cannot be read."""
+    path = sqlite_path(tracking_uri)
+    if path is None or not path.exists():
+        return []
+    try:
+        con = store.connect_read_only(path)
+        try:
+            rows = con.execute(
+                "SELECT experiment_id, name FROM experiments WHERE lifecycle_stage = 'active' "
+                "ORDER BY experiment_id"
+            ).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return []
+    prefix = mlflow_keys.EXPERIMENT_PREFIX
+    return [
+        (name.removeprefix(prefix), str(exp_id)) for exp_id, name in rows if name.startswith(prefix)
+    ]
