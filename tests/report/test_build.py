@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from rkrepro import mlflow_keys, readings, status, targets
 from rkrepro import report as reporting
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 START = 1_700_000_000_000  # ms; runs get increasing start times so reruns have an order
 
 
