@@ -72,6 +72,7 @@ def main() -> None:
     print(f"filled {args.runs} runs x {args.epochs} epochs in {elapsed:.1f} s")
 
     from rkrepro import report, status, targets
+    from rkrepro.report.render.markdown import to_markdown
 
     cells = targets.all_cells(targets.load_tables())
     started = time.perf_counter()
@@ -82,7 +83,7 @@ def main() -> None:
     for reader in ("mlflow", "mlflow", "auto"):
         started = time.perf_counter()
         result, records = report.load_report(uri, reader=reader)
-        text = report.to_markdown(result)
+        text = to_markdown(result)
         elapsed = time.perf_counter() - started
         how = "mlflow.search_runs" if reader == "mlflow" else "sqlite3 fast path"
         print(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from rkrepro import mlflow_keys
 from rkrepro.errors import TrackingError
 from rkrepro.report.build import DATASET_NAMES, REPORTS_EXPERIMENT, Report, TableReport
-from rkrepro.report.render import to_json
+from rkrepro.report.render.json import to_json
 from rkrepro.status import (
     ACTIVE,
 )
