@@ -73,6 +73,7 @@ def main() -> None:
     print(f"filled {args.runs} runs x {args.epochs} epochs in {elapsed:.1f} s")
 
     from rkrepro import paper, report, status
+    from rkrepro.report.render.markdown import to_markdown
 
     cells = paper.all_cells(paper.load_tables())
     started = time.perf_counter()
@@ -83,7 +84,7 @@ def main() -> None:
     for reader in ("mlflow", "mlflow", "auto"):
         started = time.perf_counter()
         result, records = report.load_report(uri, reader=reader)
-        text = report.to_markdown(result)
+        text = to_markdown(result)
         elapsed = time.perf_counter() - started
         how = "MlflowClient.search_runs" if reader == "mlflow" else "sqlite3 fast path"
         print(

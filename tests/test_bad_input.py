@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from rkrepro.cli.app import app
 
 RUN = ["run", "tiny", "--row", "bc-k4"]
+SHIPPED = Path(__file__).resolve().parent.parent / "tables"
 
 BAD_COMMANDS = {
     "unknown table": (["run", "tiyn", "--row", "bc-k4"], "did you mean tiny"),
@@ -61,6 +62,11 @@ BAD_COMMANDS = {
     "report out onto a folder": (["report", "tiny", "--out", "tables"], "is a folder"),
     "report out onto /dev/full": (
         ["report", "tiny", "--out", "/dev/full", "--format", "markdown"],
+        "No space left on device",
+    ),
+    "report claims out onto /dev/full": (
+        ["report", "table4", "--claims", "-f", "markdown", "--out", "/dev/full"]
+        + ["--tables-dir", str(SHIPPED)],
         "No space left on device",
     ),
     "report plots onto a file": (["report", "tiny", "--plots", "tables/tiny.yaml"], "is a file"),

@@ -16,6 +16,7 @@ import pytest
 from rkrepro import paper
 from rkrepro import report as reporting
 from rkrepro.report.claims import evaluate_claims
+from rkrepro.report.render.html import to_html
 from rkrepro.tracking import keys as mlflow_keys
 from rkrepro.tracking.reader import RunRecord
 
@@ -96,7 +97,7 @@ def test_html_report_in_chromium(tmp_path, tmp_path_factory):
     history = {r.run_id: [(1, 20.0), (2, r.metrics.get("final_test_error", 15.0))] for r in RECORDS}
     images = reporting.write_plots(report, tmp_path / "plots", history=history.__getitem__)
     claims = evaluate_claims(report)
-    page = reporting.to_html(report, images, claims=claims, ui_url="http://127.0.0.1:5123")
+    page = to_html(report, images, claims=claims, ui_url="http://127.0.0.1:5123")
     path = tmp_path / "report.html"
     path.write_text(page, encoding="utf-8")
     # Self-contained: nothing but the run links points outside the file.

@@ -169,6 +169,7 @@ def report_command(
     """The paper's tables with reproduced numbers: reported / reproduced / difference."""
     from rkrepro import report as reporting
     from rkrepro.paper import readings
+    from rkrepro.report import render
     from rkrepro.tracking import keys as mlflow_keys
 
     if out is not None:
@@ -204,14 +205,14 @@ def report_command(
             err=True,
         )
     extra: dict = {}
-    if chosen is ReportFormat.html:
+    if chosen in render.PAGE_FORMATS:
         from rkrepro.report.claims import load_claims
 
         if ui_url is None and tracking_uri and tracking_uri.startswith(("http://", "https://")):
             ui_url = tracking_uri
         extra = {"claims": load_claims(tracking_uri, table, tables_dir, best=best)}
         extra["ui_url"] = _checked_url(ui_url)
-    _emit(result, chosen, out, images, **extra)
+    _write(chosen, out, result, images=images, **extra)
     if check:
         worse = result.worse()
         if worse:
@@ -235,7 +236,7 @@ _REPORT_MARKS = ("# rkrepro report", "% rkrepro report", "<!DOCTYPE html>")
 
 def _made_by_rkrepro(path: Path) -> bool:
     """Whether ``path`` holds an earlier rkrepro report (so replacing it loses nothing)."""
-    from rkrepro.report import RECORD_FIELDS
+    from rkrepro.report.render.content import RECORD_FIELDS
 
     try:
         with path.open("rb") as handle:
@@ -280,71 +281,28 @@ def check_output_file(out: Path, tracking_uri: str | None, force: bool) -> None:
         )
 
 
-def _emit(result, chosen: ReportFormat, out: Path | None, images: list[Path], **extra) -> None:
+def _write(chosen: ReportFormat, out: Path | None, report, **content) -> None:
+    """Write the report (or, with ``report`` None, the claims) as :mod:`rkrepro.report.render`
+    renders ``chosen``; an output that cannot be written is one line."""
+    from rkrepro.report import render
+
     try:
-        _write(result, chosen, out, images, **extra)
+        render.write_report(
+            chosen.value, out, lambda text: typer.echo(text, nl=False), report, **content
+        )
     except OSError as error:
         reason = os.strerror(error.errno) if error.errno else str(error)
         raise RkreproError(f"cannot write --out {out}: {reason}") from None
 
 
-def _write(result, chosen: ReportFormat, out: Path | None, images: list[Path], **extra) -> None:
-    from rkrepro import report as reporting
-
-    if chosen is ReportFormat.rich:
-        from rich.console import Console
-
-        if out is None:
-            console = Console()
-            for renderable in reporting.to_rich(result):
-                console.print(renderable)
-            return
-        with out.open("w", encoding="utf-8") as handle:
-            console = Console(file=handle, width=220, color_system=None)
-            for renderable in reporting.to_rich(result):
-                console.print(renderable)
-        return
-    if chosen is ReportFormat.html:
-        text = reporting.to_html(result, images, **extra)
-    else:
-        text = reporting.FORMATS[chosen.value](result)
-    if out is None:
-        typer.echo(text, nl=False)
-    else:
-        out.write_text(text, encoding="utf-8")
-
-
 def _emit_claims(tracking_uri, table, tables_dir, best: bool, chosen, out: Path | None) -> None:
-    from rkrepro.report import render
     from rkrepro.report.claims import load_claims
 
     results = load_claims(tracking_uri, table, tables_dir, best=best)
     if not results:
         typer.echo("No claims in the tables" + (f" for {table}." if table else "."), err=True)
         return
-    if chosen is ReportFormat.rich:
-        from rich.console import Console
-
-        handle = out.open("w", encoding="utf-8") if out else None
-        try:
-            console = Console(file=handle, width=160 if handle else None)
-            for renderable in render.claims_rich(results):
-                console.print(renderable)
-        finally:
-            if handle:
-                handle.close()
-        return
-    if chosen is ReportFormat.html:
-        text = render.to_html(None, claims=results)
-    elif chosen is ReportFormat.latex:
-        raise RkreproError("--claims has no LaTeX form; use markdown, html, json or csv")
-    else:
-        text = {"markdown": render.claims_markdown, "json": render.claims_json,
-                "csv": render.claims_csv}[chosen.value](results)  # fmt: skip
-    if out is None:
-        typer.echo(text, nl=False)
-    else:
-        out.write_text(text, encoding="utf-8")
+    _write(chosen, out, None, claims=results)
 
 
 def status_command(

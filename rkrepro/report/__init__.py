@@ -1,7 +1,8 @@
 """``rkrepro report``: the paper's tables side by side with the reproduction.
 
-runs + targets -> :mod:`.model` (seed statistics, verdicts, bold claims) -> :mod:`.render`
-(CSV, JSON, Markdown, LaTeX, HTML, rich) and :mod:`.plots` (PNG, logged to MLflow).
+runs + the paper's tables -> :mod:`.build` (seed statistics, verdicts, bold claims) ->
+:mod:`.render` (one module per format: rich, Markdown, CSV, JSON, LaTeX, HTML) and
+:mod:`.plots` (PNG, logged to MLflow).
 """
 
 from rkrepro.report.build import (
@@ -25,27 +26,13 @@ from rkrepro.report.build import (
     param_counts,
 )
 from rkrepro.report.plots import log_plots, write_plots
-from rkrepro.report.render import (
-    FORMATS,
-    RECORD_FIELDS,
-    layout,
-    records,
-    to_csv,
-    to_html,
-    to_json,
-    to_latex,
-    to_markdown,
-    to_rich,
-)
 
 __all__ = [
     "BETTER",
     "CACHE_DIR_ENV",
     "DEFAULT_TOLERANCE_PP",
     "FAILED_VERDICT",
-    "FORMATS",
     "MISSING",
-    "RECORD_FIELDS",
     "RUNNING",
     "SHORTENED",
     "UNREPORTED",
@@ -57,16 +44,8 @@ __all__ = [
     "Report",
     "TableReport",
     "build_report",
-    "layout",
     "load_report",
     "log_plots",
     "param_counts",
-    "records",
-    "to_csv",
-    "to_html",
-    "to_json",
-    "to_latex",
-    "to_markdown",
-    "to_rich",
     "write_plots",
 ]

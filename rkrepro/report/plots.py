@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rkrepro.report.build import DATASET_NAMES, Report, TableReport
-from rkrepro.report.render import to_json
+from rkrepro.report.render.json import to_json
 from rkrepro.status import (
     ACTIVE,
 )

@@ -1,0 +1,58 @@
+"""``rkrepro report`` (:mod:`rkrepro.cli.report`): ``--check`` exit codes, ``--plots`` written and
+logged to MLflow, ``--reading`` and ``--compare``."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from rkrepro.tracking import keys as mlflow_keys
+
+from .helpers_report import R20_V, cli_app, invoke
+
+
+def test_cli_check_exit_codes(store):
+    uri, _ = store
+    worse = invoke("report", "4", "-f", "csv", "--check", "--tracking-uri", uri)
+    assert worse.exit_code == 1
+    assert f"table4/resnet-20/{R20_V}/noshare" in worse.output
+    assert invoke("report", "table3", "-f", "csv", "--check", "--tracking-uri", uri).exit_code == 0
+    wide = invoke("report", "4", "-f", "csv", "--check", "--tolerance", "1", "--tracking-uri", uri)
+    assert wide.exit_code == 0, wide.output
+    unknown = invoke("report", "table9", "--tracking-uri", uri)
+    assert unknown.exit_code == 2
+
+
+def test_cli_plots_written_and_logged(store, tmp_path):
+    uri, _ = store
+    plots = tmp_path / "plots"
+    result = invoke("report", "table4", "-f", "json", "--plots", str(plots), "--tracking-uri", uri)
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in plots.iterdir())
+    assert "table4_params_vs_error.png" in names
+    assert "table4_resnet-20_curves.png" in names
+    assert all((plots / n).read_bytes()[:4] == b"\x89PNG" for n in names)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(mlflow_keys.REPORTS_EXPERIMENT)
+    run = client.search_runs([experiment.experiment_id])[0]
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert logged == {f"plots/{n}" for n in names}
+
+
+def test_report_cli_reading_options(tmp_path):
+    runner = CliRunner()
+    uri = f"sqlite:///{tmp_path / 'none.db'}"
+    ok = runner.invoke(
+        cli_app(),
+        ["report", "table4", "--tracking-uri", uri, "--format", "json",
+         "--reading", "resnet_stages=euler", "--compare", "reported_error=best"],
+    )  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    document = json.loads(ok.output)
+    assert document["readings"] == {"resnet_stages": "euler"}
+    assert document["compare"] == {"reported_error": "best"}
+    bad = runner.invoke(cli_app(), ["report", "table4", "--tracking-uri", uri, "--compare", "x"])
+    assert bad.exit_code != 0 and "--compare 'x': expected NAME=VALUE" in bad.output
