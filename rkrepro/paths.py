@@ -15,8 +15,20 @@ DATA_DIR_ENV = "RKREPRO_DATA_DIR"
 
 
 def runs_dir() -> Path:
-    """``$RKREPRO_RUNS_DIR``, else ``./runs``: the local store, artifacts and checkpoints."""
-    return Path(os.environ.get(RUNS_DIR_ENV) or "runs").absolute()
+    """``$RKREPRO_RUNS_DIR``, else ``./runs``: the local store, artifacts and checkpoints.
+
+    Its path reaches job scripts (SLURM's ``#SBATCH`` lines, shell lines) and store URIs, so a
+    control character in it (a newline would start a line of its own) is refused here."""
+    folder = Path(os.environ.get(RUNS_DIR_ENV) or "runs").absolute()
+    text = str(folder)
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        from rkrepro.errors import RkreproError
+
+        raise RkreproError(
+            f"the runs folder {ascii(text)[:120]} holds a control character (a newline would "
+            f"become a line of a job script); use a folder without one ({RUNS_DIR_ENV})"
+        )
+    return folder
 
 
 def unwritable(folder: Path) -> str | None:
@@ -45,9 +57,27 @@ def default_data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV) or "data")
 
 
+# Characters a path cannot carry inside an SQLite URI: ``?`` and ``#`` end the path part and
+# ``%`` starts an escape. Percent-quoting them is not enough: MLflow makes the store's folder
+# from the quoted text itself (a stray ``exp%3F1/`` beside the real ``exp?1/``).
+URI_BREAKING = "?#%"
+
+
 def local_store_uri() -> str:
-    """The embedded default: an SQLite store under :func:`runs_dir`, no server needed."""
-    return f"sqlite:///{runs_dir() / 'mlflow.db'}"
+    """The embedded default: an SQLite store under :func:`runs_dir`, no server needed. A runs
+    folder whose path would end or escape the URI (``exp?1/runs/mlflow.db`` opened the store
+    ``exp``) is refused with one line."""
+    folder = runs_dir()
+    found = sorted({c for c in str(folder) if c in URI_BREAKING})
+    if found:
+        from rkrepro.errors import RkreproError
+
+        raise RkreproError(
+            f"the runs folder {ascii(str(folder))[:120]} holds {' '.join(found)}, which a local "
+            f"MLflow store's URI cannot carry (the runs would go to another file); use a folder "
+            f"without ?, # or % ({RUNS_DIR_ENV}), or a store of your own (--tracking-uri)"
+        )
+    return f"sqlite:///{folder / 'mlflow.db'}"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:

@@ -33,6 +33,9 @@ BAD_COMMANDS = {
     "absent cuda": ([*RUN, "--device", "cuda:7"], "cuda"),
     "fast path switch": ([*RUN, "--fast-path", "-warp_speed"], "bad fast-path switch"),
     "fast path word": ([*RUN, "--fast-path", "fast"], "bad fast-path switch"),
+    "fast path precision": ([*RUN, "--fast-path", "-bf16"], "use --precision bf16"),
+    "unknown precision": ([*RUN, "--precision", "fp64"], "use one of fp32, tf32, bf16, fp16"),
+    "bf16 on the cpu": ([*RUN, "--precision", "bf16", "--device", "cpu"], "needs a CUDA device"),
     "missing row option": (["run", "tiny"], "Missing option '--row'"),
     "missing data": ([*RUN, "--data-dir", "/nonexistent/data"], "cifar-10-batches-py"),
     "unknown command": (["rnu"], "No such command"),
@@ -615,3 +618,93 @@ def test_a_server_that_never_answers_is_one_line_in_bounded_time(
         assert f"{silent_server} did not answer within" in line, line
         assert seconds < 30, (args, seconds)
     assert not (tmp_path / "runs" / "checkpoints").exists()  # nothing started
+
+
+# --------------------------------------------------------------------------------------------
+# runs/ planted by someone else, and paths that would break a job script or a store URI.
+
+
+def _victim(root: Path) -> Path:
+    victim = root / "home" / ".bashrc"
+    victim.parent.mkdir(parents=True)
+    victim.write_text("# mine\n")
+    return victim
+
+
+def _workspace(root: Path, monkeypatch) -> Path:
+    for name, value in ws.make_workspace(root, n_train=64, n_test=16).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(root)
+    return root / "runs"
+
+
+@pytest.mark.bad_input
+def test_a_job_log_planted_as_a_link_is_refused_before_any_job(tmp_path: Path, monkeypatch):
+    runs = _workspace(tmp_path, monkeypatch)
+    victim = _victim(tmp_path)
+    log = runs / "logs" / "tiny" / "bc-k4" / "original-noshare-seed0.log"
+    log.parent.mkdir(parents=True)
+    log.symlink_to(victim)
+    result = CliRunner().invoke(
+        app, [*RUN, "--variant", "original", "--no-share", "--epochs", "1", "--cpu-jobs", "1"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "is a link" in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.output and victim.read_text() == "# mine\n"
+
+
+@pytest.mark.bad_input
+def test_a_runs_subfolder_that_links_out_is_refused(tmp_path: Path, monkeypatch):
+    runs = _workspace(tmp_path, monkeypatch)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    runs.mkdir()
+    (runs / "checkpoints").symlink_to(outside)
+    result = CliRunner().invoke(app, [*RUN, "--variant", "original", "--no-share", "--epochs", "1"])
+    assert result.exit_code == 2, result.output
+    assert "checkpoints is a link" in result.stderr
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.bad_input
+def test_a_runs_folder_with_a_newline_never_reaches_a_job_script(tmp_path: Path, monkeypatch):
+    """A newline in the runs folder's path would be a shell line of the sbatch script."""
+    _workspace(tmp_path, monkeypatch)
+    monkeypatch.setenv("RKREPRO_RUNS_DIR", str(tmp_path / "runs\ntouch pwned"))
+    monkeypatch.setenv("RKREPRO_SUBMITIT_CLUSTER", "local")
+    args = [*RUN, "--variant", "original", "--no-share", "--epochs", "1", "--launcher", "slurm"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "control character" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "pwned").exists() and not list(tmp_path.glob("runs*"))
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("name", ["exp?1", "a#b", "x%41"])
+def test_a_runs_folder_named_like_a_uri_part_is_refused_not_sent_elsewhere(
+    tmp_path: Path, monkeypatch, name
+):
+    """``?``, ``#`` and ``%`` in the runs folder's path would send the runs into another store
+    (``exp?1/runs/mlflow.db`` used to open the SQLite file ``exp``): one line, nothing written."""
+    _workspace(tmp_path, monkeypatch)
+    monkeypatch.setenv("RKREPRO_RUNS_DIR", str(tmp_path / name / "runs"))
+    for args in ([*RUN, "--variant", "original", "--no-share", "--epochs", "1"], ["status"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "cannot carry" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "tables"]
+
+
+@pytest.mark.bad_input
+def test_a_plot_planted_as_a_link_is_replaced_not_written_through(tmp_path: Path, monkeypatch):
+    _workspace(tmp_path, monkeypatch)
+    victim = _victim(tmp_path)
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    (plots / "tiny_params_vs_error.png").symlink_to(victim)
+    result = CliRunner().invoke(app, ["report", "tiny", "--plots", str(plots)])
+    assert result.exit_code == 0, result.output
+    assert victim.read_text() == "# mine\n"
+    png = plots / "tiny_params_vs_error.png"
+    assert not png.is_symlink() and png.read_bytes().startswith(b"\x89PNG")

@@ -500,3 +500,28 @@ def test_a_ddp_job_is_torchrun_of_the_same_rkrepro_command(ws: Workspace) -> Non
     assert rk[rk.index("--fast-path") + 1] == "-cuda_graph"  # the job plans the same precision
     assert rk[rk.index("--tracking-uri") + 1].startswith("sqlite:////")
     assert job.log.name == f"{VARIANT}-share-seed3.log"
+
+
+def test_a_slurm_rehearsal_calls_no_slurm_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With RKREPRO_SUBMITIT_CLUSTER=local nothing may ask a cluster (``sinfo`` for the CPUs)."""
+    pytest.importorskip("submitit")
+    bin_dir, called = tmp_path / "bin", tmp_path / "sinfo-called"
+    bin_dir.mkdir()
+    (bin_dir / "sinfo").write_text(f"#!/bin/sh\ntouch {called}\necho 64\n")
+    (bin_dir / "sinfo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    slurm.make_executor(slurm.SlurmSettings(cluster="local", folder=tmp_path / "%j"))
+    assert not called.exists()
+    slurm.SlurmSettings(cluster="slurm", folder=tmp_path / "%j").cpus()
+    assert called.exists()  # the fake sinfo is reachable: the check above can fail
+
+
+def test_a_job_folder_with_a_control_character_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("submitit")
+    settings = slurm.SlurmSettings(cluster="local", folder=tmp_path / "a\nb" / "%j")
+    with pytest.raises(RkreproError, match="control character"):
+        slurm.make_executor(settings)

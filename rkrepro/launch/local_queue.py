@@ -24,6 +24,8 @@ from rich.console import Console
 from rkrepro.errors import RkreproError
 from rkrepro.launch.jobs import STOP_GRACE_S, Job, job_env, job_for, warn_sqlite
 from rkrepro.launch.placement import LaunchPlan, Slot
+from rkrepro.paths import runs_dir
+from rkrepro.safe_write import append_nofollow, make_dirs
 from rkrepro.training.progress import format_duration
 
 if TYPE_CHECKING:
@@ -92,12 +94,11 @@ class LocalQueue:
                 if self._stopping is not None:
                     self._done += 1
                     return Outcome(job, slot.name, None, 0.0)
-                job.log.parent.mkdir(parents=True, exist_ok=True)
                 args = list(job.args)
                 if "--device" in args:
                     args[args.index("--device") + 1] = slot.device
                 started = time.monotonic()
-                with open(job.log, "ab") as log:
+                with append_nofollow(job.log) as log:
                     proc = subprocess.Popen(
                         [sys.executable, *args],
                         env=job_env(slot.env),
@@ -202,8 +203,8 @@ def open_logs(jobs: list[Job]) -> None:
     half-launched and no traceback from a queue thread."""
     for job in jobs:
         try:
-            job.log.parent.mkdir(parents=True, exist_ok=True)
-            with open(job.log, "ab"):
+            make_dirs(runs_dir(), job.log.parent)
+            with append_nofollow(job.log):
                 pass
         except OSError as error:
             shown = str(job.log)

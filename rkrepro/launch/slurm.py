@@ -232,7 +232,8 @@ class SlurmSettings:
         never more than a node of the partition has (a task asking more would pend forever)."""
         if self.cpus_per_task is not None:
             return self.cpus_per_task
-        node = node_cpus(self.partition)
+        # A rehearsal (submitit's local executor) runs here: it asks no SLURM command.
+        node = node_cpus(self.partition) if self.cluster == "slurm" else os.cpu_count() or 1
         wanted = CPUS_PER_GPU * self.gpus_per_node if self.gpus_per_node else node
         return max(1, min(wanted, node))
 
@@ -267,6 +268,12 @@ def make_executor(settings: SlurmSettings) -> Any:
             "--launcher slurm needs submitit: pip install 'rkrepro[slurm]' (or submitit)"
         ) from None
     folder = settings.folder or runs_dir() / "slurm" / "%j"
+    for what, text in (("the job folder", str(folder)), ("the Python interpreter", sys.executable)):
+        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise RkreproError(
+                f"{what} {ascii(text)[:120]} holds a control character, which would become a "
+                f"line of the sbatch script; use a path without one"
+            )
     try:
         executor = submitit.AutoExecutor(
             folder=folder,

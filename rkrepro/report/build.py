@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rkrepro.safe_write import write_bytes_atomic
 from rkrepro.spec import ModelSpec
 from rkrepro.status import (
     ACTIVE,
@@ -473,8 +474,6 @@ def _write_cache(path: Path, data: dict[str, Any]) -> None:
     """Best effort: a read-only home only makes the next report slower."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(data, sort_keys=True))
-        os.replace(temporary, path)
+        write_bytes_atomic(path, json.dumps(data, sort_keys=True).encode(), sync=False)
     except OSError:
         pass

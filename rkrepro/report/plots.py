@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from rkrepro.report.build import DATASET_NAMES, Report, TableReport
 from rkrepro.report.render.json import to_json
+from rkrepro.safe_write import write_atomic
 from rkrepro.status import (
     ACTIVE,
 )
@@ -68,10 +69,16 @@ def point_label(cell: Cell) -> str:
     return name + (" +share" if cell.share else "") + ("*" if cell.star else "")
 
 
+def _save(figure, path: Path) -> None:
+    """The PNG written whole under a new name, then renamed: a link planted at ``path`` is
+    replaced, never written through."""
+    write_atomic(path, lambda stream: figure.savefig(stream, format="png", dpi=120), sync=False)
+
+
 def _plot_params(plt, report: Report, table_report: TableReport, out_dir: Path) -> Path:
     figure = params_figure(plt, report, table_report)
     path = out_dir / f"{table_report.table.id}_params_vs_error.png"
-    figure.savefig(path, dpi=120)
+    _save(figure, path)
     plt.close(figure)
     return path
 
@@ -152,7 +159,7 @@ def _plot_curves(plt, table_report, row, out_dir, history) -> Path | None:
     if figure is None:
         return None
     path = out_dir / f"{table_report.table.id}_{row.id}_curves.png"
-    figure.savefig(path, dpi=120)
+    _save(figure, path)
     plt.close(figure)
     return path
 

@@ -8,6 +8,9 @@ A reproduction runs for days, so this file decides whether a crash costs minutes
 - a write that fails (disk full, quota) removes its temp file, leaves both older checkpoints
   untouched and raises one clear :class:`CheckpointWriteError`;
 - an exclusive lock per configuration keeps two processes from training the same cell;
+- nothing is written through a link someone else planted in ``runs/``: temporary files get
+  unpredictable names and are created exclusively, the lock is opened without following a
+  link, and the folders below the runs folder must not be links (:mod:`rkrepro.safe_write`);
 - nothing in a checkpoint can run code: ``runs/`` may sit on a filesystem other users can write
   (a cluster's shared disk), so files load with ``weights_only=True`` (tensors, numbers, strings
   and plain containers only) and a file that does not load that way is unreadable, like a torn
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from rkrepro.errors import RkreproError
+from rkrepro.safe_write import make_dirs, open_nofollow, write_atomic
 
 CHECKPOINT_FORMAT = 1
 # Test hook (documented in the README): SIGKILL this process halfway through writing its N-th
@@ -57,8 +61,11 @@ class Checkpoints:
     A small ``last.json`` beside them tells ``--dry-run`` the epoch without loading tensors.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, root: Path | None = None) -> None:
         self.dir = Path(directory)
+        # The folder these checkpoints must stay inside (the runs folder): no level between it
+        # and ``dir`` may be a link.
+        self.root = Path(root) if root is not None else self.dir.parent
         self.last = self.dir / "last.pt"
         self.prev = self.dir / "prev.pt"
         self.info = self.dir / "last.json"
@@ -67,23 +74,12 @@ class Checkpoints:
     def save(self, state: dict[str, Any]) -> None:
         self._saves += 1
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.dir / f".last.pt.{os.getpid()}.tmp"
-            try:
-                self._write(tmp, state)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            if self.last.exists():
-                os.replace(self.last, self.prev)
-            os.replace(tmp, self.last)
+            make_dirs(self.root, self.dir)
+            write_atomic(self.last, self._writer(state), rotate=self.prev)
             info = {k: state.get(k) for k in ("epoch", "step_in_epoch", "epochs", "run_id")}
-            tmp_info = self.dir / f".last.json.{os.getpid()}.tmp"
             try:
-                tmp_info.write_text(json.dumps(info))
-                os.replace(tmp_info, self.info)
+                write_atomic(self.info, lambda stream: stream.write(json.dumps(info).encode()))
             except OSError:
-                tmp_info.unlink(missing_ok=True)
                 self.info.unlink(missing_ok=True)  # a stale summary is worse than none
                 raise
             _fsync_dir(self.dir)
@@ -95,10 +91,10 @@ class Checkpoints:
                 f"intact:{hint} rerun the same command to resume"
             ) from None
 
-    def _write(self, path: Path, state: dict[str, Any]) -> None:
+    def _writer(self, state: dict[str, Any]) -> Any:
         import torch
 
-        with open(path, "wb") as handle:
+        def write(handle: Any) -> None:
             if self._fault_kill_now():
                 # Half a file on disk, then the hardest possible stop.
                 handle.write(b"\x80" * 4096)
@@ -106,8 +102,8 @@ class Checkpoints:
                 os.fsync(handle.fileno())
                 os.kill(os.getpid(), signal.SIGKILL)
             torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+
+        return write
 
     def _fault_kill_now(self) -> bool:
         wanted = os.environ.get(FAULT_KILL_IN_CHECKPOINT_ENV, "").strip()
@@ -150,13 +146,14 @@ class Checkpoints:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold an exclusive lock on this configuration; the OS drops it if we are killed."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.root, self.dir)
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock
             yield
             return
-        with open(self.dir / "lock", "a+") as handle:
+        fd = open_nofollow(self.dir / "lock", os.O_RDWR | os.O_CREAT)
+        with os.fdopen(fd, "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:

@@ -7,6 +7,7 @@ Torch-free: a login node plans a campaign without loading torch.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from rich.console import Console
 from rkrepro import paths
 from rkrepro.errors import RkreproError
 from rkrepro.paths import checkpoint_dir
+from rkrepro.safe_write import PlantedLink
 from rkrepro.tracking import runs as tracking
 from rkrepro.training.checkpoints import Checkpoints
 
@@ -29,9 +31,13 @@ class PlanStatus:
     detail: str = ""
 
 
+# The folders rkrepro writes below the runs folder; none of them may be a link.
+RUNS_SUBFOLDERS = ("checkpoints", "logs", "artifacts", "slurm")
+
+
 def checkpoints_for(plan: Plan, tracking_uri: str | None = None) -> Checkpoints:
     """The plan's checkpoints in the store ``tracking_uri`` (see :func:`checkpoint_dir`)."""
-    return Checkpoints(checkpoint_dir(plan.config_hash, tracking_uri))
+    return Checkpoints(checkpoint_dir(plan.config_hash, tracking_uri), root=paths.runs_dir())
 
 
 class Ledger:
@@ -65,6 +71,13 @@ class Ledger:
                     f"cannot write the runs folder {folder} (checkpoints, job logs, the local "
                     f"store): {why}; use a writable folder (RKREPRO_RUNS_DIR)"
                 )
+            for name in RUNS_SUBFOLDERS:
+                if (folder / name).is_symlink():
+                    raise PlantedLink(
+                        f"{folder / name} is a link (to {os.readlink(folder / name)}): rkrepro "
+                        f"writes only inside the runs folder; move the runs folder itself "
+                        f"instead (RKREPRO_RUNS_DIR, or a link in place of runs/)"
+                    )
         return self.tracker.connect(create)
 
     def checkpoints(self, plan: Plan) -> Checkpoints:
