@@ -1,4 +1,5 @@
-"""The package's structure: no import circle, and one place per ``run`` option.
+"""The package's structure: no import circle, every import pointing down the layers, modules
+of a readable size, mlflow behind one package, and one place per ``run`` option.
 
 The import graph counts every ``import`` statement, also those inside functions and under
 ``TYPE_CHECKING``: a circle there is still two modules that each need the other.
@@ -83,14 +84,69 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_lower_layers_never_import_the_run_or_cli_packages() -> None:
+# The layers, bottom first: a module imports only from its own layer and the ones below. Data
+# flows down: the CLI launches, the launchers train plans, training reads the paper, the models,
+# the data and the store; nothing below knows what is above it.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("errors", "textsafe", "spec", "paths", "safe_write"),
+    ("paper", "models", "calibration", "data_check", "fb_transforms", "data"),
+    ("tracking",),
+    ("planning",),
+    ("training", "status", "params", "ui"),
+    ("report", "listing", "estimate"),
+    ("launch",),
+    ("cli", "__main__"),
+)
+
+
+def layer_of(module: str) -> int | None:
+    """The layer of ``rkrepro.X`` or ``rkrepro.X.Y`` (by ``X``); None for an unplaced module."""
+    name = module.split(".")[1] if "." in module else ""
+    return next((i for i, layer in enumerate(LAYERS) if name in layer), None)
+
+
+def test_every_import_points_down_the_layers() -> None:
     graph = import_graph()
-    lower = ("rkrepro.paper", "rkrepro.models", "rkrepro.data", "rkrepro.train")
-    lower += ("rkrepro.tracking", "rkrepro.status", "rkrepro.report", "rkrepro.checkpoints")
-    for name, deps in graph.items():
-        if name.startswith(lower):
-            upward = {d for d in deps if d.startswith(("rkrepro.run", "rkrepro.cli"))}
-            assert not upward, f"{name} imports {sorted(upward)}"
+    unplaced = sorted(m for m in graph if m != "rkrepro" and layer_of(m) is None)
+    assert not unplaced, f"place these modules in LAYERS: {unplaced}"
+    upward = [
+        f"{name} -> {dep}"
+        for name, deps in graph.items()
+        for dep in deps
+        if name != "rkrepro" and layer_of(dep) > layer_of(name)  # type: ignore[operator]
+    ]
+    assert not upward, upward
+
+
+def test_the_layer_check_finds_an_upward_import() -> None:
+    session, model = layer_of("rkrepro.training.session"), layer_of("rkrepro.paper.model")
+    assert session is not None and model is not None and session > model
+    assert layer_of("rkrepro.cli.app") == len(LAYERS) - 1 and layer_of("rkrepro.nowhere") is None
+
+
+def test_no_module_over_600_lines_and_no_class_over_250() -> None:
+    """Files and definitions a reader can hold: one concern each."""
+    too_long = []
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        if len(text.splitlines()) > 600:
+            too_long.append(f"{path.relative_to(PACKAGE)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 250:
+                size = node.end_lineno - node.lineno + 1
+                too_long.append(f"{path.relative_to(PACKAGE)}: class {node.name} {size} lines")
+    assert not too_long, too_long
+
+
+def test_only_the_tracking_package_imports_mlflow() -> None:
+    importers = {
+        name
+        for name in import_graph()
+        for path in [PACKAGE.parent / (name.replace(".", "/") + ".py")]
+        if path.exists()
+        and ("import mlflow" in path.read_text() or "from mlflow" in path.read_text())
+    }
+    assert importers and all(name.startswith("rkrepro.tracking.") for name in importers), importers
 
 
 def test_every_run_option_reaches_launched_jobs_under_its_own_flag() -> None:
