@@ -55,7 +55,8 @@ def _setup(cpu_smoke: bool) -> dict[str, Any]:
 def _trainer(cfg: dict[str, Any], root: Path, ck: Path, fast: Any, **kw: Any) -> Any:
     import torch
 
-    from rkrepro import data, train
+    from rkrepro import train
+    from rkrepro.data import cifar
     from rkrepro.models import build_model
     from rkrepro.spec import ModelSpec, Protocol
 
@@ -65,11 +66,11 @@ def _trainer(cfg: dict[str, Any], root: Path, ck: Path, fast: Any, **kw: Any) ->
     protocol = Protocol(
         "cifar10", "pad 4 + crop + flip", cfg["batch"], cfg["epochs"], 0.1, 0.9, 1e-4, (2,)
     )
-    os.environ[data.VERIFY_ENV], os.environ[data.DOWNLOAD_ENV] = "0", "0"
-    tr_split, te_split = data.load_cifar("cifar10", root)
+    os.environ[cifar.VERIFY_ENV], os.environ[cifar.DOWNLOAD_ENV] = "0", "0"
+    tr_split, te_split = cifar.load_cifar("cifar10", root)
     train.seed_everything(0)
     model = train.model_device_setup(build_model(spec), device, fast.for_device(device, True))
-    tr, te = data.cifar_batches(tr_split, te_split, cfg["batch"], device, 0, None)
+    tr, te = cifar.cifar_batches(tr_split, te_split, cfg["batch"], device, 0, None)
     return train.Trainer(
         model, tr, te, protocol, device, train.Checkpoints(ck), fast=fast,
         emulate_cuda=device.type == "cpu", **kw,

@@ -160,10 +160,11 @@ class Arm:
     def __init__(self, name: str, cfg: dict[str, Any]) -> None:
         import torch
 
-        from rkrepro import data, train
+        from rkrepro import train
+        from rkrepro.data import cifar
 
-        os.environ[data.VERIFY_ENV] = "0"
-        os.environ[data.DOWNLOAD_ENV] = "0"
+        os.environ[cifar.VERIFY_ENV] = "0"
+        os.environ[cifar.DOWNLOAD_ENV] = "0"
         self.name, self.cfg = name, cfg
         self.device = torch.device(cfg["device"])
         spec_fields = cfg["spec"]
@@ -178,7 +179,7 @@ class Arm:
         self.protocol = Protocol(**{**p, "lr_milestones": tuple(p["lr_milestones"])})
         self.batch = self.protocol.batch_size
         started = time.perf_counter()
-        self.train_split, self.test_split = data.load_cifar(self.spec.dataset, Path(cfg["root"]))
+        self.train_split, self.test_split = cifar.load_cifar(self.spec.dataset, Path(cfg["root"]))
         self.data_s = time.perf_counter() - started
         train.seed_everything(cfg["seed"])
         self.trainer: Any = None
@@ -196,8 +197,9 @@ class Arm:
         import torch
         import torch.nn.functional as F
 
-        from rkrepro import data, train
+        from rkrepro import train
         from rkrepro.checkpoints import Checkpoints
+        from rkrepro.data import cifar
         from rkrepro.fast_path import FastPath
         from rkrepro.models import build_model
 
@@ -207,7 +209,7 @@ class Arm:
             if self.name == "T-fp32":  # the paper's arithmetic, every other switch as T
                 fast = replace(fast, bf16=False)
             self.model = train.model_device_setup(build_model(self.spec), dev, fast)
-            tr, te = data.cifar_batches(
+            tr, te = cifar.cifar_batches(
                 self.train_split,
                 self.test_split,
                 self.batch,
@@ -239,7 +241,7 @@ class Arm:
         self.opt = train.build_optimizer(self.model, self.protocol)
         self.model.train()
         if self.name == "A":
-            tr, te = data.cifar_batches(
+            tr, te = cifar.cifar_batches(
                 self.train_split, self.test_split, self.batch, dev, self.cfg["seed"], None
             )
             self.sources = (tr, te)
@@ -271,15 +273,15 @@ class Arm:
         import torch
         from torchvision import transforms
 
-        from rkrepro import data
+        from rkrepro.data import cifar
 
-        cls = data._cifar_class(self.spec.dataset, verify=False)
+        cls = cifar._cifar_class(self.spec.dataset, verify=False)
         tf = transforms.Compose(
             [
                 transforms.RandomCrop(32, padding=4),
                 transforms.RandomHorizontalFlip(),
                 transforms.ToTensor(),
-                transforms.Normalize(data.CIFAR_MEAN, data.CIFAR_STD),
+                transforms.Normalize(cifar.CIFAR_MEAN, cifar.CIFAR_STD),
             ]
         )
 
@@ -336,11 +338,11 @@ class Arm:
             if self.trainer is not None:
                 self.trainer.evaluate()
             else:
-                from rkrepro import data
+                from rkrepro.data import cifar
 
                 te = self.sources[1] if self.name == "A" else None
                 if te is None:
-                    te = data.CifarBatches(self.test_split, 2 * self.batch, self.device, False)
+                    te = cifar.CifarBatches(self.test_split, 2 * self.batch, self.device, False)
                 for x, _ in te.batches(0):
                     model(x)
         self.sync()
@@ -391,21 +393,22 @@ class Arm:
         import torch
         import torch.nn.functional as F
 
-        from rkrepro import data, train
+        from rkrepro import train
         from rkrepro.checkpoints import Checkpoints
+        from rkrepro.data import cifar
         from rkrepro.fast_path import FastPath
         from rkrepro.models import build_model
 
         train.seed_everything(self.cfg["seed"])
         dev = self.device
         model = build_model(self.spec, feature_buffer=self.name == "T").to(dev)
-        mean = torch.tensor(data.CIFAR_MEAN, device=dev).view(1, 3, 1, 1)
-        std = torch.tensor(data.CIFAR_STD, device=dev).view(1, 3, 1, 1)
+        mean = torch.tensor(cifar.CIFAR_MEAN, device=dev).view(1, 3, 1, 1)
+        std = torch.tensor(cifar.CIFAR_STD, device=dev).view(1, 3, 1, 1)
         x_all = self.train_split.x[: steps * self.batch].to(dev)
         y_all = self.train_split.y[: steps * self.batch].to(dev)
         batches = [
             (
-                data.normalise(x_all[i * self.batch : (i + 1) * self.batch], mean, std),
+                cifar.normalise(x_all[i * self.batch : (i + 1) * self.batch], mean, std),
                 y_all[i * self.batch : (i + 1) * self.batch],
             )
             for i in range(steps)

@@ -1,4 +1,4 @@
-"""fb.resnet.torch's ImageNet transforms (rkrepro.fb_transforms), each against a reference
+"""fb.resnet.torch's ImageNet transforms (rkrepro.data.fb_transforms), each against a reference
 computation written from the Lua/C source line by line (scalar loops, no shared code)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from rkrepro import data
-from rkrepro import fb_transforms as fb
+from rkrepro.data import fb_transforms as fb
+from rkrepro.data import imagenet
 
 
 class Scripted:
@@ -180,7 +180,7 @@ def test_pipelines_on_pil_images() -> None:
 
     pixels = np.random.default_rng(0).integers(0, 256, size=(300, 400, 3), dtype=np.uint8)
     image = Image.fromarray(pixels)
-    train_tf, val_tf = data.imagenet_transforms()
+    train_tf, val_tf = imagenet.imagenet_transforms()
     assert isinstance(train_tf, fb.ImageNetTrain) and isinstance(val_tf, fb.ImageNetEval)
     torch.manual_seed(0)
     assert train_tf(image).shape == (3, 224, 224)
@@ -198,3 +198,11 @@ def test_pipelines_on_pil_images() -> None:
     again = train_tf(image)
     torch.manual_seed(0)
     assert torch.equal(again, train_tf(image))  # reproducible under one seed (SeededSamples)
+
+
+def test_lighting_shifts_colour_per_image() -> None:
+    torch.manual_seed(0)
+    img = torch.zeros(3, 4, 4)
+    out = fb.lighting(0.1)(img)
+    assert out.shape == img.shape and not torch.equal(out, img)
+    assert torch.allclose(out[:, 0, 0], out[:, 3, 3])  # one RGB offset for the whole image

@@ -10,8 +10,9 @@ import helpers_cifar as h
 import pytest
 import torch
 
-from rkrepro import data, train
+from rkrepro import train
 from rkrepro.checkpoints import CHECKPOINT_FORMAT, Checkpoints
+from rkrepro.data import cifar
 from rkrepro.errors import RkreproError
 from rkrepro.fast_path import FAST_PATH_ENV, FastPath
 from rkrepro.models import build_model
@@ -42,9 +43,9 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def _split(n: int, seed: int) -> data.ArraySplit:
+def _split(n: int, seed: int) -> cifar.ArraySplit:
     x, y = h.random_images(n, 10, seed)
-    return data.ArraySplit(
+    return cifar.ArraySplit(
         torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y)
     )
 
@@ -52,7 +53,7 @@ def _split(n: int, seed: int) -> data.ArraySplit:
 def _trainer(tmp: Path, protocol: Protocol, spec: ModelSpec = TINY, **kw) -> train.Trainer:
     train.seed_everything(0)
     model = build_model(spec)
-    tr, te = data.cifar_batches(_split(80, 0), _split(24, 1), protocol.batch_size, CPU, 0, None)
+    tr, te = cifar.cifar_batches(_split(80, 0), _split(24, 1), protocol.batch_size, CPU, 0, None)
     return train.Trainer(model, tr, te, protocol, CPU, Checkpoints(tmp), **kw)
 
 
@@ -219,15 +220,15 @@ def test_resolve_device() -> None:
 
 def test_small_rknet_learns_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An RKNet (1x2_1x1_1x1, k=8) on scikit-learn's digits, in CIFAR format: far below chance."""
-    monkeypatch.setenv(data.VERIFY_ENV, "0")
-    monkeypatch.setenv(data.DOWNLOAD_ENV, "0")
+    monkeypatch.setenv(cifar.VERIFY_ENV, "0")
+    monkeypatch.setenv(cifar.DOWNLOAD_ENV, "0")
     h.write_digits_cifar10(tmp_path / "data")
-    tr_split, te_split = data.load_cifar("cifar10", tmp_path / "data")
+    tr_split, te_split = cifar.load_cifar("cifar10", tmp_path / "data")
     protocol = replace(PAPER, epochs=4, lr_milestones=(3,), batch_size=32)
     spec = replace(TINY_RK, growth_rate=8)
     train.seed_everything(0)
     model = build_model(spec)
-    tr, te = data.cifar_batches(tr_split, te_split, 32, CPU, 0, None)
+    tr, te = cifar.cifar_batches(tr_split, te_split, 32, CPU, 0, None)
     trainer = train.Trainer(model, tr, te, protocol, CPU, Checkpoints(tmp_path / "ck"))
     history = trainer.fit()
     assert history[-1].test_error < 40.0, [r.test_error for r in history]  # chance: 90 %
@@ -296,7 +297,7 @@ def test_cuda_graph_step_trains_like_eager(tmp_path: Path) -> None:
     for fast in (FastPath(bf16=False), FastPath.off()):
         train.seed_everything(0)
         model = build_model(TINY).to(cuda)
-        tr, te = data.cifar_batches(_split(200, 0), _split(24, 1), 16, cuda, 0, None)
+        tr, te = cifar.cifar_batches(_split(200, 0), _split(24, 1), 16, cuda, 0, None)
         trainer = train.Trainer(
             model, tr, te, protocol, cuda, Checkpoints(tmp_path / str(fast)), fast=fast
         )
@@ -400,7 +401,7 @@ def _emulated(tmp: Path, fast: train.FastPath, n: int = 88, epochs: int = 2) -> 
     protocol = replace(PAPER, epochs=epochs, lr_milestones=(1,), batch_size=16)
     train.seed_everything(0)
     model = build_model(TINY)
-    tr, te = data.cifar_batches(_split(n, 0), _split(24, 1), 16, CPU, 0, None)
+    tr, te = cifar.cifar_batches(_split(n, 0), _split(24, 1), 16, CPU, 0, None)
     return train.Trainer(
         model, tr, te, protocol, CPU, train.Checkpoints(tmp), fast=fast, emulate_cuda=True
     )

@@ -255,12 +255,12 @@ class Runner:
 
     def _data(self, plan: Plan):
         """Batch sources for a plan; CIFAR arrays are read once per command."""
-        from rkrepro import data
+        from rkrepro.data import cifar, imagenet
 
         dataset = plan.protocol.dataset
         channels_last = self.device.type == "cuda"
         if dataset == "imagenet":
-            batches = data.imagenet_batches(
+            batches = imagenet.imagenet_batches(
                 self.options.data_dir,
                 plan.protocol.batch_size,
                 self.device,
@@ -272,9 +272,9 @@ class Runner:
             )
         else:
             if dataset not in self._arrays:
-                self._arrays[dataset] = data.load_cifar(dataset, self.options.data_dir)
+                self._arrays[dataset] = cifar.load_cifar(dataset, self.options.data_dir)
             train, test = self._arrays[dataset]
-            batches = data.cifar_batches(
+            batches = cifar.cifar_batches(
                 train,
                 test,
                 plan.protocol.batch_size,
