@@ -1,6 +1,8 @@
 """ImageNet preprocessing exactly as fb.resnet.torch's ``datasets/transforms.lua`` (which
-liuzhuang13/DenseNet copies unchanged), on float CHW tensors in [0, 1] (what ``image.load(path,
-3, 'float')`` gives the Lua code).
+liuzhuang13/DenseNet copies unchanged): each step as the Lua code writes it, on float CHW tensors
+in [0, 1] (what ``image.load(path, 3, 'float')`` gives the Lua code), and the two pipelines
+(:class:`ImageNetTrain`, :class:`ImageNetEval`) planned per image and run fused on the uint8
+pixels, equal to the steps in turn up to float rounding.
 
 Where torchvision differs and this module follows the Torch code:
 
@@ -9,7 +11,8 @@ Where torchvision differs and this module follows the Torch code:
   fallback ``CenterCrop(Scale(input))``; the crop is resized with ``image.scale``'s bicubic.
 * Resizing (:func:`scale_bicubic`) is the ``image`` package's ``scaleBicubic``: separable
   Catmull-Rom cubic (a = -1/2) on an align-corners grid, linear extrapolation beyond the
-  edges, last pixel copied, no antialiasing; ``Scale(256)`` for evaluation uses it too.
+  edges, last pixel copied, no antialiasing (4 taps per output, :mod:`rkrepro.data.bicubic`);
+  ``Scale(256)`` for evaluation uses it too.
 * ``ColorJitter``: brightness, contrast and saturation 0.4 in a random order each image, as
   blends on float images, *without clamping* to [0, 1].
 
@@ -23,10 +26,14 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from rkrepro.data.bicubic import Window, scale_line, scale_window
 
 # fb.resnet.torch datasets/imagenet.lua.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -47,17 +54,24 @@ class Rng(Protocol):
 
 
 class TorchRng:
-    """The Lua calls on torch's global generator: ``torch.uniform(a, b)``, ``torch.random(lo,
-    hi)`` (both ends included), ``torch.randperm(n)`` (0-based here)."""
+    """The Lua calls on torch's global generator (or on ``generator``): ``torch.uniform(a, b)``,
+    ``torch.random(lo, hi)`` (both ends included), ``torch.randperm(n)`` (0-based here) and
+    ``torch.randn(n)``."""
+
+    def __init__(self, generator: torch.Generator | None = None) -> None:
+        self.generator = generator
 
     def uniform(self, a: float = 0.0, b: float = 1.0) -> float:
-        return a + (b - a) * float(torch.rand(()))
+        return a + (b - a) * float(torch.rand((), generator=self.generator))
 
     def random(self, lo: int, hi: int) -> int:
-        return int(torch.randint(lo, hi + 1, ()))
+        return int(torch.randint(lo, hi + 1, (), generator=self.generator))
 
     def randperm(self, n: int) -> list[int]:
-        return torch.randperm(n).tolist()
+        return torch.randperm(n, generator=self.generator).tolist()
+
+    def normal(self, n: int) -> Tensor:
+        return torch.randn(n, generator=self.generator)
 
 
 def lua_round(x: float) -> int:
@@ -68,64 +82,11 @@ def lua_round(x: float) -> int:
 # --------------------------------------------------------------------------- resizing
 
 
-def _cubic_weights(src_len: int, dst_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(indices [dst_len-1, 4] into the padded line, weights [dst_len-1, 4]) of
-    ``Main_scaleCubic_rowcol`` for the first ``dst_len - 1`` outputs (float32, as the C code)."""
-    scale = torch.tensor((src_len - 1) / (dst_len - 1) if dst_len > 1 else src_len - 1.0)
-    scale = scale.to(torch.float32)
-    di = torch.arange(dst_len - 1, dtype=torch.float32)
-    si_f = di * scale
-    si_i = si_f.to(torch.int64)  # (long) cast: truncation
-    x = si_f - si_i.to(torch.float32)
-    # Catmull-Rom as the C code writes it: a0 + 0.5 x (a1 + x (a2 + x a3)), expanded in p0..p3.
-    x2, x3 = x * x, x * x * x
-    w0 = 0.5 * (-x + 2 * x2 - x3)
-    w1 = 1 + 0.5 * (-5 * x2 + 3 * x3)
-    w2 = 0.5 * (x + 4 * x2 - 3 * x3)
-    w3 = 0.5 * (-x2 + x3)
-    # Indices into the line padded by one extrapolated sample each side.
-    idx = si_i[:, None] + torch.arange(4)[None, :]
-    return idx.to(device), torch.stack([w0, w1, w2, w3], 1).to(device)
-
-
-@functools.lru_cache(maxsize=256)
-def _cubic_matrix(src_len: int, dst_len: int) -> Tensor:
-    """The [dst_len, src_len] matrix of ``Main_scaleCubic_rowcol`` (so one line is one matmul):
-    4 taps per output, the extrapolated samples 2*p1 - p2 folded into the edge columns, the
-    last output a copy of the last input."""
-    matrix = torch.zeros(dst_len, src_len + 2, dtype=torch.float64)
-    if dst_len > 1:
-        idx, w = _cubic_weights(src_len, dst_len, torch.device("cpu"))
-        matrix[:-1].scatter_add_(1, idx, w.to(torch.float64))
-    matrix[-1, src_len] = 1.0  # padded index of the last input
-    folded = matrix[:, 1:-1].clone()
-    folded[:, 0] += 2 * matrix[:, 0]
-    folded[:, 1] -= matrix[:, 0]
-    folded[:, -1] += 2 * matrix[:, -1]
-    folded[:, -2] -= matrix[:, -1]
-    return folded.to(torch.float32)
-
-
-def _scale_line(img: Tensor, dim: int, dst_len: int) -> Tensor:
-    """Resize ``img`` along ``dim`` (-1 or -2) as ``Main_scaleCubic_rowcol`` does every line."""
-    src_len = img.shape[dim]
-    if dst_len == src_len:
-        return img
-    if src_len == 1:
-        shape = list(img.shape)
-        shape[dim] = dst_len
-        return img.expand(shape).contiguous()
-    matrix = _cubic_matrix(src_len, dst_len).to(img.device, img.dtype)
-    if dim == -1:
-        return img @ matrix.T
-    return matrix @ img
-
-
 def scale_bicubic(img: Tensor, width: int, height: int) -> Tensor:
     """``image.scale(img, width, height, 'bicubic')`` of a [C, H, W] float tensor: rows first
     (to the new width), then columns, as ``Main_scaleBicubic``."""
     width, height = max(int(width), 1), max(int(height), 1)
-    return _scale_line(_scale_line(img, -1, width), -2, height)
+    return scale_line(scale_line(img, -1, width), -2, height)
 
 
 def scale(size: int) -> Callable[[Tensor], Tensor]:
@@ -154,26 +115,34 @@ def center_crop(size: int) -> Callable[[Tensor], Tensor]:
     return apply
 
 
+def draw_crop(height: int, width: int, rng: Rng) -> tuple[int, int, int, int] | None:
+    """``M.RandomSizedCrop``'s draws: (y1, x1, h, w) of the crop, or None after 10 tries (the
+    fallback). Area uniform in [0.08, 1], aspect uniform in [3/4, 4/3], swapped with p = 1/2."""
+    for _ in range(10):
+        area = height * width
+        target_area = rng.uniform(0.08, 1.0) * area
+        aspect = rng.uniform(3 / 4, 4 / 3)
+        w = lua_round(math.sqrt(target_area * aspect))
+        h = lua_round(math.sqrt(target_area / aspect))
+        if rng.uniform() < 0.5:
+            w, h = h, w
+        if h <= height and w <= width:
+            y1 = rng.random(0, height - h)
+            x1 = rng.random(0, width - w)
+            return y1, x1, h, w
+    return None
+
+
 def random_sized_crop(size: int, rng: Rng | None = None) -> Callable[[Tensor], Tensor]:
     """``M.RandomSizedCrop(size)`` (Inception-style), with its 10 tries and fallback."""
     fallback_scale, fallback_crop = scale(size), center_crop(size)
 
     def apply(img: Tensor) -> Tensor:
-        r = rng or TorchRng()
-        height, width = img.shape[-2:]
-        for _ in range(10):
-            area = height * width
-            target_area = r.uniform(0.08, 1.0) * area
-            aspect = r.uniform(3 / 4, 4 / 3)
-            w = lua_round(math.sqrt(target_area * aspect))
-            h = lua_round(math.sqrt(target_area / aspect))
-            if r.uniform() < 0.5:
-                w, h = h, w
-            if h <= height and w <= width:
-                y1 = r.random(0, height - h)
-                x1 = r.random(0, width - w)
-                return scale_bicubic(img[..., y1 : y1 + h, x1 : x1 + w], size, size)
-        return fallback_crop(fallback_scale(img))
+        box = draw_crop(*img.shape[-2:], rng or TorchRng())
+        if box is None:
+            return fallback_crop(fallback_scale(img))
+        y1, x1, h, w = box
+        return scale_bicubic(img[..., y1 : y1 + h, x1 : x1 + w], size, size)
 
     return apply
 
@@ -245,6 +214,22 @@ def color_jitter(
     return apply
 
 
+@functools.lru_cache(maxsize=8)
+def _pca(eigval: tuple[float, ...], eigvec: tuple[tuple[float, ...], ...]) -> tuple[Tensor, Tensor]:
+    return torch.tensor(eigval), torch.tensor(eigvec)
+
+
+def lighting_offset(
+    alpha: Tensor,
+    eigval: Sequence[float] = PCA_EIGVAL,
+    eigvec: Sequence[Sequence[float]] = PCA_EIGVEC,
+) -> Tensor:
+    """``M.Lighting``'s RGB offset for the noise ``alpha`` [3]: sum_j eigvec[i][j] alpha_j
+    eigval_j (float32, as the Lua code's FloatTensor)."""
+    val, vec = _pca(tuple(eigval), tuple(map(tuple, eigvec)))
+    return (vec * alpha.view(1, 3) * val.view(1, 3)).sum(1)
+
+
 def lighting(
     alphastd: float = 0.1,
     eigval: Sequence[float] = PCA_EIGVAL,
@@ -252,13 +237,12 @@ def lighting(
 ) -> Callable[[Tensor], Tensor]:
     """``M.Lighting``: rgb_i = sum_j eigvec[i][j] * alpha_j * eigval_j, alpha ~ N(0, alphastd)
     (one draw of three per image), added to every pixel."""
-    val, vec = torch.tensor(eigval), torch.tensor(eigvec)
 
     def apply(img: Tensor) -> Tensor:
         if alphastd == 0:
             return img
         alpha = torch.randn(3) * alphastd
-        rgb = (vec * alpha.view(1, 3) * val.view(1, 3)).sum(1)
+        rgb = lighting_offset(alpha, eigval, eigvec)
         return img + rgb.to(img.device, img.dtype).view(3, 1, 1)
 
     return apply
@@ -305,6 +289,166 @@ def to_float(image: object) -> Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
 
 
+# ------------------------------------------------------- the pipelines, planned per image
+#
+# Each image's pipeline is planned before any pixel is touched: which source window is resized
+# to which output window along each axis (4 taps per output), and one 3x3 colour affine that
+# folds /255, ColorJitter, Lighting and ColorNormalize together (contrast's gray mean enters as
+# ``u . mean + s``). All of them are linear per pixel, so applying the composed affine to the
+# resized image equals applying the steps in turn, up to float rounding. The flip reverses the
+# output columns. Only the crop is read, and as uint8; :mod:`rkrepro.data.gpu_augment` runs the
+# same plans a batch at a time.
+
+
+@dataclass(frozen=True)
+class Colour:
+    """``out = matrix @ x + offset + gain * (weights . mean(x) + bias)`` per pixel of the
+    resized image ``x`` (0..255): the colour steps of one image composed (float64)."""
+
+    matrix: np.ndarray
+    offset: np.ndarray
+    gain: np.ndarray
+    weights: np.ndarray
+    bias: float
+
+    @classmethod
+    def normalise_only(cls) -> Colour:
+        return cls(np.eye(3) / 255.0, np.zeros(3), np.zeros(3), np.zeros(3), 0.0).normalised()
+
+    def normalised(self, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Colour:
+        """Followed by ColorNormalize."""
+        m, s = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+        return replace(
+            self,
+            matrix=self.matrix / s[:, None],
+            offset=(self.offset - m) / s,
+            gain=self.gain / s,
+        )
+
+    def pack(self) -> np.ndarray:
+        return np.concatenate(
+            [self.matrix.ravel(), self.offset, self.gain, self.weights, [self.bias]]
+        )
+
+
+PACKED_COLOUR = 9 + 3 + 3 + 3 + 1
+
+
+@dataclass(frozen=True)
+class TrainDraw:
+    """One image's random choices, drawn in the Lua code's order: crop box (None: the
+    fallback), ColorJitter's order and factors (brightness, contrast, saturation), Lighting's
+    RGB offset, flip."""
+
+    box: tuple[int, int, int, int] | None
+    order: tuple[int, ...]
+    factors: tuple[float, float, float]
+    rgb: tuple[float, float, float]
+    flip: bool
+
+    @classmethod
+    def draw(cls, height: int, width: int, rng: TorchRng, jitter: float = 0.4) -> TrainDraw:
+        box = draw_crop(height, width, rng)
+        order = tuple(rng.randperm(3))
+        factors = [1.0, 1.0, 1.0]
+        for i in order:
+            factors[i] = 1.0 + rng.uniform(-jitter, jitter)
+        rgb = lighting_offset(rng.normal(3) * 0.1)
+        flip = rng.uniform() < 0.5
+        return cls(box, order, tuple(factors), tuple(rgb.tolist()), flip)  # type: ignore[arg-type]
+
+    def colour(self) -> Colour:
+        """ColorJitter in the drawn order (contrast blends with the gray mean of the image as it
+        is then: ``weights . mean(x) + bias``), Lighting, ColorNormalize."""
+        g, ones = np.asarray(GRAY_WEIGHTS), np.ones(3)
+        matrix, offset, gain = np.eye(3) / 255.0, np.zeros(3), np.zeros(3)
+        weights, bias = np.zeros(3), 0.0
+        for i in self.order:
+            a = self.factors[i]
+            if i == 1:  # contrast (at most once, so ``gain`` is still zero here)
+                weights, bias = g @ matrix, float(g @ offset)
+                matrix, offset, gain = a * matrix, a * offset, (1 - a) * ones
+                continue
+            blend = a * np.eye(3) + (0.0 if i == 0 else (1 - a) * np.outer(ones, g))
+            matrix, offset, gain = blend @ matrix, blend @ offset, blend @ gain
+        offset = offset + np.asarray(self.rgb)
+        return Colour(matrix, offset, gain, weights, bias).normalised()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one image's pipeline does, decided before its pixels are read."""
+
+    rows: Window
+    cols: Window
+    colour: Colour
+
+    def pack(self) -> Tensor:
+        """float32 [packed_size(size)]: one row of a batch's parameters for
+        :func:`rkrepro.data.gpu_augment.augment_batch`: the column taps (index into the crop,
+        weight; 4 x size each), the row taps, the colour terms, and the crop (first row, rows,
+        first column, columns). Indices below 2**24 are exact in float32."""
+        ix, wx = self.cols.taps()
+        iy, wy = self.rows.taps()
+        colour = torch.from_numpy(self.colour.pack().astype(np.float32))
+        crop = [self.rows.start, self.rows.length, self.cols.start, self.cols.length]
+        return torch.cat(
+            [
+                (ix - self.cols.start).float().reshape(-1),
+                wx.reshape(-1),
+                (iy - self.rows.start).float().reshape(-1),
+                wy.reshape(-1),
+                colour,
+                torch.tensor(crop, dtype=torch.float32),
+            ]
+        )
+
+
+def packed_size(size: int) -> int:
+    return 16 * size + PACKED_COLOUR + 4
+
+
+def apply_plan(pixels: Tensor, plan: Plan) -> Tensor:
+    """uint8 [H, W, 3] pixels (PIL's layout) -> float32 [3, size, size]: the plan's crop resized
+    and coloured.
+
+    Both passes combine whole lines, which the CPU copies fast: first the rows of the uint8
+    pixels (converted as the products read them), then, after one transpose to planes of
+    columns, the columns; the colour affine comes last, on the small image. (``image.scale``
+    resizes along rows first; the other order differs only in float rounding.)
+    """
+    rows, cols = plan.rows, plan.cols
+    iy, wy = rows.taps()
+    ix, wx = cols.taps()
+    height, width = pixels.shape[:2]
+    lines = pixels.reshape(height, width * 3).index_select(0, iy.reshape(-1))
+    x0 = 3 * cols.start
+    g = lines[:, x0 : x0 + 3 * cols.length].view(4, rows.size, cols.length, 3)  # uint8
+    tall = g[0] * wy[0, :, None, None]
+    for k in range(1, 4):
+        tall.addcmul_(g[k], wy[k, :, None, None])
+    planes = tall.permute(2, 1, 0).contiguous()  # [3, crop width, rows.size]
+    g = planes.index_select(1, ix.reshape(-1) - cols.start).view(3, 4, cols.size, rows.size)
+    out = g[:, 0] * wx[0, :, None]
+    for k in range(1, 4):
+        out.addcmul_(g[:, k], wx[k, :, None])
+    c = plan.colour
+    mean = out.mean((1, 2)).double().numpy()
+    offset = c.offset + c.gain * (c.weights @ mean + c.bias)
+    matrix = torch.from_numpy(c.matrix.astype(np.float32))
+    offset_t = torch.from_numpy(offset.astype(np.float32))[:, None]
+    out = torch.addmm(offset_t, matrix, out.view(3, -1)).view(3, cols.size, rows.size)
+    return out.transpose(1, 2).contiguous()
+
+
+def as_pixels(image: object) -> Tensor:
+    """uint8 [H, W, 3] pixels of a PIL RGB image (a copy) or of a uint8 [3, H, W] tensor (a
+    view: ``torchvision.io.decode_jpeg`` gives one whose memory is already [H, W, 3])."""
+    if isinstance(image, Tensor):
+        return image.permute(1, 2, 0)
+    return torch.from_numpy(np.array(image, dtype=np.uint8))
+
+
 class ImageNetTrain:
     """imagenet.lua's train ``preprocess``: RandomSizedCrop(224), ColorJitter(0.4, 0.4, 0.4),
     Lighting(0.1), ColorNormalize, HorizontalFlip(0.5). Picklable for DataLoader workers."""
@@ -312,16 +456,26 @@ class ImageNetTrain:
     def __init__(self, size: int = 224) -> None:
         self.size = size
 
+    def plan(self, height: int, width: int, rng: TorchRng | None = None) -> Plan:
+        """The random draws for one image (torch's global generator unless ``rng``)."""
+        draw = TrainDraw.draw(height, width, rng or TorchRng())
+        size = self.size
+        if draw.box is not None:
+            y1, x1, h, w = draw.box
+            rows, cols = Window(y1, h, size, 0, size), Window(x1, w, size, 0, size, draw.flip)
+        else:  # CenterCrop(Scale(size)) of the whole image
+            full_h, same = scale_window(height, width, size)
+            full_w, _ = scale_window(width, height, size)
+            if same:
+                full_h, full_w = height, width
+            y1, x1 = math.ceil((full_h - size) / 2), math.ceil((full_w - size) / 2)
+            rows = Window(0, height, full_h, y1, size)
+            cols = Window(0, width, full_w, x1, size, draw.flip)
+        return Plan(rows, cols, draw.colour())
+
     def __call__(self, image: object) -> Tensor:
-        return compose(
-            [
-                random_sized_crop(self.size),
-                color_jitter(0.4, 0.4, 0.4),
-                lighting(0.1),
-                color_normalize(),
-                horizontal_flip(0.5),
-            ]
-        )(to_float(image))
+        pixels = as_pixels(image)
+        return apply_plan(pixels, self.plan(*pixels.shape[:2]))
 
 
 class ImageNetEval:
@@ -330,7 +484,16 @@ class ImageNetEval:
     def __init__(self, resize: int = 256, size: int = 224) -> None:
         self.resize, self.size = resize, size
 
+    def plan(self, height: int, width: int, rng: TorchRng | None = None) -> Plan:
+        full_h, same = scale_window(height, width, self.resize)
+        full_w, _ = scale_window(width, height, self.resize)
+        if same:
+            full_h, full_w = height, width
+        y1, x1 = math.ceil((full_h - self.size) / 2), math.ceil((full_w - self.size) / 2)
+        rows = Window(0, height, full_h, y1, self.size)
+        cols = Window(0, width, full_w, x1, self.size)
+        return Plan(rows, cols, Colour.normalise_only())
+
     def __call__(self, image: object) -> Tensor:
-        return compose([scale(self.resize), color_normalize(), center_crop(self.size)])(
-            to_float(image)
-        )
+        pixels = as_pixels(image)
+        return apply_plan(pixels, self.plan(*pixels.shape[:2]))

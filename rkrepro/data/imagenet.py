@@ -11,13 +11,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from rkrepro.data.sampling import epoch_seed, shard_bounds, sharded_len, subset_indices
+from rkrepro.data import files, gpu_augment
+from rkrepro.data.sampling import epoch_seed, seeded, shard_bounds, sharded_len, subset_indices
 from rkrepro.errors import DataError
 from rkrepro.paths import DATA_DIR_ENV
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 IMAGENET_VAL_IMAGES = 50_000
 IMAGENET_CLASSES = 1000
+IMAGE_SIZE = 224  # fb.resnet.torch's crop, for training and evaluation
 
 
 def validate_imagenet(root: Path) -> tuple[Path, Path]:
@@ -40,6 +42,31 @@ def validate_imagenet(root: Path) -> tuple[Path, Path]:
     if found["train"] != found["val"]:
         raise DataError(f"ImageNet class folders of {root}/train and {root}/val differ")
     return root / "train", root / "val"
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """(transformed image, class index) of ``root/<class>/**/<image>``: torchvision
+    ``ImageFolder``'s classes, samples and order, listed by :func:`rkrepro.data.files.list_images`
+    (no links followed below the class folders, non-files refused) and read by
+    :func:`load_image`."""
+
+    def __init__(self, root: Path, transform: object) -> None:
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        self.root = Path(root)
+        try:
+            self.classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir())
+        except OSError as error:
+            raise DataError(f"cannot list {self.root}: {error.strerror or error}") from None
+        self.samples = files.list_images(self.root, self.classes, IMG_EXTENSIONS)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        path, label = self.samples[index]
+        return self.transform(load_pixels(path)), label  # type: ignore[operator]
 
 
 def _count_images(dataset: object, path: Path, expected: int) -> None:
@@ -86,38 +113,8 @@ class SeededSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> object:
         index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             return self.dataset[index]
-
-
-class EncodedImages(torch.utils.data.Dataset):
-    """(JPEG bytes as a uint8 tensor, label) of an ImageFolder: workers only read files and
-    the GPU decodes (``torchvision.io.decode_jpeg(device="cuda")``)."""
-
-    def __init__(self, folder: object) -> None:
-        self.samples = folder.samples  # type: ignore[attr-defined]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        from torchvision.io import read_file
-
-        path, label = self.samples[index]
-        return read_file(path), label
-
-
-def _encoded_collate(batch: list[tuple[Tensor, int]]) -> tuple[list[Tensor], Tensor]:
-    return [b[0] for b in batch], torch.tensor([b[1] for b in batch], dtype=torch.int64)
-
-
-def gpu_imagenet_transform(train: bool, device: torch.device):
-    """Per-image transforms of decoded uint8 CUDA images: the same fb.resnet.torch steps as
-    :func:`imagenet_transforms` (:mod:`rkrepro.data.fb_transforms` works on any device)."""
-    from rkrepro.data import fb_transforms as fb
-
-    return fb.ImageNetTrain() if train else fb.ImageNetEval()
 
 
 class LoaderBatches:
@@ -151,7 +148,6 @@ class LoaderBatches:
             raise DataError("GPU JPEG decoding needs a CUDA device")
         self._sampler = _SeededOrder()
         self._loader: torch.utils.data.DataLoader | None = None
-        self._gpu_tf = gpu_imagenet_transform(train, device) if gpu_decode else None
 
     def _persistent_loader(self, size: int) -> torch.utils.data.DataLoader:
         if self._loader is None or self._loader.batch_size != size:
@@ -160,22 +156,12 @@ class LoaderBatches:
                 batch_size=size,
                 sampler=self._sampler,
                 num_workers=self.workers,
-                pin_memory=self.device.type == "cuda" and not self.gpu_decode,
-                persistent_workers=True,
-                prefetch_factor=4,
-                collate_fn=_encoded_collate if self.gpu_decode else None,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=self.workers > 0,
+                prefetch_factor=4 if self.workers > 0 else None,
+                collate_fn=gpu_augment.encoded_collate if self.gpu_decode else None,
             )
         return self._loader
-
-    def _decode(self, images: list[Tensor], epoch: int, batch: int) -> Tensor:
-        """Decode a batch of JPEGs on the GPU and augment each image there."""
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        assert self._gpu_tf is not None
-        decoded = decode_jpeg(images, mode=ImageReadMode.RGB, device=self.device)
-        with torch.random.fork_rng(devices=[self.device]):
-            torch.manual_seed(epoch_seed(self.seed, epoch, f"gpu:{batch}"))
-            return torch.stack([self._gpu_tf(img) for img in decoded])
 
     @property
     def num_samples(self) -> int:
@@ -225,9 +211,11 @@ class LoaderBatches:
         self._sampler.epoch_seed = epoch_seed(self.seed, epoch, "samples")
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         try:
-            for i, (x, y) in enumerate(self._persistent_loader(size), start=start):
-                if self.gpu_decode:
-                    x = self._decode(x, epoch, i)
+            for batch in self._persistent_loader(size):
+                if self.gpu_decode:  # decoded and augmented on the device, a batch at a time
+                    x, y = gpu_augment.device_batch(batch, self.device, IMAGE_SIZE)
+                else:
+                    x, y = batch
                 x = x.to(self.device, non_blocking=True, memory_format=memory_format)
                 yield x, y.to(self.device, non_blocking=True)
         except DataError as error:
@@ -235,23 +223,32 @@ class LoaderBatches:
 
 
 def load_image(path: str):
-    """PIL loader for ImageFolder that names the file it cannot read.
+    """PIL loader for ImageFolder that names the file it cannot read, and refuses, before
+    decoding, what is not a regular file or has too many pixels (:mod:`rkrepro.data.files`).
 
     An unreadable image stops the run (the last checkpoint stays, so fixing or removing the file
     and rerunning resumes it) rather than being skipped: a silently smaller training set is not
     the paper's protocol.
     """
-    from PIL import Image
+    _, image = files.read_image(path)
+    return files.decode_rgb(image, path)
 
-    try:
-        with open(path, "rb") as handle:
-            image = Image.open(handle)
-            return image.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as error:
-        raise DataError(
-            f"unreadable image {path} ({type(error).__name__}: {error}); fix or remove it and "
-            "rerun the same command to resume from the last checkpoint"
-        ) from None
+
+def load_pixels(path: str) -> object:
+    """:func:`load_image`'s pixels, faster: a whole YCbCr or grayscale JPEG is decoded by
+    ``torchvision.io.decode_jpeg`` (the same libjpeg-turbo decoding as PIL's, so the same
+    pixels; ``bench/input_pipeline.py`` checks), into a uint8 [3, H, W] tensor; anything else
+    by PIL, as :func:`load_image`."""
+    data, image = files.read_image(path)
+    if files.decoder_takes(image, data):
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            return decode_jpeg(encoded, mode=ImageReadMode.RGB)
+        except RuntimeError as error:
+            raise files.unreadable(path, str(error).strip().splitlines()[-1]) from None
+    return files.decode_rgb(image, path)
 
 
 def imagenet_transforms() -> tuple[object, object]:
@@ -280,20 +277,17 @@ def imagenet_batches(
     ``persistent_workers`` keeps the worker processes for the whole run; ``gpu_decode`` has
     the workers only read the JPEG files and decodes and augments them on the GPU.
     """
-    from torchvision import datasets
-
     train_dir, val_dir = validate_imagenet(root)
     train_tf, val_tf = imagenet_transforms()
-    try:
-        train_ds = datasets.ImageFolder(str(train_dir), train_tf, loader=load_image)
-        val_ds = datasets.ImageFolder(str(val_dir), val_tf, loader=load_image)
-    except (FileNotFoundError, OSError) as error:
-        raise DataError(f"ImageNet under {root} is unreadable: {error}") from None
+    train_ds, val_ds = ImageFiles(train_dir, train_tf), ImageFiles(val_dir, val_tf)
     _count_images(train_ds, train_dir, IMAGENET_TRAIN_IMAGES)
     _count_images(val_ds, val_dir, IMAGENET_VAL_IMAGES)
     subset = subset_indices(len(train_ds), train_subset)
-    train_source: torch.utils.data.Dataset = EncodedImages(train_ds) if gpu_decode else train_ds
-    val_source: torch.utils.data.Dataset = EncodedImages(val_ds) if gpu_decode else val_ds
+    train_source: torch.utils.data.Dataset = train_ds
+    val_source: torch.utils.data.Dataset = val_ds
+    if gpu_decode:  # workers read the files and plan; the device decodes and augments
+        train_source = gpu_augment.EncodedImages(train_ds.samples, train_tf)
+        val_source = gpu_augment.EncodedImages(val_ds.samples, val_tf)
     if subset is not None:
         train_source = torch.utils.data.Subset(train_source, subset.tolist())
     common = (batch_size, device)
