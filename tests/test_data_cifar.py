@@ -253,3 +253,67 @@ def test_training_batches_are_the_per_image_transform_under_the_epoch_rng() -> N
             assert torch.allclose(xb[j], ref) and int(yb[j]) == int(split.y[order[i]])
         seen += len(yb)
     assert seen == 40
+
+
+def _bomb(kind: str) -> bytes:
+    """A few bytes of pickle that ask for 1.8 GB: a counted bytes object or a protocol-4 frame
+    longer than the file (the C unpickler allocated the length first), a NumPy array of 1.8 G
+    elements, or a 1.8 GB dtype (both through the allowed array rebuilders)."""
+    import pickle
+    import struct
+
+    n = 1_800_000_000
+    if kind == "bytes8":
+        return b"\x80\x04\x8e" + struct.pack("<Q", n) + b"\x00" * 10
+    if kind == "frame":
+        return b"\x80\x04\x95" + struct.pack("<Q", n) + b"}."
+    rebuild = np.core.multiarray._reconstruct  # noqa: NPY201 - what NumPy's pickles name
+
+    class Array:
+        def __reduce__(self):
+            if kind == "array":
+                return rebuild, (np.ndarray, (n,), b"B")
+            return rebuild, (np.ndarray, (1,), np.dtype(("V", n)))
+
+    return pickle.dumps(Array(), protocol=2)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("kind", ["bytes8", "frame", "array", "dtype"])
+def test_a_cifar_file_asking_for_gigabytes_is_one_line_in_bounded_memory(
+    tmp_path: Path, kind: str
+) -> None:
+    """With checksums off, a batch of 13 to 138 bytes made the data-only unpickler allocate
+    1.8 GB before it was rejected. Now: one line naming the file, nothing large allocated
+    (tracemalloc sees NumPy's and Python's allocations)."""
+    import time
+    import tracemalloc
+
+    folder = h.write_random_cifar10(tmp_path, 50, 10)
+    bomb = _bomb(kind)
+    assert len(bomb) <= 140
+    (folder / "data_batch_2").write_bytes(bomb)
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(DataError) as caught:
+            cifar.load_cifar("cifar10", tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    message = str(caught.value)
+    assert "data_batch_2" in message and "\n" not in message
+    assert peak < 50 * 2**20, f"{peak / 2**20:.0f} MiB"
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.bad_input
+def test_a_cifar_file_that_is_a_fifo_is_not_read(tmp_path: Path) -> None:
+    import os
+
+    folder = h.write_random_cifar10(tmp_path, 50, 10)
+    (folder / "data_batch_4").unlink()
+    os.mkfifo(folder / "data_batch_4")
+    with pytest.raises(DataError) as caught:
+        cifar.unpickle_cifar(folder / "data_batch_4")
+    assert "data_batch_4 is a FIFO, not a regular file" in str(caught.value)

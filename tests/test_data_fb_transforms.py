@@ -206,3 +206,50 @@ def test_lighting_shifts_colour_per_image() -> None:
     out = fb.lighting(0.1)(img)
     assert out.shape == img.shape and not torch.equal(out, img)
     assert torch.allclose(out[:, 0, 0], out[:, 3, 3])  # one RGB offset for the whole image
+
+
+def _steps_train(image) -> torch.Tensor:
+    """imagenet.lua's train preprocess as the steps above, one after the other."""
+    return fb.compose(
+        [
+            fb.random_sized_crop(224),
+            fb.color_jitter(0.4, 0.4, 0.4),
+            fb.lighting(0.1),
+            fb.color_normalize(),
+            fb.horizontal_flip(0.5),
+        ]
+    )(fb.to_float(image))
+
+
+@pytest.mark.parametrize("size", [(375, 500), (500, 333), (224, 224), (60, 80), (30, 400), (3, 5)])
+def test_the_fused_pipelines_are_the_steps_in_turn(size: tuple[int, int]) -> None:
+    """ImageNetTrain (crop box, jitter order and factors, lighting, flip drawn in the Lua order
+    from the same generator; crop, resize and the composed colour affine on uint8 pixels) and
+    ImageNetEval equal the steps applied one by one, to float rounding; thin and tiny images
+    take RandomSizedCrop's fallback."""
+    from PIL import Image
+
+    h, w = size
+    pixels = np.random.default_rng(h * w).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    for image in (Image.fromarray(pixels), torch.from_numpy(pixels).permute(2, 0, 1)):
+        for seed in range(12):
+            torch.manual_seed(seed)
+            expected = _steps_train(image)
+            torch.manual_seed(seed)
+            got = fb.ImageNetTrain()(image)
+            torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)
+        steps_eval = fb.compose([fb.scale(256), fb.color_normalize(), fb.center_crop(224)])
+        torch.testing.assert_close(
+            fb.ImageNetEval()(image), steps_eval(fb.to_float(image)), rtol=0, atol=2e-5
+        )
+
+
+def test_the_fused_pipeline_draws_exactly_what_the_steps_draw() -> None:
+    """After one image, the global generator is where the steps leave it."""
+    image = torch.randint(0, 256, (3, 300, 400), dtype=torch.uint8)
+    torch.manual_seed(3)
+    _steps_train(image)
+    after_steps = torch.rand(4)
+    torch.manual_seed(3)
+    fb.ImageNetTrain()(image)
+    assert torch.equal(torch.rand(4), after_steps)

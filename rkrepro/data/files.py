@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 import warnings
 from pathlib import Path
@@ -30,6 +31,12 @@ MAX_IMAGE_BYTES = 64 * 2**20
 MAX_CIFAR_BYTES = 200 * 2**20
 
 RESUME_HINT = "fix or remove it and rerun the same command to resume from the last checkpoint"
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(path: object) -> str:
+    """A path as one printable line: control characters (a newline in a file name) escaped."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(path))
 
 
 def _kind(mode: int) -> str:
@@ -51,28 +58,32 @@ def read_regular_file(path: str | Path, limit: int, what: str) -> bytes:
     non-blocking and checked again, so a FIFO swapped in between cannot hang the read."""
     try:
         if not stat.S_ISREG(mode := os.stat(path).st_mode):
-            raise DataError(f"{what} {path} is {_kind(mode)}, not a regular file")
+            raise DataError(f"{what} {shown(path)} is {_kind(mode)}, not a regular file")
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as error:
-        raise DataError(f"cannot read {what} {path}: {error.strerror or error}") from None
+        raise DataError(f"cannot read {what} {shown(path)}: {error.strerror or error}") from None
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise DataError(f"{what} {path} is {_kind(info.st_mode)}, not a regular file")
+            raise DataError(f"{what} {shown(path)} is {_kind(info.st_mode)}, not a regular file")
         if info.st_size > limit:
-            raise DataError(f"{what} {path} is {info.st_size:,} bytes, over the limit of {limit:,}")
+            raise DataError(
+                f"{what} {shown(path)} is {info.st_size:,} bytes, over the limit of {limit:,}"
+            )
         try:
-            data = handle.read(limit + 1)
+            data = handle.read(info.st_size + 1)  # +1: a file that grew since is refused
         except OSError as error:
-            raise DataError(f"cannot read {what} {path}: {error.strerror or error}") from None
+            raise DataError(
+                f"cannot read {what} {shown(path)}: {error.strerror or error}"
+            ) from None
     if len(data) > limit:
-        raise DataError(f"{what} {path} grew past the limit of {limit:,} bytes while read")
+        raise DataError(f"{what} {shown(path)} grew past the limit of {limit:,} bytes while read")
     return data
 
 
 def unreadable(path: str | Path, reason: str) -> DataError:
     """The one line for an image a run cannot use."""
-    return DataError(f"unreadable image {path} ({reason}); {RESUME_HINT}")
+    return DataError(f"unreadable image {shown(path)} ({shown(reason)}); {RESUME_HINT}")
 
 
 def open_image(data: bytes, path: str | Path) -> Image.Image:
@@ -99,7 +110,7 @@ def read_image(path: str | Path) -> tuple[bytes, Image.Image]:
     try:
         data = read_regular_file(path, MAX_IMAGE_BYTES, "image")
     except DataError as error:
-        raise unreadable(path, str(error).replace(f" {path}", "", 1)) from None
+        raise unreadable(path, str(error).replace(f" {shown(path)}", "", 1)) from None
     return data, open_image(data, path)
 
 
@@ -131,10 +142,10 @@ def list_images(
     """(path, class index) of every image under ``root/<class>``, in torchvision
     ``ImageFolder``'s order (classes sorted, folders by path, names sorted).
 
-    Folders below a class folder are entered only when they are real folders, never through a
-    link (``loop -> ..`` would list the tree again and again); a class folder itself may be a
-    link. A name with an image extension that is not a regular file (a FIFO, a device, a
-    folder, a dangling link) is refused here, before any training.
+    A class folder may be a link; below it, real subfolders are listed and a link to a folder
+    is refused (``loop -> ..`` made torchvision list the tree again and again until memory ran
+    out), as is a name with an image extension that is not a regular file (a FIFO, a device, a
+    dangling link): one line naming it, before any training. Links to image files are fine.
     """
     samples: list[tuple[str, int]] = []
     for label, name in enumerate(classes):
@@ -146,10 +157,18 @@ def list_images(
             try:
                 entries = list(os.scandir(folder))
             except OSError as error:
-                raise DataError(f"cannot list {folder}: {error.strerror or error}") from None
+                reason = error.strerror or error
+                raise DataError(f"cannot list {shown(folder)}: {reason}") from None
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
                     pending.append(entry.path)
+                elif entry.is_symlink() and entry.is_dir():
+                    target = os.readlink(entry.path)
+                    raise DataError(
+                        f"{shown(entry.path)} is a link to a folder ({shown(target)}); below a "
+                        "class folder only real folders are listed: replace the link by the "
+                        "folder or remove it"
+                    )
                 elif entry.name.lower().endswith(extensions):
                     if not entry.is_file():
                         try:
@@ -159,12 +178,8 @@ def list_images(
                         raise unreadable(entry.path, f"{kind}, not a regular file")
                     names.append(entry.name)
             folders.append((folder, names))
-        found = [
-            (os.path.join(folder, n), label)
-            for folder, names in sorted(folders)
-            for n in sorted(names)
-        ]
+        found = [(os.path.join(f, n), label) for f, names in sorted(folders) for n in sorted(names)]
         if not found:
-            raise DataError(f"class folder {os.path.join(root, name)} holds no images")
+            raise DataError(f"class folder {shown(os.path.join(root, name))} holds no images")
         samples.extend(found)
     return samples
