@@ -18,6 +18,13 @@ hits every arm alike:
 Imports nothing that imports mlflow. Without CIFAR under ``--data-dir`` a synthetic 50,000 +
 10,000 image CIFAR-10 folder in the real on-disk format is written to a temporary directory,
 and T and B both read it (B through torchvision's ``CIFAR10``, as with the real data).
+
+ImageNet cells (``--table table3``) train on JPEGs of ImageNet's typical sizes cut from real
+photographs (``bench/input_pipeline.py``), in ImageFolder's layout, through DataLoader workers
+(``--workers``): **T** is rkrepro's path (``ImageFiles``, fb.resnet.torch's transforms in the
+workers, the Trainer), **T-gpu_decode** the same with JPEGs decoded and augmented a batch at a
+time on the GPU (CUDA only), **B** the textbook loop (torchvision ``ImageFolder``, its standard
+training transforms, rkrepro's model with every fast-path switch off). No A arm, no loss check.
 """
 
 from __future__ import annotations
@@ -39,8 +46,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if str(ROOT / "bench") not in sys.path:
+    sys.path.insert(0, str(ROOT / "bench"))
 
-PAPER_EPOCHS = 300
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
 # Loss agreement of T and B on identical, unaugmented batches from the same init (relative):
 # the first step's loss (same weights: only kernel rounding, or bf16 on CUDA), and every
 # step's (SGD at lr 0.1 amplifies rounding differences step by step).
@@ -78,8 +88,6 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any, str]:
     if not cells:
         raise SystemExit(f"no cell {args.table} {args.row} {args.model} (share={args.share})")
     cell = cells[0]
-    if cell.spec.dataset == "imagenet":
-        raise SystemExit("this benchmark trains CIFAR cells; ImageNet rows are not supported")
     return cell.spec, cell.protocol, cell.key
 
 
@@ -109,6 +117,16 @@ def torchvision_densenet(spec: Any) -> tuple[Any, str | None]:
 
 
 # ------------------------------------------------------------------------------------ data
+
+
+def imagenet_folder(tmp: Path, n_train: int) -> Path:
+    """``tmp/train`` and ``tmp/val``: JPEGs of ImageNet's typical sizes cut from real photographs
+    (``n_train``, at most 4096: give a window several batches of one epoch)."""
+    from input_pipeline import write_photos
+
+    write_photos(tmp / "train", min(n_train, 4096))
+    write_photos(tmp / "val", min(n_train, 32))
+    return tmp
 
 
 def cifar_folder(data_dir: Path, dataset: str, tmp: Path, n_train: int) -> tuple[Path, bool]:
@@ -179,7 +197,11 @@ class Arm:
         self.protocol = Protocol(**{**p, "lr_milestones": tuple(p["lr_milestones"])})
         self.batch = self.protocol.batch_size
         started = time.perf_counter()
-        self.train_split, self.test_split = cifar.load_cifar(self.spec.dataset, Path(cfg["root"]))
+        self.imagenet = self.spec.dataset == "imagenet"
+        if not self.imagenet:
+            self.train_split, self.test_split = cifar.load_cifar(
+                self.spec.dataset, Path(cfg["root"])
+            )
         self.data_s = time.perf_counter() - started
         train.seed_everything(cfg["seed"])
         self.trainer: Any = None
@@ -204,20 +226,23 @@ class Arm:
         from rkrepro.models import build_model
 
         dev = self.device
-        if self.name in ("T", "J", "T-fp32"):  # J: a T job of --jobs-per-gpu
+        if self.name in ("T", "J", "T-fp32", "T-gpu_decode"):  # J: a T job of --jobs-per-gpu
             fast = FastPath.from_env().for_device(dev)
             if self.name == "T-fp32":  # the paper's arithmetic, every other switch as T
                 fast = replace(fast, bf16=False)
             self.model = train.model_device_setup(build_model(self.spec), dev, fast)
-            tr, te = cifar.cifar_batches(
-                self.train_split,
-                self.test_split,
-                self.batch,
-                dev,
-                self.cfg["seed"],
-                None,
-                dev.type == "cuda",
-            )
+            if self.imagenet:
+                tr, te = self._imagenet_sources()
+            else:
+                tr, te = cifar.cifar_batches(
+                    self.train_split,
+                    self.test_split,
+                    self.batch,
+                    dev,
+                    self.cfg["seed"],
+                    None,
+                    dev.type == "cuda",
+                )
             self.sources = (tr, te)
             self.trainer = train.Trainer(
                 self.model,
@@ -265,7 +290,9 @@ class Arm:
         while True:
             epoch += 1
             if self.name == "B":
-                yield from self._torchvision_loader()
+                yield from (
+                    self._torchvision_imagenet() if self.imagenet else self._torchvision_loader()
+                )
             else:
                 yield from self.sources[0].batches(epoch)
 
@@ -304,6 +331,63 @@ class Arm:
         )
         yield from loader
 
+    def _imagenet_sources(self) -> tuple[Any, Any]:
+        """rkrepro's ImageNet batches (train, val) from the synthetic folder."""
+        from rkrepro.data import fb_transforms as fb
+        from rkrepro.data import gpu_augment, imagenet
+
+        root, dev, gpu = Path(self.cfg["root"]), self.device, self.name == "T-gpu_decode"
+        sources = []
+        for split, tf, training in (
+            ("train", fb.ImageNetTrain(), True),
+            ("val", fb.ImageNetEval(), False),
+        ):
+            dataset: Any = imagenet.ImageFiles(root / split, tf)
+            if gpu:
+                dataset = gpu_augment.EncodedImages(dataset.samples, tf)
+            sources.append(
+                imagenet.LoaderBatches(
+                    dataset,
+                    self.batch,
+                    dev,
+                    training,
+                    self.cfg["seed"],
+                    self.cfg["b_workers"],
+                    channels_last=dev.type == "cuda",
+                    gpu_decode=gpu,
+                )
+            )
+        return sources[0], sources[1]
+
+    def _torchvision_imagenet(self):
+        """The textbook ImageNet loader: ImageFolder + torchvision's standard transforms."""
+        import torch
+        from torchvision import datasets
+        from torchvision import transforms as T
+
+        from rkrepro.data import fb_transforms as fb
+
+        tf = T.Compose(
+            [
+                T.RandomResizedCrop(224),
+                T.RandomHorizontalFlip(),
+                T.ColorJitter(0.4, 0.4, 0.4),
+                T.ToTensor(),
+                T.Normalize(fb.IMAGENET_MEAN, fb.IMAGENET_STD),
+            ]
+        )
+        workers = self.cfg["b_workers"]
+        loader = torch.utils.data.DataLoader(
+            datasets.ImageFolder(str(Path(self.cfg["root"]) / "train"), tf),
+            batch_size=self.batch,
+            shuffle=True,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            drop_last=True,
+        )
+        yield from loader
+
     # -- measurements -----------------------------------------------------------------------
 
     def sync(self) -> None:
@@ -337,6 +421,8 @@ class Arm:
         with torch.no_grad():
             if self.trainer is not None:
                 self.trainer.evaluate()
+            elif self.imagenet:
+                pass  # the textbook ImageNet arm times training only
             else:
                 from rkrepro.data import cifar
 
@@ -355,21 +441,23 @@ class Arm:
         import torch
 
         from rkrepro.models import count_flops, count_params
+        from rkrepro.models.counting import input_size_for
 
         base = self.model.module if hasattr(self.model, "module") else self.model
-        flops = count_flops(base, (3, 32, 32))
+        size = input_size_for(self.spec)
+        flops = count_flops(base, size)
         out: dict[str, Any] = {
             "params": sum(p.numel() for p in base.parameters()),
             "params_paper": count_params(base)[0] if self.name != "A" else None,
             "flops": flops,
             "first_step_s": self.first_step_s,
             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "saved_fp32_mib": saved_tensor_mib(base, self.batch, self.device),
+            "saved_fp32_mib": saved_tensor_mib(base, self.batch, self.device, size),
             "fast": self.fast.describe(),
         }
         if self.device.type == "cuda":
             out["peak_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-        if self.name == "T":
+        if self.name == "T" and not self.imagenet:
             out["memory"] = self.memory_paths()
         return out
 
@@ -445,7 +533,9 @@ class Arm:
         return losses
 
 
-def saved_tensor_mib(model: Any, batch: int, device: Any) -> float:
+def saved_tensor_mib(
+    model: Any, batch: int, device: Any, size: tuple[int, int, int] = (3, 32, 32)
+) -> float:
     """MiB of distinct storages autograd saves for backward in one fp32 training forward
     (views of one storage, such as feature-buffer windows, count once)."""
     import torch
@@ -461,7 +551,7 @@ def saved_tensor_mib(model: Any, batch: int, device: Any) -> float:
 
     was = model.training
     model.train()
-    x = torch.randn(batch, 3, 32, 32, device=device)
+    x = torch.randn(batch, *size, device=device)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model(x)
     del out
@@ -556,6 +646,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
 
     arms = [a for a in args.arms.split(",") if a]
+    imagenet = spec.dataset == "imagenet"
+    if "T-gpu_decode" in arms and (not imagenet or device != "cuda"):
+        print("arm T-gpu_decode skipped: it decodes ImageNet JPEGs on a CUDA device")
+        arms.remove("T-gpu_decode")
     if "A" in arms:
         tv, why = torchvision_densenet(spec)
         if tv is None:
@@ -573,13 +667,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"arm A: torchvision DenseNet, same parameters ({tv_p:,}) and FLOPs ({tv_f:,})")
 
     with tempfile.TemporaryDirectory(prefix="rkrepro-bench-") as tmp:
-        root, synthetic = cifar_folder(
-            Path(args.data_dir), spec.dataset, Path(tmp), args.synthetic_images
-        )
-        source = (
-            "synthetic uint8 CIFAR folder (real file format) in a temp dir" if synthetic else root
-        )
-        n_train = 50_000  # epochs are projected for CIFAR's training set
+        if imagenet:
+            root = imagenet_folder(Path(tmp), args.synthetic_images)
+            source = "JPEGs of ImageNet's typical sizes from real photographs, in a temp dir"
+            n_train = IMAGENET_TRAIN_IMAGES  # epochs are projected for ImageNet's training set
+        else:
+            root, synthetic = cifar_folder(
+                Path(args.data_dir), spec.dataset, Path(tmp), args.synthetic_images
+            )
+            source = (
+                "synthetic uint8 CIFAR folder (real file format) in a temp dir"
+                if synthetic
+                else root
+            )
+            n_train = 50_000  # epochs are projected for CIFAR's training set
         cfg = {
             "device": device,
             "spec": {
@@ -648,7 +749,7 @@ def run(args: argparse.Namespace) -> int:
             evals = {n: w.ask(op="eval")["seconds"] for n, w in workers.items()}
             stats = {n: w.ask(op="stats") for n, w in workers.items()}
             check = None
-            if "T" in workers and "B" in workers and not args.no_loss_check:
+            if "T" in workers and "B" in workers and not args.no_loss_check and not imagenet:
                 t_loss = workers["T"].ask(op="loss_check", steps=LOSS_CHECK_STEPS)["losses"]
                 b_loss = workers["B"].ask(op="loss_check", steps=LOSS_CHECK_STEPS)["losses"]
                 check = (t_loss, b_loss)
@@ -658,7 +759,16 @@ def run(args: argparse.Namespace) -> int:
 
         # The arms' table first: a packed-jobs phase that runs out of time loses only itself.
         report(
-            windows, first, evals, stats, protocol.batch_size, steps, n_train, rounds, check, device
+            windows,
+            first,
+            evals,
+            stats,
+            protocol.batch_size,
+            steps,
+            (n_train, protocol.epochs),
+            rounds,
+            check,
+            device,
         )
         sys.stdout.flush()
         if args.json:
@@ -718,17 +828,22 @@ def write_json(
 
 
 def run_jobs(k: int, cfg: dict[str, Any], env: dict[str, str], steps: int, rounds: int) -> float:
-    """Aggregate images/s of ``k`` T jobs sharing the device, windows started together."""
+    """Aggregate images/s of ``k`` T jobs sharing the device: the images of their windows,
+    started together, over the wall time until the last one ends (a sum of per-job rates
+    would count a job that finished early as if it had run all along)."""
     jobs = [Worker("J", {**cfg, "seed": i}, env) for i in range(k)]
     try:
         for j in jobs:
             assert j.receive()["ready"]
         totals = []
+        images = k * cfg["protocol"]["batch_size"] * steps
         for _ in range(rounds):
+            started = time.perf_counter()
             for j in jobs:
                 j.send({"op": "window", "steps": steps})
-            seconds = [j.receive()["seconds"] for j in jobs]
-            totals.append(sum(cfg["protocol"]["batch_size"] * steps / s for s in seconds))
+            for j in jobs:
+                j.receive()
+            totals.append(images / (time.perf_counter() - started))  # all jobs' images / wall
         return statistics.median(totals)
     finally:
         for j in jobs:
@@ -742,18 +857,19 @@ def report(
     stats: dict[str, dict[str, Any]],
     batch: int,
     steps: int,
-    n_train: int,
+    length: tuple[int, int],
     rounds: int,
     check: tuple[list[float], list[float]] | None,
     device: str,
 ) -> None:
+    n_train, epochs = length  # training images, epochs of the protocol
     steps_per_epoch = math.ceil(n_train / batch)
     rate = {n: batch * steps / statistics.median(w) for n, w in windows.items()}
     print(f"\n{rounds} interleaved rounds; images/s is the median of the rounds' windows")
     mem_col = "peak MiB" if device == "cuda" else "max RSS MiB"
     head = (
         f"{'arm':<4}{'images/s':>11}{'spread':>15}{'first step':>12}{'epoch':>10}"
-        f"{'300 epochs':>12}{mem_col:>13}{'saved fp32':>12}{'TFLOP/s':>9}  fast path"
+        f"{f'{epochs} epochs':>12}{mem_col:>13}{'saved fp32':>12}{'TFLOP/s':>9}  fast path"
     )
     print(head)
     print("-" * len(head))
@@ -765,7 +881,7 @@ def report(
         tflops = 3 * s["flops"] * rate[name] / 1e12
         print(
             f"{name:<7}{rate[name]:>8,.1f}{f'{rates[0]:,.0f}-{rates[-1]:,.0f}':>15}"
-            f"{_fmt_s(first[name]):>12}{_fmt_s(epoch):>10}{_fmt_s(PAPER_EPOCHS * epoch):>12}"
+            f"{_fmt_s(first[name]):>12}{_fmt_s(epoch):>10}{_fmt_s(epochs * epoch):>12}"
             f"{mem:>13,.0f}{s['saved_fp32_mib']:>12,.1f}{tflops:>9.3f}  {s['fast']}"
         )
     print(
@@ -776,6 +892,8 @@ def report(
     for other in ("T-fp32", "A", "B"):
         if "T" in rate and other in rate:
             print(f"T/{other} = {rate['T'] / rate[other]:.2f}")
+    if "T" in rate and "T-gpu_decode" in rate:
+        print(f"T-gpu_decode/T = {rate['T-gpu_decode'] / rate['T']:.2f}")
     if "T" in stats and "memory" in stats["T"]:
         m = stats["T"]["memory"]
         print(
@@ -813,9 +931,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a ~4 minute budget")
     p.add_argument("--jobs-per-gpu", default="1", help="K or a list K1,K2: T packed K per GPU")
     p.add_argument("--json", help="append one JSON line per arm (calibration input)")
-    p.add_argument("--arms", default="T,A,B", help="of T, T-fp32, A, B")
+    p.add_argument("--arms", default="T,A,B", help="of T, T-fp32, T-gpu_decode, A, B")
     p.add_argument("--batch", type=int, default=None, help="default: the protocol's (64)")
-    p.add_argument("--b-workers", type=int, default=None, help="arm B's DataLoader workers")
+    p.add_argument(
+        "--b-workers",
+        type=int,
+        default=None,
+        help="arm B's DataLoader workers (every ImageNet arm's)",
+    )
     p.add_argument("--data-dir", default=os.environ.get("RKREPRO_DATA_DIR") or "data")
     p.add_argument("--no-loss-check", action="store_true")
     p.add_argument(
