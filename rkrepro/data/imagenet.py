@@ -184,7 +184,7 @@ class LoaderBatches:
         else:
             order = order[start * size :]
         if self.persistent or self.gpu_decode:
-            yield from self._batches_persistent(order, epoch, start, size // world)
+            yield from self._batches_persistent(order, epoch, size // world)
             return
         loader = torch.utils.data.DataLoader(
             self.dataset,
@@ -205,7 +205,7 @@ class LoaderBatches:
             raise DataError(str(error).strip().splitlines()[-1].split("DataError: ")[-1]) from None
 
     def _batches_persistent(
-        self, order: list[int], epoch: int, start: int, size: int
+        self, order: list[int], epoch: int, size: int
     ) -> Iterator[tuple[Tensor, Tensor]]:
         self._sampler.indices = order
         self._sampler.epoch_seed = epoch_seed(self.seed, epoch, "samples")
@@ -252,10 +252,10 @@ def load_pixels(path: str) -> object:
 
 
 def imagenet_transforms() -> tuple[object, object]:
-    """(train, eval) transforms of fb.resnet.torch's ``datasets/imagenet.lua``, on float images
+    """(train, eval) transforms of fb.resnet.torch's ``datasets/imagenet.lua``
     (:mod:`rkrepro.data.fb_transforms`): RandomSizedCrop 224 (bicubic), ColorJitter 0.4 in random
     order without clamping, PCA Lighting 0.1, normalise, flip; eval: bicubic Scale 256,
-    normalise, centre 224 crop."""
+    normalise, centre 224 crop. Each takes a PIL image or a uint8 [3, H, W] tensor."""
     from rkrepro.data import fb_transforms as fb
 
     return fb.ImageNetTrain(), fb.ImageNetEval()
