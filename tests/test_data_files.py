@@ -123,3 +123,24 @@ def test_the_pixel_limit_is_checked_from_the_header(tmp_path: Path) -> None:
     assert image.size == (width, rows)
     with pytest.raises(DataError, match=r"10000x5001 pixels, over the limit of 50,000,000"):
         files.read_image(over)
+
+
+@pytest.mark.bad_input
+def test_a_truncated_jpeg_with_a_whole_thumbnail_is_refused_by_the_batched_reader(
+    tmp_path: Path,
+) -> None:
+    """An EXIF-like segment holding a whole small JPEG (its own scan and end marker) does not
+    make a truncated main image look whole."""
+    import struct
+
+    thumbnail = hi.photo_jpeg(1, (40, 30))
+    main = hi.photo_jpeg(0)
+    segment = b"\xff\xe1" + struct.pack(">H", len(thumbnail) + 8) + b"Exif\x00\x00" + thumbnail
+    whole = main[:2] + segment + main[2:]
+    assert files.jpeg_is_whole(whole)
+    path = tmp_path / "thumb.JPEG"
+    path.write_bytes(whole[: len(whole) - len(main) // 2])
+    assert not files.jpeg_is_whole(path.read_bytes())
+    with pytest.raises(DataError) as caught:
+        _read_batched(path)
+    assert str(caught.value).startswith(f"unreadable image {path} (")

@@ -130,9 +130,10 @@ def decoder_takes(image: Image.Image, data: bytes) -> bool:
 
 
 def jpeg_is_whole(data: bytes) -> bool:
-    """Whether a JPEG's data ends with its end-of-image marker after the first scan (a
-    truncated file does not; entropy-coded data never holds 0xFFD9)."""
-    scan = data.find(b"\xff\xda")
+    """Whether a JPEG has an end-of-image marker after its last scan (a truncated file does not;
+    entropy-coded data never holds 0xFFD9 or 0xFFDA; a thumbnail in the EXIF data, a whole JPEG
+    of its own, comes before the main image's scans)."""
+    scan = data.rfind(b"\xff\xda")
     return scan >= 0 and data.rfind(b"\xff\xd9") > scan
 
 
