@@ -59,7 +59,7 @@ def _trainer(
 ) -> Any:
     import torch
 
-    from rkrepro import data
+    from rkrepro.data import check, cifar
     from rkrepro.models import build_model
     from rkrepro.spec import ModelSpec, Protocol
     from rkrepro.training.checkpoints import Checkpoints
@@ -73,11 +73,11 @@ def _trainer(
     protocol = Protocol(
         "cifar10", "pad 4 + crop + flip", cfg["batch"], cfg["epochs"], 0.1, 0.9, 1e-4, (2,)
     )
-    os.environ[data.VERIFY_ENV], os.environ[data.DOWNLOAD_ENV] = "0", "0"
-    tr_split, te_split = data.load_cifar("cifar10", root)
+    os.environ[check.VERIFY_ENV], os.environ[check.DOWNLOAD_ENV] = "0", "0"
+    tr_split, te_split = cifar.load_cifar("cifar10", root)
     seed_everything(0)
     execution = Execution.local(device, precision, fast, emulate_cuda=device.type == "cpu")
-    tr, te = data.cifar_batches(
+    tr, te = cifar.cifar_batches(
         tr_split, te_split, cfg["batch"], device, 0, None, execution.channels_last
     )
     return Trainer(build_model(spec), tr, te, protocol, execution, Checkpoints(ck), **kw)

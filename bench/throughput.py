@@ -18,6 +18,13 @@ hits every arm alike:
 Imports nothing that imports mlflow. Without CIFAR under ``--data-dir`` a synthetic 50,000 +
 10,000 image CIFAR-10 folder in the real on-disk format is written to a temporary directory,
 and T and B both read it (B through torchvision's ``CIFAR10``, as with the real data).
+
+ImageNet cells (``--table table3``) train on JPEGs of ImageNet's typical sizes cut from real
+photographs (``bench/input_pipeline.py``), in ImageFolder's layout, through DataLoader workers
+(``--workers``): **T** is rkrepro's path (``ImageFiles``, fb.resnet.torch's transforms in the
+workers, the Trainer), **T-gpu_decode** the same with JPEGs decoded and augmented a batch at a
+time on the GPU (CUDA only), **B** the textbook loop (torchvision ``ImageFolder``, its standard
+training transforms, rkrepro's model with every fast-path switch off). No A arm, no loss check.
 """
 
 from __future__ import annotations
@@ -39,8 +46,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if str(ROOT / "bench") not in sys.path:
+    sys.path.insert(0, str(ROOT / "bench"))
 
-PAPER_EPOCHS = 300
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
 # Loss agreement of T and B on identical, unaugmented batches from the same init (relative):
 # the first step's loss (same weights: only kernel rounding, or T-bf16's bf16), and every
 # step's (SGD at lr 0.1 amplifies rounding differences step by step).
@@ -78,8 +88,6 @@ def resolve(args: argparse.Namespace) -> tuple[Any, Any, str]:
     if not cells:
         raise SystemExit(f"no cell {args.table} {args.row} {args.model} (share={args.share})")
     cell = cells[0]
-    if cell.spec.dataset == "imagenet":
-        raise SystemExit("this benchmark trains CIFAR cells; ImageNet rows are not supported")
     return cell.spec, cell.protocol, cell.key
 
 
@@ -109,6 +117,16 @@ def torchvision_densenet(spec: Any) -> tuple[Any, str | None]:
 
 
 # ------------------------------------------------------------------------------------ data
+
+
+def imagenet_folder(tmp: Path, n_train: int) -> Path:
+    """``tmp/train`` and ``tmp/val``: JPEGs of ImageNet's typical sizes cut from real photographs
+    (``n_train``, at most 4096: give a window several batches of one epoch)."""
+    from input_pipeline import write_photos
+
+    write_photos(tmp / "train", min(n_train, 4096))
+    write_photos(tmp / "val", min(n_train, 32))
+    return tmp
 
 
 def cifar_folder(data_dir: Path, dataset: str, tmp: Path, n_train: int) -> tuple[Path, bool]:
@@ -160,11 +178,11 @@ class Arm:
     def __init__(self, name: str, cfg: dict[str, Any]) -> None:
         import torch
 
-        from rkrepro import data
+        from rkrepro.data import cifar
         from rkrepro.training.state import seed_everything
 
-        os.environ[data.VERIFY_ENV] = "0"
-        os.environ[data.DOWNLOAD_ENV] = "0"
+        os.environ[cifar.VERIFY_ENV] = "0"
+        os.environ[cifar.DOWNLOAD_ENV] = "0"
         self.name, self.cfg = name, cfg
         self.device = torch.device(cfg["device"])
         spec_fields = cfg["spec"]
@@ -179,7 +197,11 @@ class Arm:
         self.protocol = Protocol(**{**p, "lr_milestones": tuple(p["lr_milestones"])})
         self.batch = self.protocol.batch_size
         started = time.perf_counter()
-        self.train_split, self.test_split = data.load_cifar(self.spec.dataset, Path(cfg["root"]))
+        self.imagenet = self.spec.dataset == "imagenet"
+        if not self.imagenet:
+            self.train_split, self.test_split = cifar.load_cifar(
+                self.spec.dataset, Path(cfg["root"])
+            )
         self.data_s = time.perf_counter() - started
         seed_everything(cfg["seed"])
         self.precision = "fp32"
@@ -198,7 +220,7 @@ class Arm:
         import torch
         import torch.nn.functional as F
 
-        from rkrepro import data
+        from rkrepro.data import cifar
         from rkrepro.models import build_model
         from rkrepro.planning.fast_path import FastPath
         from rkrepro.training.checkpoints import Checkpoints
@@ -207,19 +229,26 @@ class Arm:
         from rkrepro.training.setup import Execution
 
         dev = self.device
-        if self.name in ("T", "J", "T-bf16"):  # J: a T job of --jobs-per-gpu
-            # T: rkrepro's default (fp32, the paper's arithmetic); T-bf16: --precision bf16.
+        if self.name in ("T", "J", "T-bf16", "T-gpu_decode"):  # J: a T job of --jobs-per-gpu
+            # T: rkrepro's default (fp32, the paper's arithmetic); T-bf16: --precision bf16;
+            # T-gpu_decode: T with ImageNet's JPEGs decoded and augmented on the GPU.
             precision = "bf16-autocast" if self.name == "T-bf16" else "fp32"
-            execution = Execution.local(dev, precision, FastPath.from_env())
-            tr, te = data.cifar_batches(
-                self.train_split,
-                self.test_split,
-                self.batch,
-                dev,
-                self.cfg["seed"],
-                None,
-                execution.channels_last,
-            )
+            fast = FastPath.from_env()
+            if self.name == "T-gpu_decode":
+                fast = replace(fast, gpu_decode=True)
+            execution = Execution.local(dev, precision, fast)
+            if self.imagenet:
+                tr, te = self._imagenet_sources(execution.channels_last)
+            else:
+                tr, te = cifar.cifar_batches(
+                    self.train_split,
+                    self.test_split,
+                    self.batch,
+                    dev,
+                    self.cfg["seed"],
+                    None,
+                    execution.channels_last,
+                )
             self.sources = (tr, te)
             self.trainer = Trainer(
                 build_model(self.spec),
@@ -244,7 +273,7 @@ class Arm:
         self.opt = build_optimizer(self.model, self.protocol)
         self.model.train()
         if self.name == "A":
-            tr, te = data.cifar_batches(
+            tr, te = cifar.cifar_batches(
                 self.train_split, self.test_split, self.batch, dev, self.cfg["seed"], None
             )
             self.sources = (tr, te)
@@ -268,7 +297,9 @@ class Arm:
         while True:
             epoch += 1
             if self.name == "B":
-                yield from self._torchvision_loader()
+                yield from (
+                    self._torchvision_imagenet() if self.imagenet else self._torchvision_loader()
+                )
             else:
                 yield from self.sources[0].batches(epoch)
 
@@ -276,15 +307,15 @@ class Arm:
         import torch
         from torchvision import transforms
 
-        from rkrepro import data
+        from rkrepro.data import cifar
 
-        cls = data._cifar_class(self.spec.dataset, verify=False)
+        cls = cifar._cifar_class(self.spec.dataset, verify=False)
         tf = transforms.Compose(
             [
                 transforms.RandomCrop(32, padding=4),
                 transforms.RandomHorizontalFlip(),
                 transforms.ToTensor(),
-                transforms.Normalize(data.CIFAR_MEAN, data.CIFAR_STD),
+                transforms.Normalize(cifar.CIFAR_MEAN, cifar.CIFAR_STD),
             ]
         )
 
@@ -304,6 +335,63 @@ class Arm:
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
+        )
+        yield from loader
+
+    def _imagenet_sources(self, channels_last: bool) -> tuple[Any, Any]:
+        """rkrepro's ImageNet batches (train, val) from the synthetic folder."""
+        from rkrepro.data import fb_transforms as fb
+        from rkrepro.data import gpu_augment, imagenet
+
+        root, dev, gpu = Path(self.cfg["root"]), self.device, self.name == "T-gpu_decode"
+        sources = []
+        for split, tf, training in (
+            ("train", fb.ImageNetTrain(), True),
+            ("val", fb.ImageNetEval(), False),
+        ):
+            dataset: Any = imagenet.ImageFiles(root / split, tf)
+            if gpu:
+                dataset = gpu_augment.EncodedImages(dataset.samples, tf)
+            sources.append(
+                imagenet.LoaderBatches(
+                    dataset,
+                    self.batch,
+                    dev,
+                    training,
+                    self.cfg["seed"],
+                    self.cfg["b_workers"],
+                    channels_last=channels_last,
+                    gpu_decode=gpu,
+                )
+            )
+        return sources[0], sources[1]
+
+    def _torchvision_imagenet(self):
+        """The textbook ImageNet loader: ImageFolder + torchvision's standard transforms."""
+        import torch
+        from torchvision import datasets
+        from torchvision import transforms as T
+
+        from rkrepro.data import fb_transforms as fb
+
+        tf = T.Compose(
+            [
+                T.RandomResizedCrop(224),
+                T.RandomHorizontalFlip(),
+                T.ColorJitter(0.4, 0.4, 0.4),
+                T.ToTensor(),
+                T.Normalize(fb.IMAGENET_MEAN, fb.IMAGENET_STD),
+            ]
+        )
+        workers = self.cfg["b_workers"]
+        loader = torch.utils.data.DataLoader(
+            datasets.ImageFolder(str(Path(self.cfg["root"]) / "train"), tf),
+            batch_size=self.batch,
+            shuffle=True,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            drop_last=True,
         )
         yield from loader
 
@@ -340,12 +428,14 @@ class Arm:
         with torch.no_grad():
             if self.trainer is not None:
                 self.trainer.evaluate()
+            elif self.imagenet:
+                pass  # the textbook ImageNet arm times training only
             else:
-                from rkrepro import data
+                from rkrepro.data import cifar
 
                 te = self.sources[1] if self.name == "A" else None
                 if te is None:
-                    te = data.CifarBatches(self.test_split, 2 * self.batch, self.device, False)
+                    te = cifar.CifarBatches(self.test_split, 2 * self.batch, self.device, False)
                 for x, _ in te.batches(0):
                     model(x)
         self.sync()
@@ -358,22 +448,24 @@ class Arm:
         import torch
 
         from rkrepro.models import count_flops, count_params
+        from rkrepro.models.counting import input_size_for
 
         base = self.model.module if hasattr(self.model, "module") else self.model
-        flops = count_flops(base, (3, 32, 32))
+        size = input_size_for(self.spec)
+        flops = count_flops(base, size)
         out: dict[str, Any] = {
             "params": sum(p.numel() for p in base.parameters()),
             "params_paper": count_params(base)[0] if self.name != "A" else None,
             "flops": flops,
             "first_step_s": self.first_step_s,
             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "saved_fp32_mib": saved_tensor_mib(base, self.batch, self.device),
+            "saved_fp32_mib": saved_tensor_mib(base, self.batch, self.device, size),
             "fast": self.fast.describe(),
             "precision": self.precision,
         }
         if self.device.type == "cuda":
             out["peak_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-        if self.name == "T":
+        if self.name == "T" and not self.imagenet:
             out["memory"] = self.memory_paths()
         return out
 
@@ -397,7 +489,7 @@ class Arm:
         import torch
         import torch.nn.functional as F
 
-        from rkrepro import data
+        from rkrepro.data import cifar
         from rkrepro.models import build_model
         from rkrepro.planning.fast_path import FastPath
         from rkrepro.training.checkpoints import Checkpoints
@@ -409,13 +501,13 @@ class Arm:
         seed_everything(self.cfg["seed"])
         dev = self.device
         model = build_model(self.spec, feature_buffer=self.name == "T").to(dev)
-        mean = torch.tensor(data.CIFAR_MEAN, device=dev).view(1, 3, 1, 1)
-        std = torch.tensor(data.CIFAR_STD, device=dev).view(1, 3, 1, 1)
+        mean = torch.tensor(cifar.CIFAR_MEAN, device=dev).view(1, 3, 1, 1)
+        std = torch.tensor(cifar.CIFAR_STD, device=dev).view(1, 3, 1, 1)
         x_all = self.train_split.x[: steps * self.batch].to(dev)
         y_all = self.train_split.y[: steps * self.batch].to(dev)
         batches = [
             (
-                data.normalise(x_all[i * self.batch : (i + 1) * self.batch], mean, std),
+                cifar.normalise(x_all[i * self.batch : (i + 1) * self.batch], mean, std),
                 y_all[i * self.batch : (i + 1) * self.batch],
             )
             for i in range(steps)
@@ -449,7 +541,9 @@ class Arm:
         return losses
 
 
-def saved_tensor_mib(model: Any, batch: int, device: Any) -> float:
+def saved_tensor_mib(
+    model: Any, batch: int, device: Any, size: tuple[int, int, int] = (3, 32, 32)
+) -> float:
     """MiB of distinct storages autograd saves for backward in one fp32 training forward
     (views of one storage, such as feature-buffer windows, count once)."""
     import torch
@@ -465,7 +559,7 @@ def saved_tensor_mib(model: Any, batch: int, device: Any) -> float:
 
     was = model.training
     model.train()
-    x = torch.randn(batch, 3, 32, 32, device=device)
+    x = torch.randn(batch, *size, device=device)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model(x)
     del out
@@ -560,6 +654,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
 
     arms = [a for a in args.arms.split(",") if a]
+    imagenet = spec.dataset == "imagenet"
+    if "T-gpu_decode" in arms and (not imagenet or device != "cuda"):
+        print("arm T-gpu_decode skipped: it decodes ImageNet JPEGs on a CUDA device")
+        arms.remove("T-gpu_decode")
     if "A" in arms:
         tv, why = torchvision_densenet(spec)
         if tv is None:
@@ -577,13 +675,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"arm A: torchvision DenseNet, same parameters ({tv_p:,}) and FLOPs ({tv_f:,})")
 
     with tempfile.TemporaryDirectory(prefix="rkrepro-bench-") as tmp:
-        root, synthetic = cifar_folder(
-            Path(args.data_dir), spec.dataset, Path(tmp), args.synthetic_images
-        )
-        source = (
-            "synthetic uint8 CIFAR folder (real file format) in a temp dir" if synthetic else root
-        )
-        n_train = 50_000  # epochs are projected for CIFAR's training set
+        if imagenet:
+            root = imagenet_folder(Path(tmp), args.synthetic_images)
+            source = "JPEGs of ImageNet's typical sizes from real photographs, in a temp dir"
+            n_train = IMAGENET_TRAIN_IMAGES  # epochs are projected for ImageNet's training set
+        else:
+            root, synthetic = cifar_folder(
+                Path(args.data_dir), spec.dataset, Path(tmp), args.synthetic_images
+            )
+            source = (
+                "synthetic uint8 CIFAR folder (real file format) in a temp dir"
+                if synthetic
+                else root
+            )
+            n_train = 50_000  # epochs are projected for CIFAR's training set
         cfg = {
             "device": device,
             "spec": {
@@ -652,7 +757,7 @@ def run(args: argparse.Namespace) -> int:
             evals = {n: w.ask(op="eval")["seconds"] for n, w in workers.items()}
             stats = {n: w.ask(op="stats") for n, w in workers.items()}
             check = None
-            if "T" in workers and "B" in workers and not args.no_loss_check:
+            if "T" in workers and "B" in workers and not args.no_loss_check and not imagenet:
                 t_loss = workers["T"].ask(op="loss_check", steps=LOSS_CHECK_STEPS)["losses"]
                 b_loss = workers["B"].ask(op="loss_check", steps=LOSS_CHECK_STEPS)["losses"]
                 check = (t_loss, b_loss)
@@ -662,7 +767,16 @@ def run(args: argparse.Namespace) -> int:
 
         # The arms' table first: a packed-jobs phase that runs out of time loses only itself.
         report(
-            windows, first, evals, stats, protocol.batch_size, steps, n_train, rounds, check, device
+            windows,
+            first,
+            evals,
+            stats,
+            protocol.batch_size,
+            steps,
+            (n_train, protocol.epochs),
+            rounds,
+            check,
+            device,
         )
         sys.stdout.flush()
         if args.json:
@@ -722,17 +836,22 @@ def write_json(
 
 
 def run_jobs(k: int, cfg: dict[str, Any], env: dict[str, str], steps: int, rounds: int) -> float:
-    """Aggregate images/s of ``k`` T jobs sharing the device, windows started together."""
+    """Aggregate images/s of ``k`` T jobs sharing the device: the images of their windows,
+    started together, over the wall time until the last one ends (a sum of per-job rates
+    would count a job that finished early as if it had run all along)."""
     jobs = [Worker("J", {**cfg, "seed": i}, env) for i in range(k)]
     try:
         for j in jobs:
             assert j.receive()["ready"]
         totals = []
+        images = k * cfg["protocol"]["batch_size"] * steps
         for _ in range(rounds):
+            started = time.perf_counter()
             for j in jobs:
                 j.send({"op": "window", "steps": steps})
-            seconds = [j.receive()["seconds"] for j in jobs]
-            totals.append(sum(cfg["protocol"]["batch_size"] * steps / s for s in seconds))
+            for j in jobs:
+                j.receive()
+            totals.append(images / (time.perf_counter() - started))  # all jobs' images / wall
         return statistics.median(totals)
     finally:
         for j in jobs:
@@ -746,18 +865,19 @@ def report(
     stats: dict[str, dict[str, Any]],
     batch: int,
     steps: int,
-    n_train: int,
+    length: tuple[int, int],
     rounds: int,
     check: tuple[list[float], list[float]] | None,
     device: str,
 ) -> None:
+    n_train, epochs = length  # training images, epochs of the protocol
     steps_per_epoch = math.ceil(n_train / batch)
     rate = {n: batch * steps / statistics.median(w) for n, w in windows.items()}
     print(f"\n{rounds} interleaved rounds; images/s is the median of the rounds' windows")
     mem_col = "peak MiB" if device == "cuda" else "max RSS MiB"
     head = (
         f"{'arm':<4}{'images/s':>11}{'spread':>15}{'first step':>12}{'epoch':>10}"
-        f"{'300 epochs':>12}{mem_col:>13}{'saved fp32':>12}{'TFLOP/s':>9}  fast path"
+        f"{f'{epochs} epochs':>12}{mem_col:>13}{'saved fp32':>12}{'TFLOP/s':>9}  fast path"
     )
     print(head)
     print("-" * len(head))
@@ -769,7 +889,7 @@ def report(
         tflops = 3 * s["flops"] * rate[name] / 1e12
         print(
             f"{name:<7}{rate[name]:>8,.1f}{f'{rates[0]:,.0f}-{rates[-1]:,.0f}':>15}"
-            f"{_fmt_s(first[name]):>12}{_fmt_s(epoch):>10}{_fmt_s(PAPER_EPOCHS * epoch):>12}"
+            f"{_fmt_s(first[name]):>12}{_fmt_s(epoch):>10}{_fmt_s(epochs * epoch):>12}"
             f"{mem:>13,.0f}{s['saved_fp32_mib']:>12,.1f}{tflops:>9.3f}  {s['fast']}"
         )
     print(
@@ -780,6 +900,8 @@ def report(
     for other in ("T-bf16", "A", "B"):
         if "T" in rate and other in rate:
             print(f"T/{other} = {rate['T'] / rate[other]:.2f}")
+    if "T" in rate and "T-gpu_decode" in rate:
+        print(f"T-gpu_decode/T = {rate['T-gpu_decode'] / rate['T']:.2f}")
     if "T" in stats and "memory" in stats["T"]:
         m = stats["T"]["memory"]
         print(
@@ -817,9 +939,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a ~4 minute budget")
     p.add_argument("--jobs-per-gpu", default="1", help="K or a list K1,K2: T packed K per GPU")
     p.add_argument("--json", help="append one JSON line per arm (calibration input)")
-    p.add_argument("--arms", default="T,A,B", help="of T, T-bf16, A, B")
+    p.add_argument("--arms", default="T,A,B", help="of T, T-bf16, T-gpu_decode, A, B")
     p.add_argument("--batch", type=int, default=None, help="default: the protocol's (64)")
-    p.add_argument("--b-workers", type=int, default=None, help="arm B's DataLoader workers")
+    p.add_argument(
+        "--b-workers",
+        type=int,
+        default=None,
+        help="arm B's DataLoader workers (every ImageNet arm's)",
+    )
     p.add_argument("--data-dir", default=os.environ.get("RKREPRO_DATA_DIR") or "data")
     p.add_argument("--no-loss-check", action="store_true")
     p.add_argument(

@@ -86,6 +86,7 @@ def test_gpu_check_script_is_valid_bash_with_real_benchmark_flags() -> None:
     bench = [c for c in commands if "$TP" in c]
     assert len(bench) == 5 and any("gpu_selfcheck.py" in c for c in commands)
     seen_arms: set[str] = set()
+    datasets: set[str] = set()
     for line in bench:
         for depth in ("20", "56", "110"):
             words = shlex.split(line.replace("$TP", tp.group(1)).replace("$depth", depth))
@@ -93,10 +94,89 @@ def test_gpu_check_script_is_valid_bash_with_real_benchmark_flags() -> None:
             args = throughput.parse_args(words[words.index("bench/throughput.py") + 1 :])
             assert args.device == "cuda" and args.seconds is not None and args.json
             spec, _, _ = throughput.resolve(args)  # the table row exists
-            assert spec.dataset == "cifar10"
+            assert spec.dataset in ("cifar10", "imagenet")
+            assert ("T-gpu_decode" in args.arms) == (spec.dataset == "imagenet")
+            datasets.add(spec.dataset)
             seen_arms |= set(args.arms.split(","))
             assert all(int(k) >= 1 for k in args.jobs_per_gpu.split(","))
-    assert seen_arms == {"T", "T-bf16", "A", "B"}
+    assert seen_arms == {"T", "T-bf16", "A", "B", "T-gpu_decode"}
+    assert datasets == {"cifar10", "imagenet"}
+    inputs = [c for c in commands if "bench/input_pipeline.py" in c]
+    assert len(inputs) == 1
+    words = shlex.split(inputs[0])
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import input_pipeline
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    args = input_pipeline.parse_args(words[words.index("bench/input_pipeline.py") + 1 :])
+    assert args.device == "cuda" and args.seconds is not None
+
+
+def test_gpu_check_sections_fit_inside_its_deadline() -> None:
+    """Every section's limit, with the 5 s ``timeout -k 5`` may add, summed over the sections
+    the script runs (a loop's once per value): at most DEADLINE_S, so none is cut short by the
+    deadline rather than by its own limit."""
+    import re
+
+    text = (ROOT / "bench" / "gpu_check.sh").read_text(encoding="utf-8")
+    deadline = int(re.search(r'DEADLINE_S="\$\{DEADLINE_S:-(\d+)\}"', text).group(1))
+    total, sections = 0, 0
+    loop_values = 1
+    for line in text.splitlines():
+        loop = re.match(r"\s*for \w+ in (.+); do", line)
+        if loop:
+            loop_values = len(loop.group(1).split())
+        elif line.strip() == "done":
+            loop_values = 1
+        section = re.match(r'\s*section ("[^"]+"|\S+) (\d+) ', line)
+        if section:
+            total += loop_values * (int(section.group(2)) + 5)
+            sections += loop_values
+    assert sections == 9 and total <= deadline, (sections, total, deadline)
+
+
+def test_input_pipeline_benchmark_prints_both_ratios(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "fake"), str(ROOT)]),
+        "OMP_NUM_THREADS": "1",
+    }
+    fake = tmp_path / "fake" / "mlflow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('mlflow must not be imported')\n")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "input_pipeline.py")]
+        + ["--rounds", "1", "--images", "6", "--batch", "3"],
+        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2].startswith("fb-cpu / torchvision per core: ")
+    assert lines[-1].startswith("batched / per-image: ")
+    assert "(pixels equal)" in result.stdout
+    for arm in ("torchvision", "fb-cpu", "decode-pil", "decode-tv", "per-image", "batched"):
+        assert any(line.split()[:1] == [arm] for line in lines), arm
+
+
+def test_the_imagenet_arm_trains_on_photographs(tmp_path: Path) -> None:
+    result = _run(
+        tmp_path,
+        "--table", "table3",
+        "--row", "densenet-121",
+        "--device", "cpu",
+        "--steps", "1",
+        "--rounds", "1",
+        "--warmup-steps", "1",
+        "--batch", "2",
+        "--arms", "T,T-gpu_decode,B",
+        "--b-workers", "0",
+        "--synthetic-images", "4",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "arm T-gpu_decode skipped" in out and "90 epochs" in out and "T/B = " in out
+    assert any(line.startswith("T ") for line in out.splitlines()), out
 
 
 def test_gpu_selfcheck_runs_on_cpu(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import helpers_workspace as wsh
 import pytest
 from typer.testing import CliRunner
 
-from rkrepro import data_check
 from rkrepro.cli.app import app
+from rkrepro.data import check as data_check
 
 RUN = ["run", "tiny", "--row", "bc-k4", "--variant", "original", "--epochs", "1"]
 

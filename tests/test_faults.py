@@ -261,7 +261,7 @@ def test_an_unreadable_image_mid_epoch_is_one_clear_stop(tmp_path: Path, workers
     from PIL import Image
     from torchvision import datasets
 
-    from rkrepro import data
+    from rkrepro.data import imagenet
     from rkrepro.errors import DataError
 
     rng = np.random.default_rng(0)
@@ -272,9 +272,9 @@ def test_an_unreadable_image_mid_epoch_is_one_clear_stop(tmp_path: Path, workers
             Image.fromarray(pixels).save(tmp_path / cls / f"{i}.JPEG")
     bad = tmp_path / "n02" / "2.JPEG"
     bad.write_bytes(bad.read_bytes()[:200])  # truncated on disk
-    _, val_tf = data.imagenet_transforms()
-    folder = datasets.ImageFolder(str(tmp_path), val_tf, loader=data.load_image)
-    source = data.LoaderBatches(folder, 2, torch.device("cpu"), False, seed=0, workers=workers)
+    _, val_tf = imagenet.imagenet_transforms()
+    folder = datasets.ImageFolder(str(tmp_path), val_tf, loader=imagenet.load_image)
+    source = imagenet.LoaderBatches(folder, 2, torch.device("cpu"), False, seed=0, workers=workers)
     seen = []
     with pytest.raises(DataError) as caught:
         for _, labels in source.batches(1):

@@ -89,7 +89,7 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 # the data and the store; nothing below knows what is above it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "textsafe", "spec", "paths", "safe_write"),
-    ("paper", "models", "calibration", "data_check", "fb_transforms", "data"),
+    ("paper", "models", "calibration", "data"),
     ("tracking",),
     ("planning",),
     ("training", "status", "params", "ui"),

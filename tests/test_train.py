@@ -10,7 +10,7 @@ import helpers_cifar as h
 import pytest
 import torch
 
-from rkrepro import data
+from rkrepro.data import cifar
 from rkrepro.errors import RkreproError
 from rkrepro.models import build_model
 from rkrepro.planning.devices import resolve_device
@@ -50,9 +50,9 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def _split(n: int, seed: int) -> data.ArraySplit:
+def _split(n: int, seed: int) -> cifar.ArraySplit:
     x, y = h.random_images(n, 10, seed)
-    return data.ArraySplit(
+    return cifar.ArraySplit(
         torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y)
     )
 
@@ -63,7 +63,7 @@ def _trainer(
     state.seed_everything(0)
     model = build_model(spec)
     execution = Execution.local(CPU, fast=fast)
-    tr, te = data.cifar_batches(
+    tr, te = cifar.cifar_batches(
         _split(80, 0), _split(24, 1), protocol.batch_size, CPU, 0, None, execution.channels_last
     )
     return Trainer(model, tr, te, protocol, execution, Checkpoints(tmp), **kw)
@@ -265,16 +265,16 @@ def test_resolve_device() -> None:
 
 def test_small_rknet_learns_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An RKNet (1x2_1x1_1x1, k=8) on scikit-learn's digits, in CIFAR format: far below chance."""
-    monkeypatch.setenv(data.VERIFY_ENV, "0")
-    monkeypatch.setenv(data.DOWNLOAD_ENV, "0")
+    monkeypatch.setenv(cifar.VERIFY_ENV, "0")
+    monkeypatch.setenv(cifar.DOWNLOAD_ENV, "0")
     h.write_digits_cifar10(tmp_path / "data")
-    tr_split, te_split = data.load_cifar("cifar10", tmp_path / "data")
+    tr_split, te_split = cifar.load_cifar("cifar10", tmp_path / "data")
     protocol = replace(PAPER, epochs=4, lr_milestones=(3,), batch_size=32)
     spec = replace(TINY_RK, growth_rate=8)
     state.seed_everything(0)
     model = build_model(spec)
     execution = Execution.local(CPU)
-    tr, te = data.cifar_batches(tr_split, te_split, 32, CPU, 0, None, execution.channels_last)
+    tr, te = cifar.cifar_batches(tr_split, te_split, 32, CPU, 0, None, execution.channels_last)
     trainer = Trainer(model, tr, te, protocol, execution, Checkpoints(tmp_path / "ck"))
     history = trainer.fit()
     assert history[-1].test_error < 40.0, [r.test_error for r in history]  # chance: 90 %
@@ -348,7 +348,7 @@ def test_cuda_graph_step_trains_like_eager(tmp_path: Path) -> None:
         state.seed_everything(0)
         model = build_model(TINY)
         execution = Execution.local(cuda, fast=fast)
-        tr, te = data.cifar_batches(
+        tr, te = cifar.cifar_batches(
             _split(200, 0), _split(24, 1), 16, cuda, 0, None, execution.channels_last
         )
         trainer = Trainer(model, tr, te, protocol, execution, Checkpoints(tmp_path / str(fast)))
@@ -455,7 +455,7 @@ def _emulated(
     state.seed_everything(0)
     model = build_model(TINY)
     execution = Execution.local(CPU, precision, fast, emulate_cuda=True)
-    tr, te = data.cifar_batches(
+    tr, te = cifar.cifar_batches(
         _split(n, 0), _split(24, 1), 16, CPU, 0, None, execution.channels_last
     )
     return Trainer(model, tr, te, protocol, execution, Checkpoints(tmp))

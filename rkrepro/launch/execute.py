@@ -41,7 +41,7 @@ def execute(
     launch = LaunchPlan.check(where, options.device)
     device_type = launch.device_type(options.device)
     plans = make_plans(cells, seeds, options, device_type, launch.nproc)
-    from rkrepro import data_check
+    from rkrepro.data import check as data_check
 
     # Before the store is opened: a run that cannot read its data leaves nothing behind.
     data_states = data_check.check([p.protocol.dataset for p in plans], options.data_dir)

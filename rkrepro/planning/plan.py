@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 # Identity entries of the data pipelines that follow the Torch code: CIFAR-100's own
 # normalisation statistics (datasets/cifar100.lua) and fb.resnet.torch's ImageNet transforms
-# (rkrepro.fb_transforms). CIFAR-10's pipeline did not change, so it adds nothing.
+# (rkrepro.data.fb_transforms). CIFAR-10's pipeline did not change, so it adds nothing.
 PIPELINE_IDENTITY: dict[str, dict[str, str]] = {
     "cifar100": {"normalisation": "densenet-cifar100.lua"},
     "imagenet": {"transforms": "fb.resnet.torch"},
@@ -189,7 +189,7 @@ class Plan:
 
     def dataset_info(self) -> dict[str, Any]:
         """Name, source and size of the training data, for MLflow's dataset input."""
-        from rkrepro.data_check import CIFAR
+        from rkrepro.data.check import CIFAR
 
         dataset = self.protocol.dataset
         name = dataset + (f"[{self.train_subset}]" if self.train_subset else "")

@@ -189,11 +189,11 @@ class Session:
 
     def _batches(self, plan: Plan, execution: Execution) -> tuple[Any, Any]:
         """Train and test batch sources on the device, in the execution's memory format."""
-        from rkrepro import data
+        from rkrepro.data import cifar, imagenet
 
         dataset = plan.protocol.dataset
         if dataset == "imagenet":
-            return data.imagenet_batches(
+            return imagenet.imagenet_batches(
                 self.data_dir,
                 plan.protocol.batch_size,
                 execution.device,
@@ -204,9 +204,9 @@ class Session:
                 gpu_decode=plan.gpu_decode,
             )
         if dataset not in self._arrays:
-            self._arrays[dataset] = data.load_cifar(dataset, self.data_dir)
+            self._arrays[dataset] = cifar.load_cifar(dataset, self.data_dir)
         train, test = self._arrays[dataset]
-        return data.cifar_batches(
+        return cifar.cifar_batches(
             train,
             test,
             plan.protocol.batch_size,

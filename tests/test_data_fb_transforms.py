@@ -1,4 +1,4 @@
-"""fb.resnet.torch's ImageNet transforms (rkrepro.fb_transforms), each against a reference
+"""fb.resnet.torch's ImageNet transforms (rkrepro.data.fb_transforms), each against a reference
 computation written from the Lua/C source line by line (scalar loops, no shared code)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from rkrepro import data
-from rkrepro import fb_transforms as fb
+from rkrepro.data import fb_transforms as fb
+from rkrepro.data import imagenet
 
 
 class Scripted:
@@ -180,7 +180,7 @@ def test_pipelines_on_pil_images() -> None:
 
     pixels = np.random.default_rng(0).integers(0, 256, size=(300, 400, 3), dtype=np.uint8)
     image = Image.fromarray(pixels)
-    train_tf, val_tf = data.imagenet_transforms()
+    train_tf, val_tf = imagenet.imagenet_transforms()
     assert isinstance(train_tf, fb.ImageNetTrain) and isinstance(val_tf, fb.ImageNetEval)
     torch.manual_seed(0)
     assert train_tf(image).shape == (3, 224, 224)
@@ -198,3 +198,58 @@ def test_pipelines_on_pil_images() -> None:
     again = train_tf(image)
     torch.manual_seed(0)
     assert torch.equal(again, train_tf(image))  # reproducible under one seed (SeededSamples)
+
+
+def test_lighting_shifts_colour_per_image() -> None:
+    torch.manual_seed(0)
+    img = torch.zeros(3, 4, 4)
+    out = fb.lighting(0.1)(img)
+    assert out.shape == img.shape and not torch.equal(out, img)
+    assert torch.allclose(out[:, 0, 0], out[:, 3, 3])  # one RGB offset for the whole image
+
+
+def _steps_train(image) -> torch.Tensor:
+    """imagenet.lua's train preprocess as the steps above, one after the other."""
+    return fb.compose(
+        [
+            fb.random_sized_crop(224),
+            fb.color_jitter(0.4, 0.4, 0.4),
+            fb.lighting(0.1),
+            fb.color_normalize(),
+            fb.horizontal_flip(0.5),
+        ]
+    )(fb.to_float(image))
+
+
+@pytest.mark.parametrize("size", [(375, 500), (500, 333), (224, 224), (60, 80), (30, 400), (3, 5)])
+def test_the_fused_pipelines_are_the_steps_in_turn(size: tuple[int, int]) -> None:
+    """ImageNetTrain (crop box, jitter order and factors, lighting, flip drawn in the Lua order
+    from the same generator; crop, resize and the composed colour affine on uint8 pixels) and
+    ImageNetEval equal the steps applied one by one, to float rounding; thin and tiny images
+    take RandomSizedCrop's fallback."""
+    from PIL import Image
+
+    h, w = size
+    pixels = np.random.default_rng(h * w).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    for image in (Image.fromarray(pixels), torch.from_numpy(pixels).permute(2, 0, 1)):
+        for seed in range(12):
+            torch.manual_seed(seed)
+            expected = _steps_train(image)
+            torch.manual_seed(seed)
+            got = fb.ImageNetTrain()(image)
+            torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)
+        steps_eval = fb.compose([fb.scale(256), fb.color_normalize(), fb.center_crop(224)])
+        torch.testing.assert_close(
+            fb.ImageNetEval()(image), steps_eval(fb.to_float(image)), rtol=0, atol=2e-5
+        )
+
+
+def test_the_fused_pipeline_draws_exactly_what_the_steps_draw() -> None:
+    """After one image, the global generator is where the steps leave it."""
+    image = torch.randint(0, 256, (3, 300, 400), dtype=torch.uint8)
+    torch.manual_seed(3)
+    _steps_train(image)
+    after_steps = torch.rand(4)
+    torch.manual_seed(3)
+    fb.ImageNetTrain()(image)
+    assert torch.equal(torch.rand(4), after_steps)
