@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rkrepro.errors import RkreproError
-from rkrepro.paths import RUNS_DIR_ENV, runs_dir
+from rkrepro.paths import RUNS_DIR_ENV, checkpoint_dir, runs_dir
 from rkrepro.run.jobs import STOP_GRACE_S, Job, job_env, job_for, warn_sqlite, without_force
 
 if TYPE_CHECKING:
@@ -152,6 +152,13 @@ class RunRef:
     tracking_uri: str
     table: str
     config_hash: str
+
+    @classmethod
+    def of(cls, plan: Plan, tracking_uri: str) -> RunRef:
+        """The run of ``plan`` in the store ``tracking_uri`` (resolved: the one its job logs
+        to), and the checkpoint folder the job saves to for that store."""
+        folder = checkpoint_dir(plan.config_hash, tracking_uri)
+        return cls(str(folder), tracking_uri, plan.cell.table, plan.config_hash)
 
     def progress(self) -> tuple[int, int] | None:
         """(epoch, step in epoch) of the run's latest checkpoint; None before the first."""
@@ -333,8 +340,6 @@ def submit(
     runner: Runner, plans: list[Plan], settings: SlurmSettings, nproc: int, console: Console
 ) -> None:
     """Create the store and experiments once, then submit the plans not done as one array."""
-    from rkrepro.run.runner import checkpoints_for
-
     executor = make_executor(settings)  # no SLURM here: one line before anything
     warnings = [warn_sqlite(runner.uri, 0, "slurm"), *settings.warnings()]
     for warning in filter(None, warnings):
@@ -345,8 +350,7 @@ def submit(
         return
     device = "cpu" if settings.gpus_per_node == 0 else runner.options.device
     jobs = [job_for(p, device, nproc) for p in todo]
-    uri = runner.uri
-    refs = [RunRef(str(checkpoints_for(p).dir), uri, p.cell.table, p.config_hash) for p in todo]
+    refs = [RunRef.of(p, runner.uri) for p in todo]  # the jobs repeat this resolved URI
     handles = submit_slurm(jobs, executor, refs)
     first = handles[0].job_id.split("_")[0]
     console.print(
