@@ -99,18 +99,23 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     return Path(path)
 
 
-def checkpoint_dir(config_hash: str, tracking_uri: str | None = None) -> Path:
-    """Where one configuration's checkpoints live for one store.
+def checkpoint_dir(config_hash: str, tracking_uri: str) -> Path:
+    """Where one configuration's checkpoints live in the store ``tracking_uri``.
 
-    A checkpoint belongs to one run of one store: the same cell trained against another
-    ``--tracking-uri`` must neither resume from nor clear the default store's checkpoint. The
-    default local store keeps ``runs/checkpoints/HASH`` (as before); every other store gets
-    ``runs/checkpoints/store-DIGEST/HASH``, DIGEST naming its URI (an SQLite file by its
-    absolute path, so two spellings of one file share their checkpoints)."""
+    The store is part of the place: a checkpoint belongs to one run of one store, so the same
+    cell trained against another ``--tracking-uri`` must neither resume from nor clear the
+    default store's checkpoint. ``tracking_uri`` is the resolved URI the run is logged to
+    (:func:`resolve_tracking_uri`), required: a default here would silently mean the default
+    store, and a caller that forgot the URI would look for the checkpoints of a run logged
+    elsewhere in the wrong folder. The default local store keeps ``runs/checkpoints/HASH``;
+    every other store gets ``runs/checkpoints/store-DIGEST/HASH``, DIGEST naming its URI (an
+    SQLite file by its absolute path, so two spellings of one file share their checkpoints)."""
     import hashlib
 
+    if not tracking_uri:
+        raise ValueError("checkpoint_dir needs the tracking URI of the run's store")
     root = runs_dir() / "checkpoints"
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = tracking_uri
     path = sqlite_path(uri)
     if path is not None:
         if path.absolute() == (runs_dir() / "mlflow.db").absolute():

@@ -7,7 +7,9 @@ SLURM cluster is not exercised here; the code paths they share with these tests 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -374,6 +376,51 @@ def test_slurm_task_preempted_requeues_and_resumes_the_same_run(
     assert run.info.run_id == running.info.run_id and run.info.status == "FINISHED"
     for name in (mlflow_keys.M_TRAIN_LOSS, mlflow_keys.M_TEST_ERROR):
         assert [s for s, _ in _series(ws, run.info.run_id, name)] == list(range(1, 6))
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process below it (found first, then killed)."""
+    family, todo = [], [pid]
+    while todo:
+        family.append(todo.pop())
+        todo += _children(family[-1])
+    for member in family:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds processes via /proc")
+def test_a_slurm_task_watches_the_checkpoints_of_the_store_its_job_writes_to(
+    ws: Workspace, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At SLURM's signal a task is requeued only if its run made progress, judged by the run's
+    checkpoint: with a store other than the default (``--tracking-uri``) the task must look in
+    the folder its job saves to for that store, or every signal fails the run unrequeued."""
+    pytest.importorskip("submitit")
+    from submitit.core.utils import DelayedSubmission
+
+    h.write_random_cifar10(ws.data, n_train=512, n_test=64)
+    other = ws.root / "other.db"
+    shutil.copy(mlflow_template, other)
+    uri = f"sqlite:///{other}"
+    monkeypatch.setenv(slurm.SUBMITIT_CLUSTER_ENV, "local")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    args = ("--variant", "original", "--no-share", "--epochs", "50", "--launcher", "slurm")
+    result = invoke(*args, "--time", "30", "--tracking-uri", uri)
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.stdout.splitlines() if "array job" in x)
+    controller = int(line.split("array job ")[1].split()[0])
+    try:
+        ws_helpers.wait_for_epoch(ws.runs, 1, lambda: _alive(controller), timeout=180)
+        (saved,) = ws.runs.glob("checkpoints/**/last.json")
+        (pickled,) = (ws.runs / "slurm" / str(controller)).glob("*_submitted.pkl")
+        run = DelayedSubmission.load(pickled).function.run  # what the task itself loads
+        assert run.tracking_uri == uri
+        assert Path(run.checkpoint_dir) == saved.parent, (run, saved)
+        assert run.progress() is not None
+    finally:
+        _kill_tree(controller)
 
 
 def _script(settings: slurm.SlurmSettings, monkeypatch: pytest.MonkeyPatch) -> str:

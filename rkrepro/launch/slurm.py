@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from rkrepro.errors import RkreproError
 from rkrepro.launch.jobs import STOP_GRACE_S, Job, job_env, job_for, warn_sqlite, without_force
-from rkrepro.paths import RUNS_DIR_ENV, runs_dir
+from rkrepro.paths import RUNS_DIR_ENV, checkpoint_dir, runs_dir
 
 if TYPE_CHECKING:
     from rkrepro.planning.plan import Plan
@@ -150,6 +150,13 @@ class RunRef:
     tracking_uri: str
     table: str
     config_hash: str
+
+    @classmethod
+    def of(cls, plan: Plan, tracking_uri: str) -> RunRef:
+        """The run of ``plan`` in the store ``tracking_uri`` (resolved: the one its job logs
+        to), and the checkpoint folder the job saves to for that store."""
+        folder = checkpoint_dir(plan.config_hash, tracking_uri)
+        return cls(str(folder), tracking_uri, plan.cell.table, plan.config_hash)
 
     def progress(self) -> tuple[int, int] | None:
         """(epoch, step in epoch) of the run's latest checkpoint; None before the first."""
@@ -349,8 +356,7 @@ def submit(
         return
     device = "cpu" if settings.gpus_per_node == 0 else device
     jobs = [job_for(p, device, nproc) for p in todo]
-    uri = ledger.uri
-    refs = [RunRef(str(ledger.checkpoints(p).dir), uri, p.cell.table, p.config_hash) for p in todo]
+    refs = [RunRef.of(p, ledger.uri) for p in todo]  # the jobs repeat this resolved URI
     handles = submit_slurm(jobs, executor, refs)
     first = handles[0].job_id.split("_")[0]
     console.print(

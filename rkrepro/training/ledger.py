@@ -35,7 +35,7 @@ class PlanStatus:
 RUNS_SUBFOLDERS = ("checkpoints", "logs", "artifacts", "slurm")
 
 
-def checkpoints_for(plan: Plan, tracking_uri: str | None = None) -> Checkpoints:
+def checkpoints_for(plan: Plan, tracking_uri: str) -> Checkpoints:
     """The plan's checkpoints in the store ``tracking_uri`` (see :func:`checkpoint_dir`)."""
     return Checkpoints(checkpoint_dir(plan.config_hash, tracking_uri), root=paths.runs_dir())
 

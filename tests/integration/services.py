@@ -5,13 +5,17 @@ cluster or database already on the host:
 
 - a single-node SLURM cluster (slurmctld + slurmd, Debian's packages) with its own munged
   (own key and socket, ``AuthInfo=socket=...``) and its own ``SLURM_CONF``; it refuses to start
-  when a slurmctld is already running on the host;
+  when a slurmctld is already running on the host. Its folder names the process that started
+  it; a watchdog stops the cluster when that process dies without stopping it (a killed test
+  run), and each start first stops what such a run left (munged, slurmstepd and their jobs
+  survive the death of the run's process group);
 - an ``mlflow server`` with a SQLite backend, or with a PostgreSQL 15 backend in its own
   ``initdb`` cluster (run as the ``postgres`` user, on its own port and socket folder).
 
 Run as a script to try it by hand::
 
     python3 tests/integration/services.py up slurm|sqlite|postgres   # prints the env, waits
+    python3 tests/integration/services.py reap                       # stop killed runs' clusters
 """
 
 from __future__ import annotations
@@ -114,7 +118,136 @@ def _running(name: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
+# Processes, told apart by what /proc says of them (never by name alone)
+
+
+def _proc(pid: int, what: str) -> bytes:
+    try:
+        return (Path("/proc") / str(pid) / what).read_bytes()
+    except OSError:
+        return b""
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat field 22), None
+    when there is none: with the pid it names one process even once the pid is reused."""
+    fields = _proc(pid, "stat").rsplit(b")", 1)[-1].split()
+    return fields[19].decode() if len(fields) > 19 else None
+
+
+def _alive(pid: int) -> bool:
+    """Process ``pid`` exists and is not a zombie (a killed orphan stays one where nothing
+    reaps it)."""
+    fields = _proc(pid, "stat").rsplit(b")", 1)[-1].split()
+    return bool(fields) and fields[0] != b"Z"
+
+
+def _descendants(roots: set[int]) -> set[int]:
+    """``roots`` and every process below them."""
+    children: dict[int, list[int]] = {}
+    for pid in _pids():
+        fields = _proc(pid, "stat").rsplit(b")", 1)[-1].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(pid)
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children.get(pid, [])
+    return found
+
+
+# ----------------------------------------------------------------------------------------------
 # SLURM
+
+SLURM_PREFIX = "rkrepro-slurm-"  # a test cluster's folder: <tmp>/rkrepro-slurm-XXXXXXXX
+OWNER = "owner"  # in that folder: "PID START_TIME" of the process that started the cluster
+CLUSTER_NAME = "ClusterName=rkrepro-test"  # in its slurm.conf
+
+
+def cluster_processes(root: Path) -> set[int]:
+    """The processes of the test cluster in ``root``, and no other: its munged, slurmctld and
+    slurmd (their command line names a file in ``root``), its slurmstepds (their environment
+    carries its ``SLURM_CONF``), any job process of it that outlived its slurmstepd
+    (``SLURM_CONF`` and ``SLURM_JOB_ID``), and everything below those. A shell that exported
+    the cluster's ``SLURM_CONF`` is not one of them."""
+    inside = (str(root) + "/").encode()
+    conf = f"SLURM_CONF={root / 'slurm.conf'}".encode()
+    daemons, stepds = set(), set()
+    for pid in _pids():
+        if pid == os.getpid():
+            continue
+        name = _proc(pid, "comm").strip()
+        if name in (b"munged", b"slurmctld", b"slurmd") and inside in _proc(pid, "cmdline"):
+            daemons.add(pid)
+            continue
+        environ = _proc(pid, "environ").split(b"\0")
+        if conf in environ and (
+            name == b"slurmstepd" or any(e.startswith(b"SLURM_JOB_ID=") for e in environ)
+        ):
+            stepds.add(pid)
+    return _descendants(daemons | stepds) - {os.getpid()}
+
+
+def _kill(pids: set[int]) -> None:
+    """SIGKILL these processes (slurmstepd ignores SIGTERM) and wait until they are gone."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+
+
+def _owner_alive(root: Path) -> bool | None:
+    """Whether the process that started the cluster in ``root`` still runs; None when the
+    folder names none (a cluster of an older version of these tests)."""
+    try:
+        pid, started = (root / OWNER).read_text().split()
+        return _start_time(int(pid)) == started
+    except (OSError, ValueError):
+        return None
+
+
+def reap_stale_clusters(base: Path | None = None) -> list[Path]:
+    """Stop the test clusters that killed runs left under ``base`` (the temp folder) and remove
+    their folders; returns those folders. A cluster is left over when the process that started
+    it is gone (or, for a folder that names none, when its slurmctld is gone too); a cluster
+    whose owner still runs, and any cluster these tests did not start, are not touched."""
+    reaped = []
+    for root in sorted(Path(base or tempfile.gettempdir()).glob(SLURM_PREFIX + "*")):
+        try:
+            ours = (root / OWNER).exists() or CLUSTER_NAME in (root / "slurm.conf").read_text()
+        except OSError:
+            ours = False
+        if not root.is_dir() or not ours:
+            continue
+        pids = cluster_processes(root)
+        alive = _owner_alive(root)
+        if alive is None:  # no owner named: left over once its controller is gone
+            alive = any(_proc(p, "comm").strip() == b"slurmctld" for p in pids)
+        if alive:
+            continue
+        _kill(pids)
+        shutil.rmtree(root, ignore_errors=True)
+        reaped.append(root)
+    return reaped
+
+
+def _watch(root: Path) -> None:
+    """The watchdog (``services.py watch ROOT``, in its own session): once the owner of the
+    cluster in ``root`` has died without removing it (the normal stop removes the folder),
+    stop the cluster and remove the folder."""
+    while root.exists():
+        if _owner_alive(root) is False:
+            reap_stale_clusters(root.parent)
+            return
+        time.sleep(0.5)
 
 
 def start_slurm(base: Path | None = None) -> Service:
@@ -122,17 +255,25 @@ def start_slurm(base: Path | None = None) -> Service:
     _need(MUNGED, SLURMCTLD, SLURMD, "sbatch", "scontrol", "squeue")
     if os.geteuid() != 0:
         raise Unavailable("the SLURM test cluster runs slurmd as root: run the tests as root")
+    for root in reap_stale_clusters(base):
+        print(f"stopped the test cluster a killed run left in {root}", file=sys.stderr)
     if _running("slurmctld") or _running("slurmd"):
         raise Unavailable("a slurmctld/slurmd already runs on this host; not touching it")
     try:
         pwd.getpwnam("munge")
     except KeyError:
         raise Unavailable("no munge user (install the munge package)") from None
-    root = Path(tempfile.mkdtemp(prefix="rkrepro-slurm-", dir=base))
+    root = Path(tempfile.mkdtemp(prefix=SLURM_PREFIX, dir=base))
     root.chmod(0o755)
+    (root / OWNER).write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
     svc = Service(root)
     svc.before_stop.append(lambda: _cancel_all_jobs(svc))
-    svc.after_stop.append(lambda: _kill_leftovers(svc))
+    svc.after_stop.append(lambda: _kill(cluster_processes(root)))
+    watchdog = [sys.executable, __file__, "watch", str(root)]
+    svc.procs.append(
+        subprocess.Popen(watchdog, start_new_session=True, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    )  # fmt: skip
     try:
         _start_munge(svc)
         _start_slurm_daemons(svc)
@@ -170,24 +311,6 @@ def wait_queue_empty(env: dict[str, str], timeout: float) -> str:
         if not out.strip() or time.monotonic() > deadline:
             return out.strip()
         time.sleep(0.5)
-
-
-def _kill_leftovers(svc: Service) -> None:
-    """SIGKILL any process still carrying this cluster's ``SLURM_CONF`` (slurmstepd ignores
-    SIGTERM and outlives slurmd); the host's other processes are never touched."""
-    marker = f"SLURM_CONF={svc.env.get('SLURM_CONF', '')}".encode()
-    if marker == b"SLURM_CONF=":
-        return
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if marker in environ:
-            with contextlib.suppress(OSError):
-                os.kill(int(proc.name), signal.SIGKILL)
 
 
 def _start_munge(svc: Service) -> None:
@@ -437,8 +560,15 @@ def running(kind: str) -> Iterator[Service]:
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["reap"]:
+        for root in reap_stale_clusters():
+            print(f"stopped the test cluster left in {root}")
+        return 0
+    if len(argv) == 2 and argv[0] == "watch":
+        _watch(Path(argv[1]))
+        return 0
     if len(argv) != 2 or argv[0] != "up" or argv[1] not in ("slurm", "sqlite", "postgres"):
-        print("usage: services.py up slurm|sqlite|postgres", file=sys.stderr)
+        print("usage: services.py up slurm|sqlite|postgres | reap", file=sys.stderr)
         return 2
     started = time.monotonic()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # before bring-up: a stop cleans up

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -30,11 +31,17 @@ def _wait_queue_empty(env: dict[str, str], timeout: float) -> None:
         pytest.fail(f"jobs still queued after {timeout:.0f} s: {left}")
 
 
-def _workspace(root: Path, template: Path, cluster, n_train: int = 96) -> dict[str, str]:
-    """A tiny workspace under ``root`` (its store a copy of ``template``), and the env of an
-    rkrepro command that reaches ``cluster``."""
+def _workspace(
+    root: Path, template: Path, cluster, n_train: int = 96, store: Path | None = None
+) -> dict[str, str]:
+    """A tiny workspace under ``root`` and the env of an rkrepro command that reaches
+    ``cluster``. Its store, a copy of ``template``, is the default one (``runs/mlflow.db``)
+    or the SQLite file ``store`` (passed with ``--tracking-uri``)."""
     env = real_env(hw.make_workspace(root, n_train=n_train), **cluster.env)
-    hw.new_store(template, root / "runs")
+    if store is None:
+        hw.new_store(template, root / "runs")
+    else:
+        shutil.copy(template, store)
     return env
 
 
@@ -81,9 +88,17 @@ def _logs(runs: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in sorted(runs.glob("slurm/*/*_log.*")))
 
 
+def _report(env: dict[str, str], runs: Path, task: str) -> str:
+    """What a failed wait shows: the task's logs, what slurmd said of it, its job record."""
+    log = Path(env["SLURM_CONF"]).parent / "log" / "slurmd.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    said = [x for x in text.splitlines() if f"job {task} " in x.lower() or f"[{task}." in x]
+    return _logs(runs) + "\nslurmd:\n" + "\n".join(said[-20:]) + "\n" + str(_job(env, task))
+
+
 def _steps_done(env: dict[str, str], job_id: str, attempts: int) -> bool:
-    """slurmd has ended the batch step and step 0 of ``attempts`` runs of this job: a
-    requeued job started on top of its own completing steps fails at once (exit 1, no log)."""
+    """slurmd has ended the batch step and step 0 of ``attempts`` runs of this job (the
+    requeued task must not start beside the steps of its previous run)."""
     log = Path(env["SLURM_CONF"]).parent / "log" / "slurmd.log"
     text = log.read_text(errors="replace") if log.exists() else ""
     done = (text.count(f"[{job_id}.{step}] done with job") for step in ("batch", "0"))
@@ -99,6 +114,12 @@ def _release_requeue_hold(
     EligibleTime = requeue + 121 s measured here) before it may run again; the operator can
     lift that with ``StartTime=now`` (and ``scontrol release`` after a ``scontrol hold``).
     Only the wait changes, nothing rkrepro does.
+
+    Not within the second of the requeue, though: at the requeue slurmd revokes the job's
+    credentials up to that second (whole seconds), and refuses a launch whose credential is
+    not newer ("Job N already killed, do not launch batch job"): the task then ends FAILED,
+    NonZeroExitCode, RunTime 0, nothing in its log. SLURM's own two-minute hold is what
+    prevents that for users.
     """
 
     def held() -> bool:
@@ -108,6 +129,9 @@ def _release_requeue_hold(
         return _steps_done(env, job["JobId"], restarts)
 
     _wait(held, timeout, f"{task} requeued ({restarts} restarts)", log)
+    requeued_by = int(time.time())  # the requeue's kill came before this second ended
+    while int(time.time()) <= requeued_by:
+        time.sleep(0.02)
     update = ["scontrol", "update", f"JobId={task}", "StartTime=now"]
     subprocess.run(update, env=env, check=True, timeout=30)
     subprocess.run(["scontrol", "release", task], env=env, capture_output=True, timeout=30)
@@ -168,13 +192,17 @@ def test_what_sbatch_refuses_is_one_line_with_slurms_reason(
 
 @pytest.fixture(scope="module")
 def time_limited(slurm_cluster, store_template: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A task under a real 2-minute limit, submitted before the preemption test so that its
-    wait for SLURM's signal overlaps that test (each task asks for 1 of the node's CPUs).
-    Once the signal has requeued it, it is held (``scontrol hold``) so that SLURM does not
-    start it on its own before the time-limit test is there to watch."""
+    """A task under a real 2-minute limit (its store another SQLite file than the default, by
+    its absolute path), submitted before the preemption test so that its wait for SLURM's
+    signal overlaps that test (each task asks for 1 of the node's CPUs). Once the signal has
+    requeued it, it is held (``scontrol hold``) so that SLURM does not start it on its own
+    before the time-limit test is there to watch."""
     root = tmp_path_factory.mktemp("time-limited")
-    env = _workspace(root, store_template, slurm_cluster, n_train=512)
-    task = _submit(env, root, "--epochs", "300", "--time", "2", "--signal-delay", "30")
+    store = root / "other.db"
+    env = _workspace(root, store_template, slurm_cluster, n_train=512, store=store)
+    uri = f"sqlite:///{store}"
+    limits = ("--time", "2", "--signal-delay", "30")
+    task = _submit(env, root, "--epochs", "300", *limits, "--tracking-uri", uri)
     stop = threading.Event()
 
     def hold_once_requeued() -> None:
@@ -187,7 +215,7 @@ def time_limited(slurm_cluster, store_template: Path, tmp_path_factory: pytest.T
 
     watcher = threading.Thread(target=hold_once_requeued, daemon=True)
     watcher.start()
-    yield SimpleNamespace(root=root, env=env, task=task, watcher=watcher)
+    yield SimpleNamespace(root=root, env=env, task=task, watcher=watcher, uri=uri)
     stop.set()
 
 
@@ -199,12 +227,15 @@ def test_usr2_and_requeue_resume_the_same_run_with_every_epoch_once(
     limit: the task checkpoints its run and requeues itself through submitit) and
     ``scontrol requeue`` (SIGTERM: the run checkpoints, SLURM requeues the task). Each time
     the requeued task resumes the same MLflow run from its checkpoint; it ends FINISHED with
-    every epoch logged once."""
-    env = _workspace(tmp_path, store_template, slurm_cluster, n_train=512)
+    every epoch logged once. The store is another SQLite file than the default, spelled
+    relative to the folder the task is submitted from (SLURM starts the task there)."""
+    store = tmp_path / "other.db"
+    env = _workspace(tmp_path, store_template, slurm_cluster, n_train=512, store=store)
     runs = tmp_path / "runs"
     epochs = 14
-    task = _submit(env, tmp_path, "--epochs", str(epochs), "--time", "10")
-    log = lambda: _logs(runs) + str(_job(env, task))  # noqa: E731
+    task = _submit(env, tmp_path, "--epochs", str(epochs), "--time", "10",
+                   "--tracking-uri", "sqlite:///other.db")  # fmt: skip
+    log = lambda: _report(env, runs, task)  # noqa: E731
 
     _wait(lambda: _checkpoint(runs).get("epoch", 0) >= 2, 120, "epoch 2", log)
     subprocess.run(["scancel", "--signal=USR2", task], env=env, check=True, timeout=30)
@@ -215,8 +246,9 @@ def test_usr2_and_requeue_resume_the_same_run_with_every_epoch_once(
     _release_requeue_hold(env, task, 2, log)
     _wait(lambda: _job(env, task).get("JobState") == "COMPLETED", 180, "completed", log)
 
-    uri = f"sqlite:///{runs / 'mlflow.db'}"
+    uri = f"sqlite:///{store}"
     (run,) = _runs(uri)
+    assert not (runs / "mlflow.db").exists()  # nothing went to the default store
     assert run.info.status == "FINISHED", log()
     assert _checkpoint(runs)["run_id"] == run.info.run_id  # one run throughout
     assert _history(uri, run.info.run_id, "test_error") == list(range(1, epochs + 1))
@@ -234,8 +266,8 @@ def test_a_time_limit_requeues_and_a_task_without_progress_fails(time_limited) -
     forever: the task is not requeued and its run becomes FAILED, saying why."""
     env, task, workspace = time_limited.env, time_limited.task, time_limited.root
     runs = workspace / "runs"
-    uri = f"sqlite:///{runs / 'mlflow.db'}"
-    log = lambda: _logs(runs) + str(_job(env, task))  # noqa: E731
+    uri = time_limited.uri  # another store than the default: where the task looks must follow
+    log = lambda: _report(env, runs, task)  # noqa: E731
     script = next(runs.glob("slurm/*/*_submission.sh")).read_text()
     assert "--signal=USR2@30" in script and "--time=2" in script, script
 
