@@ -41,7 +41,8 @@ def _refuse(path: Path, what: str) -> PlantedLink:
 
 def make_dirs(root: Path, target: Path) -> Path:
     """``target`` (inside ``root``) as a folder, made one level at a time; a level below ``root``
-    that is a link (or not a folder) is refused. ``root`` itself may be a link."""
+    that is a link is refused (one line), one that is not a folder is ``NotADirectoryError``.
+    ``root`` itself may be a link."""
     root, target = Path(root).absolute(), Path(target).absolute()
     try:
         parts = target.relative_to(root).parts
@@ -59,7 +60,7 @@ def make_dirs(root: Path, target: Path) -> Path:
         if current.is_symlink():
             raise _refuse(current, f"to {os.readlink(current)}")
         if not current.is_dir():
-            raise RkreproError(f"{current} is not a folder")
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(current))
     return target
 
 

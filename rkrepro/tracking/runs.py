@@ -168,7 +168,18 @@ def log_dataset(c: MlflowClient, run_id: str, info: DatasetInfo) -> None:
     context = InputTag(
         key=mlflow_keys.DATASET_CONTEXT_KEY, value=mlflow_keys.DATASET_CONTEXT_TRAINING
     )
-    c.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
+    # Parallel jobs of one table log the same dataset at once: MLflow looks it up, then inserts
+    # it, so the slower job's insert breaks the datasets' uniqueness (its transaction rolled
+    # back). Asked again, MLflow finds the row the other job wrote.
+    for attempt in range(3):
+        try:
+            c.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
+            return
+        except Exception as error:
+            text = str(error).lower()
+            raced = "datasets" in text and ("unique" in text or "duplicate" in text)
+            if not raced or attempt == 2:
+                raise
 
 
 class RunLog:
