@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rkrepro.textsafe import one_line
+
 RUNS_DIR_ENV = "RKREPRO_RUNS_DIR"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 DATA_DIR_ENV = "RKREPRO_DATA_DIR"
@@ -86,8 +88,6 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     A URI with a control character (CR/LF would split an HTTP request, or a message) is
     refused with one line that shows only its scheme (the rest may hold a password)."""
     chosen = uri or os.environ.get(TRACKING_URI_ENV) or local_store_uri()
-    from rkrepro.textsafe import one_line
-
     if one_line(chosen) != chosen:
         from rkrepro.errors import RkreproError
 

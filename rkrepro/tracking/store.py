@@ -164,6 +164,11 @@ def check_databricks(uri: str) -> None:
     chatty.setLevel(logging.CRITICAL)  # its warning names the same missing credentials
     try:
         get_databricks_host_creds(uri)
+    except ImportError as error:
+        raise TrackingError(
+            f"tracking store {shown_uri(uri)}: needs the Python package databricks-sdk "
+            f"(no module {error.name or str(error)!r})"
+        ) from None
     except Exception:  # noqa: BLE001 - MLflow's and the SDK's errors alike
         raise TrackingError(
             f"tracking store {shown_uri(uri)}: no Databricks credentials for it (set "
