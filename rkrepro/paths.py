@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rkrepro.textsafe import one_line
+
 RUNS_DIR_ENV = "RKREPRO_RUNS_DIR"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 DATA_DIR_ENV = "RKREPRO_DATA_DIR"
@@ -81,8 +83,21 @@ def local_store_uri() -> str:
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else :func:`local_store_uri`."""
-    return uri or os.environ.get(TRACKING_URI_ENV) or local_store_uri()
+    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else :func:`local_store_uri`.
+
+    A URI with a control character (CR/LF would split an HTTP request, or a message) is
+    refused with one line that shows only its scheme (the rest may hold a password)."""
+    chosen = uri or os.environ.get(TRACKING_URI_ENV) or local_store_uri()
+    if one_line(chosen) != chosen:
+        from rkrepro.errors import RkreproError
+
+        scheme, sep, _ = chosen.partition("://")
+        shown = f"{ascii(one_line(scheme))[1:-1][:20]}://..." if sep else "(a path)"
+        raise RkreproError(
+            f"the tracking URI {shown} holds a control character (a line break would split a "
+            f"request or a message); remove it (--tracking-uri or {TRACKING_URI_ENV})"
+        )
+    return chosen
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:

@@ -207,7 +207,8 @@ def status_tables(
     ``hidden``: shortened runs per cell left out, said in the state and the caption."""
     hidden = hidden or {}
     from rich.table import Table as RichTable
-    from rich.text import Text
+
+    from rkrepro.textsafe import rich_text  # run ids, seeds and states come from the store
 
     by_table: dict[str, list[Cell]] = {}
     for cell in cells:
@@ -235,11 +236,11 @@ def status_tables(
             if hidden.get(cell.key):
                 label += f" (+{hidden[cell.key]} shortened hidden)"
             rich_table.add_row(
-                Text(cell.row if cell.row != previous_row else ""),
-                Text(cell.printed_model),
+                rich_text(cell.row if cell.row != previous_row else ""),
+                rich_text(cell.printed_model),
                 "yes" if cell.share else "",
-                Text(label, style=_STATE_STYLE[status.state]),
-                Text(runs),
+                rich_text(label, style=_STATE_STYLE[status.state]),
+                rich_text(runs),
             )
             previous_row = cell.row
         caption = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
@@ -249,6 +250,6 @@ def status_tables(
                 f"; {hidden_total} shortened run{'s' * (hidden_total != 1)} hidden "
                 "(--include-shortened)"
             )
-        rich_table.caption = Text(caption)
+        rich_table.caption = rich_text(caption)
         out.append(rich_table)
     return out

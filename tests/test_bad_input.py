@@ -708,3 +708,64 @@ def test_a_plot_planted_as_a_link_is_replaced_not_written_through(tmp_path: Path
     assert victim.read_text() == "# mine\n"
     png = plots / "tiny_params_vs_error.png"
     assert not png.is_symlink() and png.read_bytes().startswith(b"\x89PNG")
+
+
+def _artifacts_of_resumable_run(root: Path) -> Path:
+    """The artifact folder of the copied workspace's resumable run, its store repointed from
+    the workspace it was copied from to this one (the store keeps absolute paths)."""
+    with sqlite3.connect(root / "runs" / "mlflow.db") as con:
+        (run_id, uri) = con.execute(
+            "SELECT run_uuid, artifact_uri FROM runs WHERE status = 'RUNNING'"
+        ).fetchone()
+        source = uri.split("/runs/artifacts/")[0]
+        target = (root / "runs").parent.as_uri()
+        con.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (source, target))
+        con.execute(
+            "UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)",
+            (source, target),
+        )
+    return root / "runs" / "artifacts" / "tiny" / run_id / "artifacts"
+
+
+@pytest.mark.bad_input
+def test_an_artifact_planted_as_a_link_is_replaced_not_written_through(
+    runs_space: Path, tmp_path: Path
+) -> None:
+    """The run id of a resumable run is in the store: a link planted at its ``metrics.csv``
+    (or ``config.yaml``) made MLflow's local artifact store write the end of the run through
+    it. The files are replaced; the links' targets stay as they were."""
+    env = _copy_space(runs_space, tmp_path / "ws")
+    folder = _artifacts_of_resumable_run(tmp_path / "ws")
+    assert (folder / "config.yaml").is_file()  # written when the run started
+    victims = {}
+    for name in ("metrics.csv", "config.yaml"):
+        victims[name] = _victim(tmp_path / name)
+        (folder / name).unlink(missing_ok=True)
+        (folder / name).symlink_to(victims[name])
+    code, output, _ = _rkrepro(env, *RESUMABLE, "--epochs", "3", "--device", "cpu", timeout=300)
+    assert code == 0 and "Traceback" not in output, output[-3000:]
+    for name, victim in victims.items():
+        assert victim.read_text() == "# mine\n", name
+        assert (folder / name).is_file() and not (folder / name).is_symlink(), name
+    assert (folder / "metrics.csv").read_text().startswith("epoch,")
+    assert "protocol:" in (folder / "config.yaml").read_text()
+
+
+@pytest.mark.bad_input
+def test_an_artifact_folder_planted_as_a_link_is_refused_before_training(
+    runs_space: Path, tmp_path: Path
+) -> None:
+    """``runs/artifacts/TABLE`` as a link out of the runs folder: MLflow wrote the run's files
+    into the link's target. One line, before the run trains; the target untouched."""
+    env = _copy_space(runs_space, tmp_path / "ws")
+    _artifacts_of_resumable_run(tmp_path / "ws")
+    table = tmp_path / "ws" / "runs" / "artifacts" / "tiny"
+    outside = tmp_path / "outside"
+    table.rename(outside)
+    table.symlink_to(outside)
+    before = _snapshot(outside)
+    code, output, seconds = _rkrepro(env, *RESUMABLE, "--epochs", "3", "--device", "cpu")
+    line = output.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in output, output[-3000:]
+    assert line.startswith("Error: ") and f"{table} is a link" in line, line
+    assert _snapshot(outside) == before and seconds < 30

@@ -24,13 +24,16 @@ from rkrepro.errors import RkreproError
 
 class _Group(TyperGroup):
     """Turns every :class:`RkreproError`, and every bad option of a command, into one line on
-    stderr and a non-zero exit code: no traceback, no usage box to scroll through."""
+    stderr and a non-zero exit code: no traceback, no usage box to scroll through, no password
+    of a ``scheme://user:password@host`` in it."""
 
     def invoke(self, ctx: typer.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except RkreproError as error:
-            typer.echo(f"Error: {error}", err=True)
+            from rkrepro.tracking.store import hide_passwords  # whatever message carries a URI
+
+            typer.echo(f"Error: {hide_passwords(str(error))}", err=True)
             raise typer.Exit(error.exit_code) from None
         except UsageError as error:
             where = error.ctx.command_path if error.ctx else ctx.command_path

@@ -74,10 +74,11 @@ def ui_command(
 
     ui.check_address(host, port, expose)
     uri = paths.resolve_tracking_uri(tracking_uri)
+    shown = store.shown_uri(uri)
     if not store.is_local_store(uri):
-        raise RkreproError(f"{uri} is a tracking server already: open it in a browser")
+        raise RkreproError(f"{shown} is a tracking server already: open it in a browser")
     if not store.store_exists(uri):
-        raise RkreproError(f"no runs yet: {uri} does not exist (run `rkrepro run` first)")
+        raise RkreproError(f"no runs yet: {shown} does not exist (run `rkrepro run` first)")
     artifacts = store.artifacts_root().as_uri()
     raise typer.Exit(ui.serve(uri, artifacts, host, port))
 
@@ -223,11 +224,15 @@ def report_command(
 
 
 def _checked_url(url: str | None) -> str | None:
+    """The MLflow UI's address for the page's run links, without ``user:password@``: a page
+    is shared, and the browser asks for what the server needs."""
     if url is None:
         return None
     if not url.startswith(("http://", "https://")) or any(c in url for c in " \"'<>\n\r\t"):
         raise RkreproError("--ui-url must be an http:// or https:// address")
-    return url
+    from rkrepro.tracking.store import without_credentials
+
+    return without_credentials(url)[0]
 
 
 # How each --out format begins (rich text has no mark): what "a file rkrepro made" means.

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rkrepro import estimate as cost
+from rkrepro.textsafe import clean, rich_text
+from rkrepro.tracking.store import shown_uri
 
 if TYPE_CHECKING:
     from rkrepro.planning.plan import Plan
@@ -116,16 +118,19 @@ def show(
         table = Table(title="rkrepro run --dry-run", header_style="bold")
         for name in COLUMNS:
             table.add_column(name)
-        for row in rows:
-            table.add_row(*row)
+        for row in rows:  # the status holds the store's and the checkpoint's words: as text
+            table.add_row(*(rich_text(value) for value in row))
         console.print(table)
     else:
         for key, model, params, seeds, status_text, hours, peak in rows:
             console.print(
-                f"{key}  model={model}  params={params}  seeds={seeds}  status={status_text}"
-                f"  hours={hours}  peak_gb={peak}",
+                clean(
+                    f"{key}  model={model}  params={params}  seeds={seeds}  status={status_text}"
+                    f"  hours={hours}  peak_gb={peak}"
+                ),
                 highlight=False,
                 soft_wrap=True,
+                markup=False,
             )
     if not plans:
         return
@@ -135,9 +140,10 @@ def show(
         f"protocol: {first.protocol_kind}, {protocol.epochs} epochs, batch "
         f"{protocol.batch_size}, lr {protocol.lr:g} /{1 / protocol.lr_gamma:g} at "
         f"{list(protocol.lr_milestones)}; precision {first.precision} (fast path: "
-        f"{first.fast_path}); tracking: {ledger.uri}; nothing trained (dry run)",
+        f"{first.fast_path}); tracking: {shown_uri(ledger.uri)}; nothing trained (dry run)",
         highlight=False,
         soft_wrap=True,
+        markup=False,
     )
     wirings = sorted({p.readings["resnet_stages"] for p in plans if "resnet_stages" in p.readings})
     others = {k: v for k, v in first.readings.items() if k != "resnet_stages"}

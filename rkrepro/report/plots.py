@@ -26,6 +26,12 @@ if TYPE_CHECKING:
 # Plots (matplotlib, Agg) and their logging to MLflow.
 
 
+# Titles, labels and legends come from table files and run tags: drawn as they are written,
+# never parsed as mathtext (an unbalanced ``$`` was a ValueError, a deeply nested one a
+# RecursionError after half a minute) nor handed to TeX.
+PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+
 def write_plots(
     report: Report,
     out_dir: Path,
@@ -34,7 +40,8 @@ def write_plots(
 ) -> list[Path]:
     """Params vs error per table, and test error vs epoch per row; returns the PNG paths.
 
-    ``history(run_id)`` gives (epoch, test error) pairs; by default from the store.
+    ``history(run_id)`` gives (epoch, test error) pairs; by default from the store. Every text
+    is drawn as plain text (:data:`PLAIN_TEXT`).
     """
     import matplotlib
 
@@ -45,12 +52,13 @@ def write_plots(
         history = reader.metric_history(tracking_uri)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for table_report in report.tables:
-        paths.append(_plot_params(plt, report, table_report, out_dir))
-        for row in table_report.table.rows:
-            path = _plot_curves(plt, table_report, row, out_dir, history)
-            if path is not None:
-                paths.append(path)
+    with matplotlib.rc_context(PLAIN_TEXT):
+        for table_report in report.tables:
+            paths.append(_plot_params(plt, report, table_report, out_dir))
+            for row in table_report.table.rows:
+                path = _plot_curves(plt, table_report, row, out_dir, history)
+                if path is not None:
+                    paths.append(path)
     return paths
 
 

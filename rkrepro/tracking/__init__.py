@@ -5,6 +5,7 @@
   rule, one-line errors with no password in them);
 - :mod:`.runs`: the writer of training runs (:class:`~.runs.Tracker`, :class:`~.runs.RunLog`);
 - :mod:`.reports`: the report's plots run;
+- :mod:`.artifacts`: a run's files in a local artifact store, never written through a link;
 - :mod:`.reader`: reading runs back (status, report, list), metric histories, experiments.
 
 - :mod:`.training_run`: what one training run records (configuration, epochs, how it ended).

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 from rkrepro.errors import TrackingError
 from rkrepro.paper import readings
 from rkrepro.paths import resolve_tracking_uri, sqlite_path
+from rkrepro.textsafe import one_line
 from rkrepro.tracking import keys as mlflow_keys
 from rkrepro.tracking import store
 
@@ -123,10 +124,11 @@ def _record(
         return None
     if isinstance(values[mlflow_keys.TAG_SUPERSEDED], str) and values[mlflow_keys.TAG_SUPERSEDED]:
         return None
-    text = {key: str(value) if isinstance(value, str) else "" for key, value in values.items()}
+    # As untrusted as a table file: every string shown later is one line, no control character.
+    text = {key: one_line(value) if isinstance(value, str) else "" for key, value in values.items()}
     return RunRecord(
-        run_id=run_id,
-        status=status,
+        run_id=one_line(str(run_id)),
+        status=one_line(str(status)),
         table=text[mlflow_keys.TAG_TABLE],
         row=text[mlflow_keys.TAG_ROW],
         model=text[mlflow_keys.TAG_MODEL],
@@ -141,7 +143,7 @@ def _record(
             for name in readings.READINGS
             if text[readings.TAG_PREFIX + name]
         ),
-        experiment_id=str(experiment_id or ""),
+        experiment_id=one_line(str(experiment_id or "")),
         epochs=_int_param((params or {}).get(P_EPOCHS)),
         train_subset=_int_param((params or {}).get(P_TRAIN_SUBSET)),
     )
@@ -230,10 +232,10 @@ def _fetch_mlflow(uri: str, table_ids: list[str]) -> list[RunRecord]:
     # Before mlflow: a server that does not answer fails in seconds (not after mlflow's
     # retries), a database URI without its driver in one line (not an ImportError traceback).
     # The same HTTP bounds and lock retries as for writing, unless the user set them.
-    client = store.connect(uri, write=False)
     records: list[RunRecord] = []
     try:
         with store.wrap_errors(uri, "cannot read MLflow store"):
+            client = store.connect(uri, write=False)  # a store MLflow refuses: one line too
             for table_id in table_ids:
                 experiment = client.get_experiment_by_name(mlflow_keys.experiment_name(table_id))
                 if experiment is None or experiment.lifecycle_stage != "active":
@@ -250,8 +252,8 @@ def _fetch_mlflow(uri: str, table_ids: list[str]) -> list[RunRecord]:
                     if not token:
                         break
     except OSError as error:
-        shown = store.shown_uri(uri)
-        raise TrackingError(f"cannot reach MLflow store {shown}: {error}") from None
+        shown, reason = store.shown_uri(uri), store.hide_passwords(str(error), uri)
+        raise TrackingError(f"cannot reach MLflow store {shown}: {reason}") from None
     return _sorted(records)
 
 

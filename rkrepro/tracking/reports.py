@@ -1,5 +1,7 @@
 """The report's plots run: one MLflow run per ``rkrepro report --plots``, written through the
-same client (lock retries, HTTP bounds), artifact rule and one-line errors as training runs."""
+same client (lock retries, HTTP bounds), artifact rule and one-line errors as training runs; in
+a local artifact store its files are written never through a link
+(:mod:`rkrepro.tracking.artifacts`)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ from pathlib import Path
 
 from rkrepro.errors import TrackingError
 from rkrepro.paths import resolve_tracking_uri
+from rkrepro.tracking import artifacts, store
 from rkrepro.tracking import keys as mlflow_keys
-from rkrepro.tracking import store
 from rkrepro.tracking.runs import find_experiment
 
 
@@ -38,11 +40,17 @@ def log_report(
             run_id = run.info.run_id
             for key, value in params.items():
                 client.log_param(run_id, key, value)
-            for path in plots:
-                client.log_artifact(run_id, str(path), artifact_path="plots")
-            client.log_text(run_id, report_json, "report.json")
+            folder = artifacts.local_artifact_dir(run.info.artifact_uri)
+            if folder is None:  # a server's store
+                for path in plots:
+                    client.log_artifact(run_id, str(path), artifact_path="plots")
+                client.log_text(run_id, report_json, "report.json")
+            else:  # never through a link planted in runs/artifacts
+                for path in plots:
+                    artifacts.write_artifact(folder, f"plots/{path.name}", path.read_bytes())
+                artifacts.write_artifact(folder, "report.json", report_json.encode("utf-8"))
             client.set_terminated(run_id, "FINISHED")
             return run_id
     except OSError as error:
-        shown = store.shown_uri(uri)
-        raise TrackingError(f"cannot log the plots to {shown}: {error}") from None
+        shown, reason = store.shown_uri(uri), store.hide_passwords(str(error), uri)
+        raise TrackingError(f"cannot log the plots to {shown}: {reason}") from None

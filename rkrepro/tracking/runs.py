@@ -19,12 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from rkrepro.errors import TrackingError
 from rkrepro.paths import resolve_tracking_uri
+from rkrepro.textsafe import one_line
+from rkrepro.tracking import artifacts
 from rkrepro.tracking import keys as mlflow_keys
 from rkrepro.tracking.store import (
     artifact_location,
     bound_http_calls,
     check_reachable,
     client,
+    hide_passwords,
     shown_uri,
     store_exists,
     wrap_errors,
@@ -84,7 +87,7 @@ def find_experiment(
                 raise
             return found.experiment_id
     except MlflowException as error:
-        first = error.message.splitlines()[0]
+        first = hide_passwords(error.message.splitlines()[0], uri)
         raise TrackingError(f"tracking store {shown_uri(uri)}: {first}") from None
 
 
@@ -104,7 +107,7 @@ def latest_run(c: MlflowClient, exp_id: str, config_hash: str) -> ExistingRun | 
     )
     if not runs:
         return None
-    return ExistingRun(runs[0].info.run_id, runs[0].info.status)
+    return ExistingRun(runs[0].info.run_id, one_line(runs[0].info.status))
 
 
 def git_commit() -> tuple[str, bool]:
@@ -185,10 +188,11 @@ def log_dataset(c: MlflowClient, run_id: str, info: DatasetInfo) -> None:
 class RunLog:
     """One MLflow run being written: metrics per epoch, summary metrics, artifacts, status."""
 
-    def __init__(self, c: MlflowClient, run_id: str) -> None:
+    def __init__(self, c: MlflowClient, run_id: str, artifact_uri: str | None = None) -> None:
         self.client = c
         self.run_id = run_id
         self._logged_epochs: set[int] | None = None
+        self._artifact_uri = artifact_uri
 
     @classmethod
     def create(
@@ -202,7 +206,7 @@ class RunLog:
         from mlflow.entities import Param
 
         run = c.create_run(exp_id, tags=tags, run_name=run_name)
-        log = cls(c, run.info.run_id)
+        log = cls(c, run.info.run_id, run.info.artifact_uri)
         items = [Param(k, v[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             c.log_batch(log.run_id, params=items[i : i + 100])
@@ -254,7 +258,15 @@ class RunLog:
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def log_text(self, text: str, name: str) -> None:
-        self.client.log_text(self.run_id, text, name)
+        """The artifact ``name``; in a local artifact store written by rkrepro, never through a
+        planted link (:mod:`rkrepro.tracking.artifacts`)."""
+        if self._artifact_uri is None:
+            self._artifact_uri = self.client.get_run(self.run_id).info.artifact_uri
+        folder = artifacts.local_artifact_dir(self._artifact_uri)
+        if folder is None:
+            self.client.log_text(self.run_id, text, name)
+        else:
+            artifacts.write_artifact(folder, name, text.encode("utf-8"))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag

@@ -8,12 +8,14 @@ can use this module.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import random
 import re
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,11 +46,48 @@ REACH_TIMEOUT_S = 5.0  # the first request to a server: a stuck one fails in sec
 _UNREACHABLE = ("max retries exceeded", "connection refused", "read timed out", "timed out")
 # The password of a ``scheme://user:password@host`` URI, as SQLAlchemy parses it.
 _PASSWORD = re.compile(r"^([\w+.-]+://[^:/@]*):[^@]*@")
+# The same anywhere in a message (MLflow's own name the URL they failed on, password and all).
+_PASSWORD_IN_TEXT = re.compile(r"([\w+.-]+://[^:/@\s]*):[^@\s/]*@")
 
 
 def shown_uri(uri: str) -> str:
     """``uri`` as messages show it: a password in it becomes ``***`` (as SQLAlchemy shows it)."""
     return _PASSWORD.sub(r"\1:***@", uri, count=1)
+
+
+def hide_passwords(text: str, uri: str | None = None) -> str:
+    """``text`` (a message) with the password of every ``scheme://user:password@`` in it shown
+    as ``***``, and ``uri``'s password, wherever else it appears, too."""
+    text = _PASSWORD_IN_TEXT.sub(r"\1:***@", text)
+    if uri is not None:
+        import urllib.parse
+
+        password = _password(uri)
+        for form in {password, urllib.parse.unquote(password)} - {""}:
+            text = text.replace(form, "***")
+    return text
+
+
+def _password(uri: str) -> str:
+    """The password of ``scheme://user:password@host...``; ``""`` when it has none."""
+    found = _PASSWORD.match(uri)
+    return found.group(0)[len(found.group(1)) + 1 : -1] if found else ""
+
+
+def without_credentials(url: str) -> tuple[str, str | None]:
+    """(``url`` without ``user:password@``, the HTTP Basic ``Authorization`` value for them or
+    None): a request library that reads credentials from the URL would otherwise take
+    ``user:password@host`` for the host."""
+    import base64
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    user, _, password = parts.netloc.rpartition("@")[0].partition(":")
+    plain = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+    return plain, "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
 
 
 def is_local_store(uri: str) -> bool:
@@ -63,10 +102,13 @@ def store_exists(uri: str) -> bool:
 
 def bound_http_calls(uri: str) -> None:
     """For a tracking server: cap MLflow's HTTP timeout and retries (:data:`HTTP_LIMITS`)
-    unless the user set them; no effect on other stores."""
+    unless the user set them; no effect on other stores. With a password in the URI, MLflow's
+    "View run ... at: URL" lines are not printed: their URL is the URI, password and all."""
     if uri.startswith(("http://", "https://")):
         for name, value in HTTP_LIMITS.items():
             os.environ.setdefault(name, value)
+        if _password(uri):
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
 def check_reachable(uri: str, timeout: float = REACH_TIMEOUT_S, write: bool = True) -> None:
@@ -78,28 +120,62 @@ def check_reachable(uri: str, timeout: float = REACH_TIMEOUT_S, write: bool = Tr
         check_sqlite_store(path, write)
         return
     if uri.startswith(("http://", "https://")):
+        import http.client
         import urllib.error
         import urllib.request
 
-        url = uri.rstrip("/") + "/health"
         try:
-            with urllib.request.urlopen(url, timeout=timeout):  # noqa: S310 - user's own server
+            url, authorization = without_credentials(uri.rstrip("/") + "/health")
+            request = urllib.request.Request(url)
+            if authorization is not None:
+                request.add_header("Authorization", authorization)
+            with urllib.request.urlopen(request, timeout=timeout):  # noqa: S310 - user's server
                 return
         except urllib.error.HTTPError:
             return  # something answered; the API calls will tell if it is MLflow
-        except (urllib.error.URLError, OSError, ValueError) as error:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as error:
             reason = getattr(error, "reason", error)
             if isinstance(reason, TimeoutError):
                 raise TrackingError(
                     f"MLflow tracking server {shown_uri(uri)} did not answer within {timeout:g} s "
                     f"(it accepts connections but sends nothing back); is it overloaded or stuck?"
                 ) from None
+            reason = hide_passwords(str(reason), uri)
             raise TrackingError(
                 f"MLflow tracking server {shown_uri(uri)} is unreachable ({reason})"
             ) from None
         return
-    if uri.split("://", 1)[0].lower().split("+", 1)[0] in _DATABASES:
+    scheme = uri.split(":", 1)[0].lower()
+    if scheme.split("+", 1)[0] in _DATABASES:
         check_database(uri, timeout)
+    elif scheme == "databricks":
+        check_databricks(uri)
+
+
+def check_databricks(uri: str) -> None:
+    """A ``databricks`` URI needs credentials (``DATABRICKS_HOST`` and ``DATABRICKS_TOKEN``, or
+    a profile): without them, one line instead of MLflow's warning and paragraph of advice."""
+    import logging
+
+    from mlflow.utils.databricks_utils import get_databricks_host_creds
+
+    chatty = logging.getLogger("mlflow.utils.databricks_utils")
+    level = chatty.level
+    chatty.setLevel(logging.CRITICAL)  # its warning names the same missing credentials
+    try:
+        get_databricks_host_creds(uri)
+    except ImportError as error:
+        raise TrackingError(
+            f"tracking store {shown_uri(uri)}: needs the Python package databricks-sdk "
+            f"(no module {error.name or str(error)!r})"
+        ) from None
+    except Exception:  # noqa: BLE001 - MLflow's and the SDK's errors alike
+        raise TrackingError(
+            f"tracking store {shown_uri(uri)}: no Databricks credentials for it (set "
+            f"DATABRICKS_HOST and DATABRICKS_TOKEN, or a profile in ~/.databrickscfg)"
+        ) from None
+    finally:
+        chatty.setLevel(level)
 
 
 def check_sqlite_store(path: Path, write: bool) -> None:
@@ -198,13 +274,73 @@ def check_database(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
 
 
 def client(uri: str) -> MlflowClient:
-    """An MLflow client whose calls survive SQLite lock contention (see :class:`RetryingClient`)."""
+    """An MLflow client whose calls survive SQLite lock contention (see :class:`RetryingClient`).
+
+    A local SQLite store is opened under :func:`creation_lock`: MLflow creates and migrates a
+    new store when its client is made, and two processes doing that at once (a campaign's
+    parallel jobs on a fresh store) broke one of them in the migration."""
     from mlflow.tracking import MlflowClient
 
-    inner = MlflowClient(tracking_uri=uri)
-    if sqlite_path(uri) is None:
-        return inner
+    path = sqlite_path(uri)
+    if path is None:
+        return MlflowClient(tracking_uri=uri)
+    with creation_lock(path), _quiet_migrations():
+        inner = MlflowClient(tracking_uri=uri)
     return RetryingClient(inner)  # type: ignore[return-value]
+
+
+CREATION_WAIT_S = 300.0  # a store's migrations take seconds; a holder this long is stuck
+
+
+@contextlib.contextmanager
+def creation_lock(path: Path, wait_s: float = CREATION_WAIT_S) -> Iterator[None]:
+    """Hold ``FILE.init-lock`` beside the SQLite file ``path`` exclusively: one process at a
+    time creates, migrates or checks the store's schema; the others wait (the OS drops the lock
+    of a killed holder). Where the folder takes no file (a read-only store that is only read),
+    nothing is locked; a link planted there is refused (one line)."""
+    import fcntl
+
+    from rkrepro.safe_write import open_nofollow
+
+    lock = path.with_name(path.name + ".init-lock")
+    try:
+        fd = open_nofollow(lock, os.O_RDWR | os.O_CREAT, 0o644)  # a link: PlantedLink
+    except OSError:
+        yield  # nothing can create the store here either
+        return
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TrackingError(
+                        f"another process has held {lock} for {wait_s:g} s while opening the "
+                        f"store {path}; is it stuck? (it is free once that process ends)"
+                    ) from None
+                time.sleep(0.05 + 0.1 * random.random())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def _quiet_migrations() -> Iterator[None]:
+    """MLflow's and alembic's INFO lines while a new store is created ("Creating initial MLflow
+    database tables...") are not shown: they would break a one-line error on stderr."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("mlflow.store.db.utils", "alembic")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def connect(uri: str, write: bool) -> MlflowClient:
@@ -282,7 +418,6 @@ def artifact_location(uri: str, folder: str) -> str | None:
 def wrap_errors(uri: str, prefix: str = "tracking store"):
     """Context manager turning store failures into :class:`TrackingError`: one line, which
     starts ``{prefix} {uri}:`` (the URI without its password)."""
-    import contextlib
 
     @contextlib.contextmanager
     def _wrapped():
@@ -302,12 +437,12 @@ def wrap_errors(uri: str, prefix: str = "tracking store"):
                     f"every checkpoint is kept: rerun the same command once the server is back"
                 ) from None
             first = text.splitlines()[0] if text else type(error).__name__
-            raise TrackingError(f"{prefix} {shown}: {first}") from None
+            raise TrackingError(f"{prefix} {shown}: {hide_passwords(first, uri)}") from None
         except Exception as error:
             database = _database_error(error)
             if database is None:
                 raise
-            raise TrackingError(f"{prefix} {shown}: {database}") from None
+            raise TrackingError(f"{prefix} {shown}: {hide_passwords(database, uri)}") from None
 
     return _wrapped()
 

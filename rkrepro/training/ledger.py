@@ -17,6 +17,7 @@ from rkrepro import paths
 from rkrepro.errors import RkreproError
 from rkrepro.paths import checkpoint_dir
 from rkrepro.safe_write import PlantedLink
+from rkrepro.textsafe import clean
 from rkrepro.tracking import runs as tracking
 from rkrepro.training.checkpoints import Checkpoints
 
@@ -55,7 +56,10 @@ class Ledger:
         return self.tracker.uri
 
     def say(self, text: str, **style: object) -> None:
-        self.console.print(text, highlight=False, soft_wrap=True, **style)  # type: ignore[arg-type]
+        """One line of the run's output, printed as is: run ids and states come from the store
+        and checkpoint details from ``runs/``, so no markup and no control character."""
+        options: dict = {"highlight": False, "soft_wrap": True, "markup": False, **style}
+        self.console.print(clean(text), **options)
 
     def connect(self, create: bool = True) -> bool:
         """Check the store before anything else; False when a local store does not exist yet.

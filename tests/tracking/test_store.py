@@ -88,3 +88,39 @@ def test_locked_calls_are_retried_then_succeed(monkeypatch: pytest.MonkeyPatch) 
     assert store.retry_locked(flaky) == "ok" and len(calls) == 3
     with pytest.raises(ValueError):  # anything else is not retried
         store.retry_locked(lambda: (_ for _ in ()).throw(ValueError("no")))
+
+
+@pytest.mark.bad_input
+def test_a_password_inside_mlflows_own_message_is_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow names the URL it failed on, password and all; any such message is shown with
+    ``***`` (a message without the markers of an unreachable server included)."""
+    import socket
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://user:p%40ss-word@127.0.0.1:{port}/"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(MlflowException) as raised:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    said = raised.value.message
+    assert "p%40ss-word" in said  # what MLflow itself says
+    assert "ss-word" not in store.hide_passwords(said, uri)
+    assert "user:***@127.0.0.1" in store.hide_passwords(said)  # even not knowing the URI
+    with pytest.raises(TrackingError) as caught, store.wrap_errors(uri):
+        raise MlflowException(said.replace("Max retries exceeded", "failed"))
+    assert "ss-word" not in str(caught.value) and "user:***@" in str(caught.value)
+
+
+@pytest.mark.bad_input
+def test_a_store_lock_planted_as_a_link_is_refused(tmp_path) -> None:
+    from rkrepro.safe_write import PlantedLink
+
+    victim = tmp_path / "victim"
+    (tmp_path / "mlflow.db.init-lock").symlink_to(victim)
+    with pytest.raises(PlantedLink), store.creation_lock(tmp_path / "mlflow.db"):
+        pass
+    assert not victim.exists()

@@ -1,6 +1,13 @@
 """CSV at full precision: one line per record (:data:`~.content.RECORD_FIELDS`), and one per
 claim of the paper.
 
+A spreadsheet runs a cell that begins with ``=``, ``+``, ``-`` or ``@`` (or a tab or carriage
+return) as a formula (``=HYPERLINK(...)``, ``+cmd|' /C calc'!A0``), and labels, claims and a
+store's tags are data. Numbers and text are told apart by their type in the records, not by
+how they look: a number (``int``/``float``, e.g. a difference of ``-0.12``) is written as a
+number; every text cell that begins with one of those characters gets a leading ``'``, as OWASP
+recommends (a text that merely looks like a negative number is text, and is quoted too).
+
 ``import csv`` below is the standard library's (imports are absolute); this module is only
 ever imported by its full name, ``rkrepro.report.render.csv``."""
 
@@ -15,6 +22,9 @@ from rkrepro.report.build import Report
 from rkrepro.report.claims import ClaimResult, claim_record
 from rkrepro.report.render.content import RECORD_FIELDS, records
 
+# What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
 
 def to_csv(report: Report) -> str:
     rows = records(report)
@@ -24,17 +34,25 @@ def to_csv(report: Report) -> str:
     for row in rows:
         writer.writerow(
             {
-                key: ";".join(value) if isinstance(value, list) else _csv_value(value)
+                key: csv_text(";".join(value)) if isinstance(value, list) else csv_value(value)
                 for key, value in row.items()
             }
         )
     return buffer.getvalue()
 
 
-def _csv_value(value: Any) -> Any:
+def csv_value(value: Any) -> Any:
+    """A record's value as a cell: a number as a number, text as inert text."""
     if isinstance(value, float):
         return repr(value)  # shortest round-tripping form: full precision
+    if isinstance(value, str):
+        return csv_text(value)
     return "" if value is None else value
+
+
+def csv_text(text: str) -> str:
+    """Text that no spreadsheet reads as a formula: a leading ``'`` where it would."""
+    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 CLAIM_CSV_FIELDS = (
@@ -59,5 +77,5 @@ def claims_csv(results: Sequence[ClaimResult]) -> str:
     )
     writer.writeheader()
     for result in results:
-        writer.writerow(claim_record(result))
+        writer.writerow({key: csv_value(value) for key, value in claim_record(result).items()})
     return buffer.getvalue()

@@ -1,10 +1,15 @@
 """LaTeX with booktabs: one ``table`` float per table, in the paper's layout. The paper's claims
-have no LaTeX form."""
+have no LaTeX form.
+
+Every text is escaped by :func:`_tex`: TeX's special characters become their text forms (so no
+``\\input``, ``\\write18`` or ``^^`` escape survives), a line break a space (a blank line would end
+the cell), and brackets are braced (a ``[`` after ``\\\\`` would be read as its argument)."""
 
 from __future__ import annotations
 
 from rkrepro.report.build import DATASET_NAMES, Report
 from rkrepro.report.render.content import Item, layout, tolerance_text
+from rkrepro.textsafe import one_line
 
 _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}",
@@ -17,11 +22,13 @@ _LATEX_SPECIAL = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    "[": "{[}",
+    "]": "{]}",
 }
 
 
 def _tex(text: str) -> str:
-    escaped = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+    escaped = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in one_line(text))
     return escaped.replace("±", r"$\pm$").replace("\u00d7", r"$\times$")
 
 

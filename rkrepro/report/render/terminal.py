@@ -1,5 +1,6 @@
 """Rich renderables for a terminal: per table the grid in the paper's layout, its notes and bold
-claims; the paper's claims as one table. Text from table files is never parsed as markup."""
+claims; the paper's claims as one table. Text from table files and the store is never parsed as
+markup, and reaches the terminal without control characters (:mod:`rkrepro.textsafe`)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from rkrepro.report.render.content import (
     summary_text,
     table_notes,
 )
+from rkrepro.textsafe import clean, rich_text
 
 VERDICT_STYLE = {
     WITHIN: "green",
@@ -48,7 +50,7 @@ def to_rich(report: Report) -> list[Any]:
     from rich.table import Table as RichTable
     from rich.text import Text
 
-    out: list[Any] = [Text(f"Metric: {report.metric_label}", style="bold")]
+    out: list[Any] = [rich_text(f"Metric: {report.metric_label}", style="bold")]
     hidden = sum(t.hidden_shortened for t in report.tables)
     if hidden:
         out.append(
@@ -59,7 +61,7 @@ def to_rich(report: Report) -> list[Any]:
         grid = layout(table_report)
         title = f"{table.title} ({DATASET_NAMES[table.dataset]}) - reported / reproduced / diff"
         rich_table = RichTable(
-            title=Text(title), box=box.SIMPLE_HEAD, header_style="bold", padding=(0, 1)
+            title=rich_text(title), box=box.SIMPLE_HEAD, header_style="bold", padding=(0, 1)
         )
         for header in grid.headers:
             # Headers break at spaces; labels and variant names stay on one line.
@@ -69,36 +71,36 @@ def to_rich(report: Report) -> list[Any]:
             if index in grid.group_starts and index:
                 rich_table.add_section()
             rich_table.add_row(*(_rich_item(item) for item in line))
-        rich_table.caption = Text("\n".join(table_notes(report, table_report)[1:]))
+        rich_table.caption = rich_text("\n".join(table_notes(report, table_report)[1:]))
         out.append(rich_table)
-        out.append(Text(f"Verdicts: {summary_text(table_report) or 'none'}"))
+        out.append(rich_text(f"Verdicts: {summary_text(table_report) or 'none'}"))
         claims = bold_claim_rows(table_report)
         if claims:
-            claim_table = RichTable(title=Text(f"{table.title}: bold claims"), header_style="bold")
+            claim_table = RichTable(
+                title=rich_text(f"{table.title}: bold claims"), header_style="bold"
+            )
             for header in BOLD_CLAIMS_HEADERS:
                 claim_table.add_column(header)
             for row in claims:
-                claim_table.add_row(*(Text(value) for value in row))
+                claim_table.add_row(*(rich_text(value) for value in row))
             out.append(claim_table)
     return out
 
 
 def _rich_item(item: Item):
-    from rich.text import Text
-
     if item is None:
         return ""
     if isinstance(item, str):
-        return Text(item)  # labels come from the table files: never rich markup
-    text = Text(item.reported, style="bold" if item.bold else "")
-    text.append("\n" + item.reproduced)
+        return rich_text(item)  # labels come from the table files: never rich markup
+    text = rich_text(item.reported, style="bold" if item.bold else "")
+    text.append("\n" + clean(item.reproduced))
     if item.diff or item.verdict:
-        text.append("\n" + item.diff)
+        text.append("\n" + clean(item.diff))
     if item.verdict is not None:
         gap = " " if item.diff else ""
         text.append(gap + item.verdict, style=VERDICT_STYLE.get(item.verdict, ""))
-    for note in item.notes:
-        text.append("\n" + note, style="dim")
+    for note in item.notes:  # notes carry the store's tags (precision): no control character
+        text.append("\n" + clean(note), style="dim")
     return text
 
 
@@ -108,7 +110,6 @@ CLAIM_STYLE = {HOLDS: "green", FAILS: "bold red", UNDECIDED: "yellow"}
 def claims_rich(results: Sequence[ClaimResult]) -> list[Any]:
     from rich import box
     from rich.table import Table as RichTable
-    from rich.text import Text
 
     table = RichTable(
         title="The paper's claims", box=box.SIMPLE_HEAD, header_style="bold", show_lines=True
@@ -119,16 +120,16 @@ def claims_rich(results: Sequence[ClaimResult]) -> list[Any]:
     table.add_column("Reproduction", ratio=3)
     for result in results:
         name, section, text, paper, reproduced = paper_claim_texts(result)
-        repro = Text(reproduced, style=CLAIM_STYLE[result.on_reproduced])
+        repro = rich_text(reproduced, style=CLAIM_STYLE[result.on_reproduced])
         for line in paper_claim_failures(result):
-            repro.append("\n" + line, style="dim")
+            repro.append("\n" + clean(line), style="dim")
         table.add_row(
-            Text(f"{name}\n§{section}"),
-            Text(text),
-            Text(paper, style=CLAIM_STYLE[result.on_paper]),
+            rich_text(f"{name}\n§{section}"),
+            rich_text(text),
+            rich_text(paper, style=CLAIM_STYLE[result.on_paper]),
             repro,
         )
-    return [table, Text(PAPER_CLAIMS_NOTE, style="dim")]
+    return [table, rich_text(PAPER_CLAIMS_NOTE, style="dim")]
 
 
 def print_tables(report: Report, out: Path | None) -> None:
