@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from rkrepro import estimate as cost
+from rkrepro.estimate import cost
 from rkrepro.cli.app import app
 from rkrepro.paper import load_tables, resolve_cells
 

@@ -178,7 +178,7 @@ def plan_command(
     tables_dir: TablesDir = None,
 ) -> None:
     """Estimated device-hours (GPU, or CPU where it would run), FLOPs, params and peak memory."""
-    from rkrepro import estimate as cost
+    from rkrepro.estimate import cost
     from rkrepro import paper
     from rkrepro.planning import precision as precision_mod
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rkrepro import estimate as cost
+from rkrepro.estimate import cost
 
 if TYPE_CHECKING:
     from rkrepro.planning.plan import Plan

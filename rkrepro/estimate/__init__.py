@@ -1,0 +1,2 @@
+"""What reproducing cells will cost before anything is launched (``rkrepro plan``, ``run
+--dry-run``)."""
