@@ -32,7 +32,8 @@ BAD_COMMANDS = {
     "absent cuda": ([*RUN, "--device", "cuda:7"], "cuda"),
     "fast path switch": ([*RUN, "--fast-path", "-warp_speed"], "bad fast-path switch"),
     "fast path word": ([*RUN, "--fast-path", "fast"], "bad fast-path switch"),
-    "missing row option": (["run", "tiny"], "Missing option '--row'"),
+    # `run TABLE` without --row runs every row; rows belong to one table, so `all` takes none.
+    "row of every table": (["run", "all", "--row", "bc-k4"], "run all takes no --row"),
     "missing data": ([*RUN, "--data-dir", "/nonexistent/data"], "cifar-10-batches-py"),
     "unknown command": (["rnu"], "No such command"),
     "report format": (["report", "tiny", "--format", "xml"], "--format"),

@@ -1,23 +1,29 @@
 """``rkrepro plan``: what reproducing a selection of cells will cost, before launching anything.
 
-Two sources for the time estimate, always labelled in the output:
-- *measured*: a short probe of real training steps at the protocol's batch size on the current
-  CUDA device (images/s, steady state after warm-up);
-- *FLOPs*: training FLOPs (forward + backward ≈ 3 × forward, plus evaluation) divided by a
-  stated achieved throughput, when no GPU is present or probing is off.
+The time of each cell comes from, in this order, and every estimate says which:
+- *calibration*: a measured throughput of that device in ``rkrepro/calibration.yaml`` (exact,
+  or scaled by FLOPs from the nearest measured model of the family), in the runs' precision;
+- *roofline*: the cell's FLOPs and activation traffic against the GPU's published peak rate
+  and bandwidth (:mod:`rkrepro.estimate.roofline`, :mod:`rkrepro.estimate.gpus`);
+- *measured*: a probe of real steps on this machine (:mod:`rkrepro.estimate.probe`), when asked
+  or when the runs train on this machine's CPU.
 
-Peak memory is estimated without a GPU: the bytes of every tensor autograd saves for the
-backward pass (counted on the meta device, so free) times the batch size, plus weights,
-gradients and momentum. A probe replaces it with ``torch.cuda.max_memory_allocated``.
+Parameters, FLOPs and memory are counted from the model spec without building it
+(:mod:`rkrepro.models.analytic`), so a plan of the whole paper answers in about a second. Peak
+memory is the bytes autograd keeps for backward per image times the batch, plus weights,
+gradients and momentum; a CUDA probe measures it instead.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from rkrepro.mlflow_keys import PRECISION_FP32
+from rkrepro.errors import RkreproError
+from rkrepro.estimate.roofline import BACKWARD_FACTOR, training_rate
+from rkrepro.estimate.target import Target
+from rkrepro.mlflow_keys import PRECISION_BF16, PRECISION_FP16_AMP, PRECISION_FP32
+from rkrepro.models.analytic import ModelCost, model_cost
 from rkrepro.paper import Cell
 
 # Images per epoch: (train, test). ImageNet is ILSVRC2012 (1,281,167 / 50,000).
@@ -26,13 +32,7 @@ DATASET_SIZES: dict[str, tuple[int, int]] = {
     "cifar100": (50_000, 10_000),
     "imagenet": (1_281_167, 50_000),
 }
-# Achieved (not peak) training throughput assumed when nothing is measured. Small-batch CIFAR
-# convnets reach a small fraction of a modern GPU's peak; state it, and let the user change it.
-DEFAULT_TFLOPS = 20.0
-BACKWARD_FACTOR = 3.0  # forward + backward ≈ 3 forward passes
-# Small models at small batches are bound by per-step overhead, not FLOPs: a ceiling on the
-# training images/s assumed (issue 6's target for BC-100 on one H100).
-DEFAULT_MAX_IMAGES_PER_S = 25_000.0
+CALIBRATION, ROOFLINE, MEASURED = "calibration", "roofline", "measured"
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,11 @@ class Estimate:
     params_paper: int
     forward_flops: int  # per image
     total_flops: float  # whole protocol: training + evaluation every epoch
-    gpu_hours: float
+    gpu_hours: float  # device-hours of one seed of the paper's protocol
     peak_memory_gb: float
-    source: str  # "measured on <device>" or "FLOPs @ N TFLOP/s"
+    source: str  # how the time was estimated, e.g. "roofline on NVIDIA H100 ..."
+    method: str = ROOFLINE  # CALIBRATION, ROOFLINE or MEASURED
+    spread: float | None = None  # of a probe's step times: (max - min) / median
 
     def record(self) -> dict[str, Any]:
         return {
@@ -58,7 +60,9 @@ class Estimate:
             "batch_size": self.cell.protocol.batch_size,
             "gpu_hours": self.gpu_hours,
             "peak_memory_gb": self.peak_memory_gb,
+            "method": self.method,
             "source": self.source,
+            "spread": self.spread,
         }
 
 
@@ -69,184 +73,109 @@ def protocol_flops(cell: Cell, forward_flops: int) -> float:
     return per_epoch * cell.protocol.epochs
 
 
-def saved_activation_bytes(cell: Cell) -> int:
-    """Bytes autograd keeps for backward, per image, counted on the meta device (fp32)."""
-    import torch
-
-    from rkrepro.models import build_model, input_size_for
-
-    with torch.device("meta"):
-        model = build_model(cell.spec)
-    model.train()
-    saved: dict[int, torch.Tensor] = {}  # holding the tensors keeps their ids unique
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        saved[id(tensor)] = tensor  # a tensor saved by several ops is kept once
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        image = torch.zeros(1, *input_size_for(cell.spec), device="meta")
-        model(image).sum()
-    return sum(t.numel() * t.element_size() for t in saved.values())
+def protocol_seconds(cell: Cell, images_per_s: float) -> float:
+    """Seconds of the whole protocol at a training rate; evaluation runs without backward,
+    about a third of a training step per image."""
+    train, test = DATASET_SIZES[cell.spec.dataset]
+    return cell.protocol.epochs * (train + test / BACKWARD_FACTOR) / images_per_s
 
 
-def _memory_estimate(cell: Cell, total_params: int) -> float:
-    activations = saved_activation_bytes(cell) * cell.protocol.batch_size
-    state = total_params * 4 * 3  # weights, gradients, momentum (fp32)
+def memory_gb(cell: Cell, cost: ModelCost, precision: str = PRECISION_FP32) -> float:
+    """Peak training memory: saved activations x batch (2-byte under autocast), the tensors
+    autograd keeps of the parameters, and weights, gradients and momentum in fp32."""
+    half = precision in (PRECISION_BF16, PRECISION_FP16_AMP)
+    activations = cost.saved_activation_bytes * (0.5 if half else 1.0) * cell.protocol.batch_size
+    state = cost.params_total * 4 * 3 + cost.saved_parameter_bytes
     return (activations + state) / 2**30
-
-
-# A CPU probe is short: a step of a BC-100 at batch 64 takes seconds there.
-CPU_PROBE_STEPS = 2
-CPU_PROBE_BATCH = 16
-
-
-def _probe_cpu(cell: Cell, steps: int) -> tuple[float, float]:
-    """(images/s, estimated peak GB) of a few real fp32 SGD steps on the CPU."""
-    import torch
-
-    from rkrepro.models import build_model, input_size_for, spec_param_counts
-
-    model = build_model(cell.spec).to(memory_format=torch.channels_last)
-    optimiser = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
-    batch = min(cell.protocol.batch_size, CPU_PROBE_BATCH)
-    images = torch.randn(batch, *input_size_for(cell.spec)).to(memory_format=torch.channels_last)
-    labels = torch.randint(0, cell.spec.num_classes, (batch,))
-
-    def step() -> None:
-        loss = torch.nn.functional.cross_entropy(model(images), labels)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-
-    step()  # warm-up: allocator, kernels
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    elapsed = time.perf_counter() - start
-    return steps * batch / elapsed, _memory_estimate(cell, spec_param_counts(cell.spec)[1])
-
-
-def _probe(cell: Cell, device: str, steps: int, precision: str) -> tuple[float, float]:
-    """(images/s, peak GB) of real SGD steps at the protocol's batch size on ``device``, in the
-    precision the runs will train in."""
-    import torch
-
-    from rkrepro.models import build_model, input_size_for
-    from rkrepro.training.setup import Execution, apply_process_settings
-
-    if device == "cpu":
-        return _probe_cpu(cell, min(steps, CPU_PROBE_STEPS))
-    execution = Execution(torch.device(device), precision)
-    apply_process_settings(execution)
-    model = build_model(cell.spec).to(device).to(memory_format=torch.channels_last)
-    optimiser = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
-    batch = cell.protocol.batch_size
-    images = torch.randn(batch, *input_size_for(cell.spec), device=device)
-    images = images.to(memory_format=torch.channels_last)
-    labels = torch.randint(0, cell.spec.num_classes, (batch,), device=device)
-    torch.cuda.reset_peak_memory_stats(device)
-
-    def step() -> None:
-        with execution.autocast():
-            loss = torch.nn.functional.cross_entropy(model(images), labels)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
-    return steps * batch / elapsed, torch.cuda.max_memory_allocated(device) / 2**30
-
-
-def calibration_device() -> str:
-    """The device whose calibration entries a plan uses: ``RKREPRO_CALIBRATION_DEVICE``, else
-    this machine's first GPU, else ``cpu``."""
-    import os
-
-    import torch
-
-    name = os.environ.get("RKREPRO_CALIBRATION_DEVICE", "").strip()
-    if name:
-        return name
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
 def estimate(
     cells: list[Cell],
-    tflops: float = DEFAULT_TFLOPS,
-    max_images_per_s: float = DEFAULT_MAX_IMAGES_PER_S,
-    probe_device: str | None = None,
-    probe_steps: int = 20,
-    progress=None,
+    target: Target,
     precision: str = PRECISION_FP32,
+    probe_steps: int = 3,
+    progress=None,
 ) -> list[Estimate]:
-    """One estimate per cell; ``probe_device`` (a CUDA device, or ``"cpu"`` for a short CPU
-    probe) measures instead of assuming, in ``precision`` (the runs': fp32, the paper's, is
-    several times slower on a GPU than bf16). ``gpu_hours`` are hours on that device."""
-    import torch
-
+    """One estimate per cell for ``target`` in ``precision`` (the runs': fp32, the paper's,
+    trains several times slower on a recent GPU than bf16). ``gpu_hours`` are hours on that
+    device of one seed of the paper's protocol."""
     from rkrepro import calibration
-    from rkrepro.models import build_model, count_flops, input_size_for, spec_param_counts
 
-    measured = calibration.load()
-    device_name = calibration_device()
+    measured = calibration.load() if target.probe is None else []
+    probes = {}
+    if target.probe is not None:
+        from rkrepro.estimate.probe import probe_cells
+
+        probes = probe_cells(cells, target.probe, precision, probe_steps)
     estimates = []
     for cell in cells:
-        paper, total = spec_param_counts(cell.spec)
-        with torch.device("meta"):
-            model = build_model(cell.spec)
-        forward = count_flops(model, input_size_for(cell.spec))
-        flops = protocol_flops(cell, forward)
-        train, test = DATASET_SIZES[cell.spec.dataset]
-        if probe_device is not None:
-            images_per_s, peak = _probe(cell, probe_device, probe_steps, precision)
-            # Evaluation runs without backward: about a third of a training step per image.
-            seconds = cell.protocol.epochs * (train + test / BACKWARD_FACTOR) / images_per_s
-            if probe_device == "cpu":
-                source = (
-                    f"measured on CPU ({torch.get_num_threads()} threads, "
-                    f"{CPU_PROBE_STEPS} steps of {CPU_PROBE_BATCH} images)"
-                )
-            else:
-                name = torch.cuda.get_device_name(probe_device)
-                source = f"measured on {name} in {precision}"
-        elif (
-            hit := calibration.lookup(
-                measured,
-                device_name,
-                cell.spec.family,
-                cell.spec.depth,
-                cell.spec.growth_rate,
-                cell.protocol.batch_size,
-                forward,
-            )  # fmt: skip
-        ) is not None:
-            seconds = cell.protocol.epochs * (train + test / BACKWARD_FACTOR) / hit.images_per_s
-            peak = _memory_estimate(cell, total)
-            source = f"{hit.source} (rkrepro/calibration.yaml)"
+        cost = model_cost(cell.spec)
+        flops = protocol_flops(cell, cost.forward_flops)
+        peak = memory_gb(cell, cost, precision)
+        if target.probe is not None:
+            found = probes[cell.key]
+            rate, source, method = found.images_per_s, found.source, MEASURED
+            peak = found.peak_gb if found.peak_gb is not None else peak
+            spread: float | None = found.spread
+        elif (hit := _calibrated(measured, target, cell, cost, precision)) is not None:
+            rate, method = hit.images_per_s, CALIBRATION
+            source, spread = f"{hit.source} (rkrepro/calibration.yaml)", None
+        elif target.gpu is not None:
+            roof = training_rate(cost, target.gpu, precision, cell.protocol.batch_size)
+            rate, source, method, spread = roof.images_per_s, roof.source, ROOFLINE, None
         else:
-            overhead_floor = cell.protocol.epochs * (train + test / 3) / max_images_per_s
-            seconds = max(flops / (tflops * 1e12), overhead_floor)
-            peak = _memory_estimate(cell, total)
-            source = f"FLOPs @ {tflops:g} TFLOP/s, at most {max_images_per_s:,.0f} images/s"
-        estimates.append(Estimate(cell, paper, forward, flops, seconds / 3600, peak, source))
+            raise RkreproError(
+                f"no estimate for {target.label}: it is not in rkrepro's GPU table and "
+                f"calibration.yaml has no measurement of {cell.spec.family} on it; "
+                "use --gpu NAME, or --probe on that machine"
+            )
+        seconds = protocol_seconds(cell, rate)
+        estimates.append(
+            Estimate(
+                cell,
+                cost.params_paper,
+                cost.forward_flops,
+                flops,
+                seconds / 3600,
+                peak,
+                source,
+                method,
+                spread,
+            )  # fmt: skip
+        )
         if progress is not None:
             progress()
     return estimates
 
 
+def _calibrated(measured, target: Target, cell: Cell, cost: ModelCost, precision: str):
+    """The calibration file's rate for this cell on one of the target's device names."""
+    from rkrepro import calibration
+
+    for name in target.device_names:
+        hit = calibration.lookup(
+            measured,
+            name,
+            cell.spec.family,
+            cell.spec.depth,
+            cell.spec.growth_rate,
+            cell.protocol.batch_size,
+            cost.forward_flops,
+            precision,
+        )
+        if hit is not None:
+            return hit
+    return None
+
+
 def summarise(estimates: list[Estimate]) -> list[dict[str, Any]]:
-    """Totals per row and per table, in the order the cells came."""
+    """Totals per row and per table, in the order the cells came, and of everything when the
+    cells come from several tables (table ``all``)."""
     groups: dict[tuple[str, str | None], dict[str, Any]] = {}
+    several = len({est.cell.table for est in estimates}) > 1
     for est in estimates:
-        for key in ((est.cell.table, est.cell.row), (est.cell.table, None)):
+        keys = [(est.cell.table, est.cell.row), (est.cell.table, None)]
+        for key in keys + ([("all", None)] if several else []):
             group = groups.setdefault(
                 key,
                 {"table": key[0], "row": key[1] or "(table)", "cells": 0, "gpu_hours": 0.0},
@@ -255,21 +184,27 @@ def summarise(estimates: list[Estimate]) -> list[dict[str, Any]]:
             group["gpu_hours"] += est.gpu_hours
             group["total_pflops"] = group.get("total_pflops", 0.0) + est.total_flops / 1e15
             group["peak_memory_gb"] = max(group.get("peak_memory_gb", 0.0), est.peak_memory_gb)
+    if several:
+        groups[("all", None)]["row"] = "(paper)"
+        groups[("all", None)] = groups.pop(("all", None))  # last
     return list(groups.values())
 
 
-def to_rich(estimates: list[Estimate]):
+def to_rich(estimates: list[Estimate], target: Target | None = None, precision: str = ""):
     from rich.table import Table
 
     out = Table(title="Cost of the reproduction (before launching)", header_style="bold")
     hours = "CPU-h" if any(e.source.startswith("measured on CPU") for e in estimates) else "GPU-h"
+    if target is not None:
+        out.title += f" on {target.label}" + (f", {precision}" if precision else "")
     # Readable at 80 columns: one table goes into the title, a row id is printed once per row,
     # short headers; names fold instead of being cut to "densen…".
     tables = list(dict.fromkeys(e.cell.table for e in estimates))
     one = len(tables) == 1
     if one:
         out.title = f"{tables[0]}: {out.title}"
-    headers = ("table", "row", "model", "M par", "GFLOP/img", "PFLOP", hours, "peak GB")
+    headers = ("table", "row", "model", "M par", "GFLOP/img", "PFLOP", hours, "src", "peak GB")
+    memory = target.gpu.memory_gb if target is not None and target.gpu is not None else None
     for header in headers[1:] if one else headers:
         name = header in ("table", "row", "model")
         out.add_column(
@@ -288,7 +223,8 @@ def to_rich(estimates: list[Estimate]):
             f"{est.forward_flops / 1e9:.2f}",
             f"{est.total_flops / 1e15:,.1f}",
             f"{est.gpu_hours:,.2f}",
-            f"{est.peak_memory_gb:.1f}",
+            METHOD_MARKS[est.method],
+            f"{est.peak_memory_gb:.1f}" + ("!" if memory and est.peak_memory_gb > memory else ""),
         ]
         previous = key
         out.add_row(*(cells[1:] if one else cells))
@@ -302,16 +238,47 @@ def to_rich(estimates: list[Estimate]):
             "",
             f"{group['total_pflops']:,.1f}",
             f"{group['gpu_hours']:,.2f}",
+            "",
             f"{group['peak_memory_gb']:.1f}",
         ]
         out.add_row(*(cells[1:] if one else cells), style="bold")
-    sources = sorted({est.source for est in estimates})
-    out.caption = f"time: {'; '.join(sources)}; memory: " + (
+    out.caption = f"time (one seed each): {describe_sources(estimates)}; memory: " + (
         "measured peak"
-        if any(s.startswith("measured") and "CPU" not in s for s in sources)
-        else "saved activations × batch + weights, gradients, momentum (fp32 estimate)"
+        if any(e.method == MEASURED and "on CPU" not in e.source for e in estimates)
+        else "saved activations x batch + weights, gradients, momentum (counted from the spec)"
     )
+    if memory and any(e.peak_memory_gb > memory for e in estimates):
+        out.caption += (
+            f"; ! more than the {memory:g} GB of {target.label}: --memory-efficient, or "
+            "--nproc-per-node N to split the batch"  # type: ignore[union-attr]
+        )
     return out
+
+
+# The src column: which source each estimate came from.
+METHOD_MARKS = {CALIBRATION: "a", ROOFLINE: "b", MEASURED: "m"}
+_METHOD_NAMES = {CALIBRATION: "(a)", ROOFLINE: "(b)", MEASURED: "(m)"}
+
+
+def describe_sources(estimates: list[Estimate]) -> str:
+    """Where the times came from, one phrase per source, marked (a) calibration.yaml, (b)
+    roofline or (m) measured here; the probes of many cells as one phrase with the range of
+    their spreads."""
+    phrases: dict[str, None] = {}
+    probes = [e for e in estimates if e.method == MEASURED]
+    for est in estimates:
+        if est.method != MEASURED:
+            phrases[f"{_METHOD_NAMES[est.method]} {est.source}"] = None
+    if probes:
+        spreads = [100 * (e.spread or 0.0) for e in probes]
+        head = probes[0].source.split(" median of ")[0]
+        span = (
+            f"{min(spreads):.0f}%"
+            if len(probes) == 1
+            else (f"{min(spreads):.0f}-{max(spreads):.0f}%")
+        )
+        phrases[f"(m) {head} median step of each cell, spread {span})"] = None
+    return "; ".join(phrases)
 
 
 def share_of_paper(epochs: int, paper_epochs: int, train_subset: int | None, dataset: str) -> float:

@@ -56,14 +56,18 @@ def write_plots(
 
 
 def _mlflow_history(tracking_uri: str | None) -> Callable[[str], list[tuple[int, float]]]:
-    from mlflow import MlflowClient
-
-    from rkrepro.status import default_tracking_uri
-
-    client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    """Test error per epoch of a run; the client is made at the first run asked for, so that
+    plotting a store without runs never creates one."""
+    clients: list = []
 
     def history(run_id: str) -> list[tuple[int, float]]:
-        metrics = client.get_metric_history(run_id, mlflow_keys.M_TEST_ERROR)
+        if not clients:
+            from mlflow import MlflowClient
+
+            from rkrepro.status import default_tracking_uri
+
+            clients.append(MlflowClient(tracking_uri=tracking_uri or default_tracking_uri()))
+        metrics = clients[0].get_metric_history(run_id, mlflow_keys.M_TEST_ERROR)
         return sorted((m.step, m.value) for m in metrics)
 
     return history
