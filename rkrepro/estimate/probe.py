@@ -8,7 +8,7 @@ step gives its rate and the spread of its step times says how noisy the machine 
 
 On the CPU the probe runs one thread and its hours are core-hours (a job with T threads takes
 about 1/T of them). Several threads wait for each other at every op: when a neighbour takes a
-core, a two-thread step on a two-core machine was measured 5 to 20 times slower than one
+core, a two-thread step on a two-core machine was measured 3 to 10 times slower than one
 thread, and more so for networks of many small ops, so two cells of equal FLOPs came out an
 order of magnitude apart. One thread is slowed at most by its share of a core.
 """
@@ -130,6 +130,19 @@ def probe_cells(
 
 
 def _probe_row(cells: list[Cell], device: str, precision: str, min_steps: int) -> dict[str, Probe]:
+    import torch
+
+    on_cuda = device.startswith("cuda")
+    threads = torch.get_num_threads()
+    if not on_cuda:
+        torch.set_num_threads(CPU_THREADS)
+    try:
+        return _time_row(cells, device, precision, min_steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _time_row(cells: list[Cell], device: str, precision: str, min_steps: int) -> dict[str, Probe]:
     import torch
 
     steppers = [_Stepper(cell, device, precision) for cell in cells]

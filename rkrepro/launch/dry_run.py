@@ -161,12 +161,14 @@ def show(
     if not plans:
         return
     first = plans[0]
-    protocol = first.protocol
+    protocols = {
+        f"{p.protocol.epochs} epochs, batch {p.protocol.batch_size}, lr {p.protocol.lr:g} "
+        f"/{1 / p.protocol.lr_gamma:g} at {list(p.protocol.lr_milestones)}": None
+        for p in plans
+    }
     console.print(
-        f"protocol: {first.protocol_kind}, {protocol.epochs} epochs, batch "
-        f"{protocol.batch_size}, lr {protocol.lr:g} /{1 / protocol.lr_gamma:g} at "
-        f"{list(protocol.lr_milestones)}; precision {first.precision} (fast path: "
-        f"{first.fast_path}); tracking: {ledger.uri}; nothing trained (dry run)",
+        f"protocol: {first.protocol_kind}, {' | '.join(protocols)}; precision {first.precision} "
+        f"(fast path: {first.fast_path}); tracking: {ledger.uri}; nothing trained (dry run)",
         highlight=False,
         soft_wrap=True,
     )
