@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rkrepro.errors import RkreproError
+from rkrepro.planning.precision import parse as parse_precision
 
 CALIBRATION_FILE = Path(__file__).with_name("calibration.yaml")
 CALIBRATION_FILE_ENV = "RKREPRO_CALIBRATION_FILE"  # another file (tests, a site's own figures)
@@ -32,7 +33,7 @@ class Entry:
     batch: int
     images_per_s: float
     forward_flops: int  # per image, as rkrepro.models.count_flops counts it
-    precision: str = "bf16"
+    precision: str = "bf16-autocast"  # as runs record it (``bf16`` in the file means this)
     note: str = ""
 
 
@@ -84,11 +85,11 @@ def load(path: Path | None = None) -> list[Entry]:
                             batch=int(row["batch"]),
                             images_per_s=float(row["images_per_s"]),
                             forward_flops=int(row["forward_flops"]),
-                            precision=str(row.get("precision", "bf16")),
+                            precision=parse_precision(str(row.get("precision", "bf16"))),
                             note=str(row.get("note", "")),
                         )
                     )
-                except (TypeError, ValueError) as error:
+                except (TypeError, ValueError, RkreproError) as error:
                     raise RkreproError(
                         f"calibration file {path}: {device}/{family} entry {row!r}: {error}"
                     ) from None
@@ -106,8 +107,9 @@ def lookup(
     precision: str = "bf16",
 ) -> Throughput | None:
     """The measured rate of this model on ``device``, else one scaled by FLOPs from the
-    nearest (FLOPs ratio) measured model of the same family, batch and precision, else None
-    (the caller falls back to the assumed-FLOPs estimate)."""
+    nearest (FLOPs ratio) measured model of the same family, batch and precision (``bf16`` and
+    ``bf16-autocast`` are one), else None (the caller falls back to the roofline)."""
+    precision = parse_precision(precision)
     same = [
         e
         for e in entries

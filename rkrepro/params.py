@@ -13,15 +13,15 @@ from rkrepro.paper import Cell
 
 
 def param_records(cells: list[Cell], with_flops: bool = True) -> list[dict[str, Any]]:
-    """One record per cell; models are built on the meta device, so this costs no memory."""
-    import torch
-
-    from rkrepro.models import build_model, count_flops, input_size_for, spec_param_counts
+    """One record per cell, counted from the model spec without building the model
+    (:mod:`rkrepro.models.analytic`, checked against the built models by the tests)."""
+    from rkrepro.models.analytic import model_cost
 
     originals: dict[tuple[str, str], int] = {}
     records = []
     for cell in cells:
-        paper, total = spec_param_counts(cell.spec)
+        cost = model_cost(cell.spec)
+        paper, total = cost.params_paper, cost.params_total
         if cell.model == "original":
             originals[(cell.table, cell.row)] = paper
         match: bool | None = None
@@ -31,11 +31,7 @@ def param_records(cells: list[Cell], with_flops: bool = True) -> list[dict[str, 
         elif cell.params_equal_original and (cell.table, cell.row) in originals:
             claim = "equal to the original (caption)"
             match = paper == originals[(cell.table, cell.row)]
-        flops = None
-        if with_flops:
-            with torch.device("meta"):
-                model = build_model(cell.spec)
-            flops = count_flops(model, input_size_for(cell.spec))
+        flops = cost.forward_flops if with_flops else None
         records.append(
             {
                 "table": cell.table,

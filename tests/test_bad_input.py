@@ -36,7 +36,8 @@ BAD_COMMANDS = {
     "fast path precision": ([*RUN, "--fast-path", "-bf16"], "use --precision bf16"),
     "unknown precision": ([*RUN, "--precision", "fp64"], "use one of fp32, tf32, bf16, fp16"),
     "bf16 on the cpu": ([*RUN, "--precision", "bf16", "--device", "cpu"], "needs a CUDA device"),
-    "missing row option": (["run", "tiny"], "Missing option '--row'"),
+    # `run TABLE` without --row runs every row; rows belong to one table, so `all` takes none.
+    "row of every table": (["run", "all", "--row", "bc-k4"], "run all takes no --row"),
     "missing data": ([*RUN, "--data-dir", "/nonexistent/data"], "cifar-10-batches-py"),
     "unknown command": (["rnu"], "No such command"),
     "report format": (["report", "tiny", "--format", "xml"], "--format"),

@@ -173,9 +173,25 @@ def _imported_modules(*args: str) -> set[str]:
     return modules
 
 
-@pytest.mark.parametrize("args", [("--help",), ("list",), ("list", "--format", "json")])
+@pytest.mark.parametrize(
+    "args",
+    [("--help",), ("list",), ("list", "--format", "json"), ("params", "table1")],
+)
 def test_help_and_list_import_neither_torch_nor_mlflow(args):
     modules = _imported_modules(*args)
     assert "torch" not in modules
     assert "mlflow" not in modules
     assert "pandas" not in modules
+
+
+def test_an_html_report_carries_its_plots_unless_told_not_to(runner, tmp_path):
+    page = tmp_path / "report.html"
+    result = runner.invoke(app, ["report", "table4", "--format", "html", "--out", str(page)])
+    assert result.exit_code == 0, result.output
+    text = page.read_text(encoding="utf-8")
+    assert text.count('src="data:image/png;base64,') >= 1  # the params-vs-error plot, inlined
+    assert not (tmp_path / "runs" / "mlflow.db").exists()  # nothing logged for inline plots
+    bare = runner.invoke(app, ["report", "table4", "-f", "html", "--no-plots"])
+    assert bare.exit_code == 0 and "data:image/png" not in bare.stdout
+    both = runner.invoke(app, ["report", "table4", "-f", "html", "--no-plots", "--plots", "p"])
+    assert both.exit_code == 2 and "use either --plots DIR or --no-plots" in both.stderr

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -155,66 +155,110 @@ def params_command(
 def plan_command(
     table: TableArg = None,
     row: RowOpt = None,
-    tflops: Annotated[
-        float,
-        typer.Option(min=0.001, help="Achieved training TFLOP/s assumed when nothing is measured."),
-    ] = 20.0,
-    max_images_per_s: Annotated[
-        float,
+    gpu: Annotated[
+        Optional[str],
         typer.Option(
-            min=1.0, help="Ceiling on training images/s assumed when nothing is measured."
+            "--gpu",
+            help="Estimate for this GPU, here or not: v100, a100-40gb, a100-80gb, h100, h200, "
+            "l40s, rtx3090, rtx4090 (calibration.yaml, else a roofline from its datasheet). "
+            "Default: this machine's GPU, else h100.",
+            show_default=False,
         ),
-    ] = 25_000.0,
+    ] = None,
+    device: Annotated[
+        str,
+        typer.Option(help="auto (this machine's GPU, else --gpu's default), cpu or cuda."),
+    ] = "auto",
     probe: Annotated[
         bool,
         typer.Option(
-            help="Measure a few real training steps on the device (CUDA if present, else a "
-            "short CPU probe)."
+            help="Time real training steps on this machine (its GPU, else its CPU; at least a "
+            "second per cell) instead of estimating."
         ),
-    ] = True,
-    device: Annotated[
-        str, typer.Option(help="Device to estimate for: auto (CUDA if present), cpu or cuda.")
-    ] = "auto",
-    probe_steps: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    ] = False,
+    probe_steps: Annotated[
+        int, typer.Option(min=1, max=1000, help="At least this many timed steps per cell.")
+    ] = 3,
     precision: Precision = "fp32",
+    budget: Annotated[
+        Optional[float],
+        typer.Option(
+            "--budget",
+            help="GPU-hours to spend: list the runs that fit, those that decide the most "
+            "claims and judged cells per hour first, and the claims they decide.",
+            show_default=False,
+        ),
+    ] = None,
     format: Annotated[ListFormat, typer.Option("--format", "-f")] = ListFormat.rich,
     tables_dir: TablesDir = None,
+    tracking_uri: TrackingUri = None,
 ) -> None:
-    """Estimated device-hours (GPU, or CPU where it would run), FLOPs, params and peak memory."""
-    from rkrepro import estimate as cost
+    """Estimated device-hours of one seed per cell (for a GPU that need not be here, or this
+    machine's CPU), FLOPs, params and peak memory; with --budget, what to run first."""
     from rkrepro import paper
+    from rkrepro.estimate import cost
+    from rkrepro.estimate import target as targets
     from rkrepro.planning import precision as precision_mod
 
-    cells = paper.select_cells(paper.load_tables(tables_dir), table, row)
-    import torch
-
-    choice = device.strip().lower()
-    if choice not in ("auto", "cpu", "cuda"):
-        raise RkreproError(f"--device must be auto, cpu or cuda, got {device[:20]!r}")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RkreproError("--device cuda: no CUDA device here")
-    target = (
-        "cuda" if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()) else "cpu"
-    )
+    if budget is not None and not budget > 0:  # also NaN
+        raise RkreproError(f"--budget must be a positive number of hours, got {budget:g}")
+    tables = paper.load_tables(tables_dir)
+    cells = paper.select_cells(tables, table, row)
+    chosen = targets.for_plan(gpu, device, probe)
     recorded = precision_mod.parse(precision)
-    precision_mod.check_device(recorded, target)
-    device = target if probe else None
-    estimates = cost.estimate(
-        cells,
-        tflops=tflops,
-        max_images_per_s=max_images_per_s,
-        probe_device=device,
-        probe_steps=probe_steps,
-        precision=recorded,
-    )
+    precision_mod.check_device(recorded, "cpu" if chosen.probe == "cpu" else "cuda")
+    estimates = cost.estimate(cells, chosen, recorded, probe_steps)
+    if budget is not None:
+        _plan_budget(tables, estimates, chosen, recorded, budget, format, tracking_uri)
+        return
     if format is ListFormat.json:
         payload = {
+            "device": chosen.label,
+            "precision": recorded,
             "cells": [e.record() for e in estimates],
             "totals": cost.summarise(estimates),
         }
         typer.echo(json.dumps(payload, indent=2))
         return
-    _console().print(cost.to_rich(estimates))
+    console = _console()
+    console.print(cost.to_rich(estimates, chosen, recorded))
+    if chosen.note:
+        console.print(chosen.note, highlight=False, markup=False)
+
+
+def _plan_budget(tables, estimates, chosen, precision: str, budget: float, format, uri) -> None:
+    """``plan --budget``: the ranked runs that fit, and the claims they decide."""
+    from rkrepro.campaign import summary
+    from rkrepro.campaign.order import claims_ranking
+
+    cells = [e.cell for e in estimates]
+    hours = {e.cell.key: e.gpu_hours for e in estimates}
+    ranking = claims_ranking(tables, cells, hours, uri, budget)
+    if format is ListFormat.json:
+        steps = [
+            {
+                "runs": [cell.key for cell in step.cells],
+                "hours": step.hours,
+                "decides": list(step.claims),
+                "judged": step.judged,
+            }
+            for step in ranking.steps
+        ]
+        payload = {
+            "device": chosen.label,
+            "precision": precision,
+            "budget_hours": budget,
+            "steps": steps,
+            "hours": ranking.hours,
+            "decided": ranking.decided,
+            "not_within_budget": list(ranking.over_budget),
+            "out_of_reach": list(ranking.out_of_reach),
+        }
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    unit = "CPU" if chosen.probe == "cpu" else "GPU"
+    lines = summary.budget_lines(ranking, budget, unit, f"{chosen.label} in {precision}")
+    summary.print_lines(_console(), lines)
 
 
 def _register_optional_commands() -> None:

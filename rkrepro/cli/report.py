@@ -108,6 +108,12 @@ def report_command(
             help="Write PNG plots here and log them to MLflow (experiment rkrepro/reports).",
         ),
     ] = None,
+    no_plots: Annotated[
+        bool,
+        typer.Option(
+            "--no-plots", help="An HTML page without its plots (they are inlined by default)."
+        ),
+    ] = False,
     tolerance: Annotated[
         Optional[float],
         typer.Option(
@@ -177,6 +183,8 @@ def report_command(
         check_output_file(out, tracking_uri, force)
     if plots is not None and plots.exists() and not plots.is_dir():
         raise RkreproError(f"--plots {plots} is a file; --plots takes a folder")
+    if plots is not None and no_plots:
+        raise RkreproError("use either --plots DIR or --no-plots")
     chosen = format or SUFFIX_FORMATS.get(out.suffix.lower() if out else "", ReportFormat.rich)
     if claims:
         _emit_claims(tracking_uri, table, tables_dir, best, chosen, out)
@@ -205,6 +213,8 @@ def report_command(
             f"(experiment {mlflow_keys.REPORTS_EXPERIMENT}).",
             err=True,
         )
+    if chosen is ReportFormat.html and plots is None and not no_plots:
+        images = _inline_plots(result, tracking_uri)
     extra: dict = {}
     if chosen in render.PAGE_FORMATS:
         from rkrepro.report.claims import load_claims
@@ -221,6 +231,20 @@ def report_command(
             typer.echo(f"Check failed: {len(worse)} cell(s) worse than tolerance: {keys}", err=True)
             raise typer.Exit(1)
         typer.echo("Check passed: no reproduced error is worse than tolerance.", err=True)
+
+
+def _inline_plots(result, tracking_uri: str | None) -> list[Path]:
+    """The report's plots for an HTML page that inlines them: written to a temporary folder
+    (read back as data URIs when the page is rendered, then removed), not logged."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from rkrepro import report as reporting
+
+    folder = Path(tempfile.mkdtemp(prefix="rkrepro-plots-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return reporting.write_plots(result, folder, tracking_uri)
 
 
 def _checked_url(url: str | None) -> str | None:
@@ -314,16 +338,41 @@ def status_command(
     table: TableArg = None,
     format: Annotated[StatusFormat, typer.Option("--format", "-f")] = StatusFormat.rich,
     include_shortened: ShortenedOpt = False,
+    gpu: Annotated[
+        Optional[str],
+        typer.Option(
+            "--gpu", help="Estimate the hours left for this GPU (default h100).", show_default=False
+        ),
+    ] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Redraw the campaign progress until Ctrl-C.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.1, help="--watch: seconds between redraws.")
+    ] = 30.0,
     tracking_uri: TrackingUri = None,
     tables_dir: TablesDir = None,
 ) -> None:
-    """Which cells are done, running, failed or not started, with their MLflow run ids."""
+    """Which cells are done, running, failed or not started, with their MLflow run ids, then
+    the campaign's progress per table and for the paper (hours spent and left)."""
     from rkrepro import paper, status
+    from rkrepro.campaign import progress
     from rkrepro.tracking import keys as mlflow_keys
     from rkrepro.tracking.reader import fetch_runs
 
     tables = paper.load_tables(tables_dir)
     cells = paper.all_cells(tables, table)
+    if watch:
+        from functools import partial
+
+        from rich.console import Console
+
+        try:
+            render = partial(progress.load_progress, tracking_uri, cells, gpu)
+            progress.watch(render, interval, Console())
+        except KeyboardInterrupt:
+            return
+        return
     table_ids = list(dict.fromkeys(cell.table for cell in cells))
     records = fetch_runs(tracking_uri, table_ids)
     protocols = [mlflow_keys.PROTOCOL_PAPER]
@@ -339,3 +388,4 @@ def status_command(
     hidden = {} if include_shortened else status.hidden_runs(records)
     for renderable in status.status_tables(statuses, cells, hidden):
         console.print(renderable)
+    console.print(progress.load_progress(tracking_uri, cells, gpu, records))

@@ -23,8 +23,18 @@ _SHARE_HELP = (
 
 
 def run_command(
-    table: Annotated[str, typer.Argument(help="Table id, e.g. table1.")],
-    row: Annotated[str, typer.Option("--row", "-r", help="Row id, e.g. densenet-bc-k12.")],
+    table: Annotated[
+        str, typer.Argument(help="Table id, e.g. table1, or all (every table of the paper).")
+    ],
+    row: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--row",
+            "-r",
+            help="Row id, e.g. densenet-bc-k12 (repeatable). Default: every row of TABLE.",
+            show_default=False,
+        ),
+    ] = None,
     variant: Annotated[
         Optional[list[str]],
         typer.Option("--variant", "-v", help="RKNet variant (repeatable), or 'original'."),
@@ -56,6 +66,23 @@ def run_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would run (and its status); train nothing.")
     ] = False,
+    gpu: Annotated[
+        Optional[str],
+        typer.Option(
+            "--gpu",
+            help="Estimate the hours for this GPU (e.g. h100, a100-80gb; `rkrepro plan --help`): "
+            "with --dry-run or --launcher slurm, where nothing trains on this machine.",
+            show_default=False,
+        ),
+    ] = None,
+    order: Annotated[
+        str,
+        typer.Option(
+            "--order",
+            help="paper: the paper's order; claims: first the runs that decide the paper's "
+            "claims (and judged cells) per GPU-hour, as `rkrepro plan --budget` ranks them.",
+        ),
+    ] = "paper",
     force: Annotated[
         bool, typer.Option("--force", help="Start new runs even where a finished one exists.")
     ] = False,
@@ -179,15 +206,26 @@ def run_command(
             rich_help_panel=_SLURM,
         ),
     ] = None,
+    max_parallel: Annotated[
+        Optional[int],
+        typer.Option(
+            help="slurm: at most N tasks of the array job running at once (a shared queue).",
+            show_default=False,
+            rich_help_panel=_SLURM,
+        ),
+    ] = None,
 ) -> None:
-    """Train the cells of one table row under the paper's protocol, tracked in MLflow.
+    """Train the cells of a table row, of several rows, of a table or of the whole paper
+    (`all`) under the paper's protocol, tracked in MLflow.
 
-    With no --variant it runs the row's original and every variant, with and without weight
-    sharing where the paper reports both. Finished runs are skipped, interrupted ones resume.
+    With no --variant it runs each row's original and every variant, with and without weight
+    sharing where the paper reports both. Several rows print a campaign summary first.
+    Finished runs are skipped, interrupted ones resume.
     """
     from rich.console import Console
 
     from rkrepro import paper
+    from rkrepro.campaign.summary import check_order
     from rkrepro.launch import execute, placement, slurm
     from rkrepro.planning import devices
     from rkrepro.planning import options as run_options
@@ -195,9 +233,16 @@ def run_command(
     if both and share is not None:
         raise RkreproError("use only one of --share, --no-share and --both")
     devices.check_device_name(device)  # before planning: a dry run must not accept tpu:7
+    order = check_order(order)
+    if max_parallel is not None and max_parallel < 1:
+        raise RkreproError(f"--max-parallel must be >= 1, got {max_parallel}")
+    if max_parallel is not None and launcher.strip().lower() != "slurm":
+        raise RkreproError(
+            "--max-parallel is for --launcher slurm (the local queue runs one job per slot)"
+        )
     share_choice = "both" if share is None else ("share" if share else "no-share")
     tables = paper.load_tables(tables_dir)
-    cells = paper.resolve_cells(tables, table, row, variant or None, share_choice)
+    cells = paper.campaign_cells(tables, table, row, variant or None, share_choice)
     if not cells:
         raise RkreproError("nothing to run: the original network has no shared form (--share)")
     values = locals()
@@ -212,12 +257,22 @@ def run_command(
         time_min=time,
         signal_delay_s=signal_delay,
         cluster=os.environ.get(slurm.SUBMITIT_CLUSTER_ENV) or "slurm",
+        max_parallel=max_parallel,
     )
     console = Console(soft_wrap=True) if not sys.stdout.isatty() else Console()
     seed_list = run_options.parse_seeds(seeds, seed)
     _exit_with(
         lambda: execute.execute(
-            cells, seed_list, options, where, console, dry_run=dry_run, slurm=settings
+            cells,
+            seed_list,
+            options,
+            where,
+            console,
+            dry_run=dry_run,
+            slurm=settings,
+            gpu=gpu,
+            order=order,
+            tables=tables,
         )
     )
 

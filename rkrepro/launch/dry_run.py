@@ -1,15 +1,20 @@
 """``rkrepro run --dry-run``: what would run, the status of each plan and its estimated cost
-(``rkrepro plan``'s estimate), without training anything."""
+(``rkrepro plan``'s estimate), without training anything; for many rows, the campaign summary
+that a launch prints before it starts."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rkrepro import estimate as cost
+from rkrepro.campaign import summary
+from rkrepro.estimate import cost
 from rkrepro.textsafe import clean, rich_text
 from rkrepro.tracking.store import shown_uri
 
 if TYPE_CHECKING:
+    from rkrepro.campaign.order import Ranking
+    from rkrepro.estimate.cost import Estimate
+    from rkrepro.estimate.target import Target
     from rkrepro.planning.plan import Plan
     from rkrepro.training.ledger import Ledger
 
@@ -24,28 +29,66 @@ COLUMNS = (
 )
 
 
-def _share(plan: Plan) -> float:
-    return cost.share_of_paper(
-        plan.protocol.epochs, plan.cell.protocol.epochs, plan.train_subset, plan.protocol.dataset
-    )
-
-
 def seeds_text(seeds: list[int]) -> str:
     """``[0]``, ``[0, 1, 2]``: a list, so that seed 0 never reads as "zero seeds"."""
     return "[" + ", ".join(str(seed) for seed in seeds) + "]"
 
 
+def estimates_for(ledger: Ledger, plans: list[Plan], target: Target) -> dict[str, Estimate]:
+    """Each cell's estimate on ``target``, by cell key; a failure is a warning, not a stop (the
+    plan is still worth showing, the launch still worth starting)."""
+    first = list({p.cell.key: p.cell for p in plans}.values())
+    precision = plans[0].precision if plans else "fp32"
+    try:
+        return {e.cell.key: e for e in cost.estimate(first, target, precision)}
+    except Exception as error:  # noqa: BLE001 - the plan is still worth showing
+        ledger.console.print(
+            f"warning: no cost estimate ({type(error).__name__}: {error})",
+            style="red",
+            highlight=False,
+            markup=False,
+        )
+        return {}
+
+
+def campaign_summary(
+    ledger: Ledger,
+    plans: list[Plan],
+    target: Target,
+    order: str,
+    ranking: Ranking | None = None,
+    estimates: dict[str, Estimate] | None = None,
+    states: list[str] | None = None,
+) -> None:
+    """The summary a launch of many rows prints before it starts (read-only on the store)."""
+    if estimates is None:
+        estimates = estimates_for(ledger, plans, target)
+    if states is None:
+        ledger.connect(create=False)
+        states = [ledger.status(p).state for p in plans]
+    precision = plans[0].precision if plans else "fp32"
+    where = f"{target.label} in {precision}"
+    if estimates:
+        where += f" ({cost.describe_sources(list(estimates.values()))})"
+    lines = summary.campaign_lines(plans, states, estimates, target.unit, where, order, ranking)
+    summary.print_lines(ledger.console, lines)
+
+
 def show(
     ledger: Ledger,
     plans: list[Plan],
+    target: Target,
     parallel: str | None = None,
     data=(),
-    device_type: str = "cuda",
+    order: str | None = None,
+    ranking: Ranking | None = None,
+    estimates: dict[str, Estimate] | None = None,
 ) -> None:
-    """Print the plans with their status and cost; ``parallel`` describes the launcher (e.g.
-    "4 parallel slots") for the estimate line; ``data`` the data checks (missing data is said
-    before the plans: the run would stop)."""
-    from rkrepro.models import spec_param_counts
+    """Print the plans with their status and cost on ``target``; ``parallel`` describes the
+    launcher (e.g. "4 parallel slots") for the estimate line; ``data`` the data checks (missing
+    data is said before the plans: the run would stop); ``order`` (many rows): the campaign
+    summary at the end."""
+    from rkrepro.models.analytic import param_counts
 
     console = ledger.console
     for state in data:
@@ -65,27 +108,16 @@ def show(
     by_cell: dict[str, list[Plan]] = {}
     for plan in plans:
         by_cell.setdefault(plan.cell.key, []).append(plan)
-    try:
-        # On the CPU, a short probe there: FLOPs at a GPU's rate would promise GPU-hours.
-        probe = "cpu" if device_type == "cpu" else None
-        first = [ps[0].cell for ps in by_cell.values()]
-        precision = plans[0].precision if plans else "fp32"
-        estimates = {
-            e.cell.key: e for e in cost.estimate(first, probe_device=probe, precision=precision)
-        }
-    except Exception as error:  # noqa: BLE001 - the plan is still worth showing
-        console.print(
-            f"warning: no cost estimate ({type(error).__name__}: {error})",
-            style="red",
-            highlight=False,
-        )
-        estimates = {}
+    if estimates is None:
+        estimates = estimates_for(ledger, plans, target)
+    states: dict[int, str] = {}
     rows = []
     gpu_hours = 0.0
     for cell_plans in by_cell.values():
         cell = cell_plans[0].cell
-        paper_count, _ = spec_param_counts(cell.spec)
+        paper_count, _ = param_counts(cell.spec)
         statuses = [ledger.status(p) for p in cell_plans]
+        states.update({id(p): s.state for p, s in zip(cell_plans, statuses, strict=True)})
         words = [s.state + (f" ({s.detail})" if s.detail else "") for s in statuses]
         if len(statuses) == 1:
             status_text = words[0]
@@ -94,10 +126,9 @@ def show(
                 f"seed {p.seed}: {w}" for p, w in zip(cell_plans, words, strict=True)
             )
         est = estimates.get(cell.key)
-        est_hours = est.gpu_hours if est is not None else float("nan")
-        hours = sum(_share(p) * est_hours for p in cell_plans)
+        hours = sum(summary.plan_hours(p, est) for p in cell_plans)
         gpu_hours += sum(
-            _share(p) * est_hours
+            summary.plan_hours(p, est)
             for p, s in zip(cell_plans, statuses, strict=True)
             if s.state != "done"
         )
@@ -135,12 +166,15 @@ def show(
     if not plans:
         return
     first = plans[0]
-    protocol = first.protocol
+    protocols = {
+        f"{p.protocol.epochs} epochs, batch {p.protocol.batch_size}, lr {p.protocol.lr:g} "
+        f"/{1 / p.protocol.lr_gamma:g} at {list(p.protocol.lr_milestones)}": None
+        for p in plans
+    }
     console.print(
-        f"protocol: {first.protocol_kind}, {protocol.epochs} epochs, batch "
-        f"{protocol.batch_size}, lr {protocol.lr:g} /{1 / protocol.lr_gamma:g} at "
-        f"{list(protocol.lr_milestones)}; precision {first.precision} (fast path: "
-        f"{first.fast_path}); tracking: {shown_uri(ledger.uri)}; nothing trained (dry run)",
+        f"protocol: {first.protocol_kind}, {' | '.join(protocols)}; precision {first.precision} "
+        f"(fast path: {first.fast_path}); tracking: {shown_uri(ledger.uri)}; nothing trained "
+        "(dry run)",
         highlight=False,
         soft_wrap=True,
         markup=False,
@@ -154,13 +188,18 @@ def show(
         highlight=False,
         soft_wrap=True,
     )
-    sources = sorted({e.source for e in estimates.values()})
-    unit = "CPU" if device_type == "cpu" else "GPU"
-    line = f"estimate: {cost.format_hours(gpu_hours)} {unit}-hours still to train"
+    line = f"estimate: {cost.format_hours(gpu_hours)} {target.unit}-hours still to train"
     if parallel:
         line += f" ({parallel})"
+    sources = cost.describe_sources(list(estimates.values()))
     console.print(
-        f"{line}; {'; '.join(sources)}; peak memory per GPU at the full batch (see `rkrepro plan`)",
+        f"{line} on {target.label}; {sources}; peak memory per GPU at the full batch "
+        "(see `rkrepro plan`)" + (f"; {target.note}" if target.note else ""),
         highlight=False,
         soft_wrap=True,
+        markup=False,
     )
+    if order is not None:
+        campaign_summary(
+            ledger, plans, target, order, ranking, estimates, [states[id(p)] for p in plans]
+        )

@@ -17,8 +17,9 @@ from rkrepro.planning.plan import Plan, make_plans
 from rkrepro.training.ledger import Ledger
 
 if TYPE_CHECKING:
+    from rkrepro.estimate.target import Target
     from rkrepro.launch.slurm import SlurmSettings
-    from rkrepro.paper import Cell
+    from rkrepro.paper import Cell, Table
 
 
 def execute(
@@ -30,8 +31,16 @@ def execute(
     *,
     dry_run: bool = False,
     slurm: SlurmSettings | None = None,
+    gpu: str | None = None,
+    order: str = "paper",
+    tables: dict[str, Table] | None = None,
 ) -> int:
     """``rkrepro run``: plan, check the launch, then train here or hand jobs to a launcher.
+
+    Cells of several rows are a *campaign*: a summary (runs done and left, hours to train,
+    order) is printed before anything starts. ``gpu`` names the GPU the estimates are for when
+    nothing trains here (a dry run, SLURM); ``order="claims"`` runs first what decides the
+    paper's claims (``tables``: where the claims are).
 
     Returns the exit code; a stop by signal raises
     :class:`rkrepro.training.signals.Interrupted`.
@@ -40,17 +49,43 @@ def execute(
         return _train_in_group(cells, seeds, options, console)
     launch = LaunchPlan.check(where, options.device)
     device_type = launch.device_type(options.device)
+    cpu_asked = (
+        options.device.strip().lower() == "cpu"
+        or where.cpu_jobs is not None
+        or (launch.launcher == "slurm" and launch.gpus_per_node == 0)
+    )
+    if gpu is not None and not cpu_asked:
+        device_type = "cuda"  # the runs are planned for that GPU, wherever this command runs
+    trains_here = launch.launcher != "slurm" or (slurm is not None and slurm.cluster == "local")
+    campaign = len({(cell.table, cell.row) for cell in cells}) > 1
+    target = None
+    if gpu is not None or dry_run or campaign or order == "claims":
+        from rkrepro.estimate import target as targets
+
+        target = targets.for_run(gpu, device_type, cpu_asked, trains_here, dry_run)
     plans = make_plans(cells, seeds, options, device_type, launch.nproc)
     from rkrepro.data import check as data_check
 
     # Before the store is opened: a run that cannot read its data leaves nothing behind.
     data_states = data_check.check([p.protocol.dataset for p in plans], options.data_dir)
     ledger = Ledger(options.tracking_uri, options.force, console)
+    ranking = estimates = None
+    if order == "claims":
+        assert target is not None and tables is not None
+        plans, ranking, estimates = _claims_order(ledger, plans, target, tables)
     if dry_run:
         from rkrepro.launch import dry_run as dry
 
+        assert target is not None
         dry.show(
-            ledger, plans, parallel=launch.describe(), data=data_states, device_type=device_type
+            ledger,
+            plans,
+            target,
+            parallel=launch.describe(),
+            data=data_states,
+            order=order if campaign or ranking else None,
+            ranking=ranking,
+            estimates=estimates,
         )
         return 0
     stopping = [state for state in data_states if state.stops]
@@ -59,6 +94,11 @@ def execute(
 
         raise DataError(stopping[0].message)
     warn_cpu_protocol(plans, device_type, console)
+    if campaign or ranking is not None:
+        from rkrepro.launch.dry_run import campaign_summary
+
+        assert target is not None
+        campaign_summary(ledger, plans, target, order, ranking, estimates)
     if launch.in_process:
         from rkrepro.planning.devices import resolve_device
         from rkrepro.training.session import Session
@@ -77,6 +117,20 @@ def execute(
     from rkrepro.launch.local_queue import run_queue
 
     return run_queue(ledger, plans, launch)
+
+
+def _claims_order(ledger: Ledger, plans: list[Plan], target: Target, tables: dict[str, Table]):
+    """The plans in the order that decides the paper's claims first (all seeds of a cell
+    together), and the ranking behind it."""
+    from rkrepro.campaign import summary
+    from rkrepro.campaign.order import claims_ranking
+    from rkrepro.launch.dry_run import estimates_for
+
+    estimates = estimates_for(ledger, plans, target)
+    cells = list({p.cell.key: p.cell for p in plans}.values())
+    hours = {cell.key: estimates[cell.key].gpu_hours if estimates else 1.0 for cell in cells}
+    ranking = claims_ranking(tables, cells, hours, ledger.uri)
+    return summary.order_plans(plans, ranking), ranking, estimates
 
 
 def warn_cpu_protocol(plans: list[Plan], device_type: str, console: Console) -> None:

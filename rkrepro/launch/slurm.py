@@ -1,4 +1,5 @@
-"""``--launcher slurm``: one submitit array job, one task per (cell, seed) job.
+"""``--launcher slurm``: one submitit array job, one task per (cell, seed) job, for a row or a
+whole campaign, with ``--max-parallel`` tasks running at once at most.
 
 A task preempted or out of time checkpoints its run and is requeued; the requeued task reruns
 the same ``rkrepro run`` command, which finds the KILLED run and its checkpoint and resumes the
@@ -195,6 +196,7 @@ class SlurmSettings:
     signal_delay_s: int | None = None  # default: signal_delay(time_min)
     cluster: str = "slurm"  # "local": submitit's local executor, on this machine
     folder: Path | None = None
+    max_parallel: int | None = None  # tasks of the array running at once (None: SLURM's limit)
 
     def __post_init__(self) -> None:
         for flag, value in (("--partition", self.partition), ("--slurm-account", self.account)):
@@ -209,6 +211,8 @@ class SlurmSettings:
             raise RkreproError(f"--gpus-per-node must be >= 0, got {self.gpus_per_node}")
         if self.cpus_per_task is not None and self.cpus_per_task < 1:
             raise RkreproError(f"--cpus-per-task must be >= 1, got {self.cpus_per_task}")
+        if self.max_parallel is not None and self.max_parallel < 1:
+            raise RkreproError(f"--max-parallel must be >= 1, got {self.max_parallel}")
         delay = self.signal_delay_s
         if delay is not None and not 0 < delay < self.time_min * 60:
             raise RkreproError(
@@ -307,6 +311,8 @@ def make_executor(settings: SlurmSettings) -> Any:
         params["slurm_partition"] = settings.partition
     if settings.account:
         params["slurm_account"] = settings.account
+    if settings.max_parallel is not None:  # sbatch --array=0-N%K
+        params["slurm_array_parallelism"] = settings.max_parallel
     executor.update_parameters(**params)
     return executor
 
@@ -359,10 +365,12 @@ def submit(
     refs = [RunRef.of(p, ledger.uri) for p in todo]  # the jobs repeat this resolved URI
     handles = submit_slurm(jobs, executor, refs)
     first = handles[0].job_id.split("_")[0]
+    at_once = f", at most {settings.max_parallel} running at once" if settings.max_parallel else ""
     console.print(
         f"submitted {len(handles)} tasks as {settings.cluster} array job {first} "
         f"(one SLURM task per run, {settings.gpus_per_node} GPU(s) and {settings.cpus()} CPUs "
-        f"each, USR2 {settings.signal_delay} s before the {settings.time_min}-minute limit); "
+        f"each{at_once}, USR2 {settings.signal_delay} s before the {settings.time_min}-minute "
+        f"limit); "
         f"logs under "
         f"{handles[0].paths.folder}; follow with `rkrepro status` or squeue -j {first}",
         highlight=False,

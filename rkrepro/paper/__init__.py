@@ -24,8 +24,10 @@ from rkrepro.paper.loader import (
     parse_table,
 )
 from rkrepro.paper.lookup import (
+    ALL_TABLES,
     SHARE_CHOICES,
     all_cells,
+    campaign_cells,
     find_row,
     find_table,
     find_variant,
@@ -50,6 +52,7 @@ from rkrepro.paper.model import (
 )
 
 __all__ = [
+    "ALL_TABLES",
     "SHARE_CHOICES",
     "TABLES_DIR_ENV",
     "Cell",
@@ -61,6 +64,7 @@ __all__ = [
     "Table",
     "Variant",
     "all_cells",
+    "campaign_cells",
     "cell_key",
     "default_tables_dir",
     "find_row",

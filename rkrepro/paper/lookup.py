@@ -162,3 +162,33 @@ def resolve_cells(
             cells.append(_cell(table, row, variant, True))
     unique = list(dict.fromkeys(cells))
     return unique
+
+
+ALL_TABLES = "all"
+
+
+def campaign_cells(
+    tables: dict[str, Table],
+    table_id: str,
+    row_ids: list[str] | None = None,
+    variants: list[str] | None = None,
+    share: str = "both",
+) -> list[Cell]:
+    """The cells ``rkrepro run TABLE|all [--row ROW]... [--variant ...]`` means, in the paper's
+    order of the rows given: every row of the table without ``--row``, every table with
+    ``all`` (which takes no ``--row``: rows belong to one table)."""
+    if table_id.strip().lower() == ALL_TABLES:
+        if row_ids:
+            raise TableError(
+                f"run all takes no --row ({short_repr(row_ids[0])}): rows belong to one table; "
+                "use TABLE --row ROW"
+            )
+        chosen = list(tables.values())
+    else:
+        chosen = [find_table(tables, table_id)]
+    cells: list[Cell] = []
+    for table in chosen:
+        rows = [find_row(table, r).id for r in row_ids] if row_ids else [r.id for r in table.rows]
+        for row_id in dict.fromkeys(rows):
+            cells += resolve_cells(tables, table.id, row_id, variants, share)
+    return list(dict.fromkeys(cells))

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rkrepro.errors import TrackingError
 from rkrepro.paper import readings
@@ -285,12 +285,14 @@ def _sorted(records: list[RunRecord]) -> list[RunRecord]:
 def metric_history(tracking_uri: str | None) -> Callable[[str], list[tuple[int, float]]]:
     """``history(run_id)``: a run's (epoch, test error) pairs, for the report's curves."""
     uri = resolve_tracking_uri(tracking_uri)
-    store.bound_http_calls(uri)
-    client = store.client(uri)
+    clients: list[Any] = []  # made for the first run asked for: no run, no store created
 
     def history(run_id: str) -> list[tuple[int, float]]:
+        if not clients:
+            store.bound_http_calls(uri)
+            clients.append(store.client(uri))
         with store.wrap_errors(uri, "cannot read MLflow store"):
-            metrics = client.get_metric_history(run_id, mlflow_keys.M_TEST_ERROR)
+            metrics = clients[0].get_metric_history(run_id, mlflow_keys.M_TEST_ERROR)
         return sorted((m.step, m.value) for m in metrics)
 
     return history
