@@ -8,10 +8,13 @@ real headless Chromium and finds the runs in the DOM (screenshot kept as a test 
 
 from __future__ import annotations
 
+import http.server
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -90,7 +93,10 @@ def test_the_store_is_what_the_ui_needs(tmp_path):
     from rkrepro.ui import runs_views
 
     assert runs_views(uri, "http://127.0.0.1:1") == [
-        ("table1", f"http://127.0.0.1:1/#/experiments/{experiment_id}/runs")
+        (
+            "table1",
+            f"http://127.0.0.1:1/#/experiments/{experiment_id}/runs?workflowType=machine_learning",
+        )
     ]
 
 
@@ -129,7 +135,8 @@ def test_ui_opens_on_the_runs_in_chromium(tmp_path, tmp_path_factory):
             if line.strip().startswith("table1: "):
                 url = line.split(": ", 1)[1].strip()
                 break
-        assert url == f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs", lines
+        runs_view = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs"
+        assert url == runs_view + "?workflowType=machine_learning", lines
         assert any("(1 worker)" in line for line in lines)
         dom = browser.run(url, dump_dom=True, budget_ms=20000, timeout=240)
         for name in RUN_NAMES:
@@ -141,3 +148,182 @@ def test_ui_opens_on_the_runs_in_chromium(tmp_path, tmp_path_factory):
     finally:
         os.killpg(process.pid, 15)
         process.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------------------------
+# Starting and stopping as one thing.
+
+
+def _ui_process(runs: Path, port: int, cwd: Path) -> subprocess.Popen:
+    """``rkrepro ui`` as a user starts it, in a session of its own so the test can clean up."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RKREPRO_RUNS_DIR": str(runs)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "rkrepro", "ui", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+    )
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z":
+                parents[int(entry.name)] = int(fields[1])
+    found, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        for child, parent in parents.items():
+            if parent == current and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _port_answers(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _read_until_ready(process: subprocess.Popen, timeout: float = 240) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        line = process.stdout.readline()
+        lines.append(line)
+        if line.startswith("MLflow UI ready"):
+            return lines
+    pytest.fail(f"rkrepro ui never became ready: {lines}")
+
+
+@pytest.mark.fault
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_to_rkrepro_ui_stops_every_process_it_started(tmp_path, signum):
+    """`kill PID` (or Ctrl-C, or a closed terminal) of `rkrepro ui` alone: mlflow ui, uvicorn and
+    whatever they started stop too, and the port is free."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _store(runs)
+    port = _free_port()
+    process = _ui_process(runs, port, tmp_path)
+    started: set[int] = set()
+    try:
+        _read_until_ready(process)
+        started = _descendants(process.pid)
+        assert started and _port_answers(port)
+        os.kill(process.pid, signum)  # the ui process only, as `kill PID` does
+        assert process.wait(timeout=60) == 128 + signum
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(pid) for pid in started):
+            time.sleep(0.1)
+        assert not [pid for pid in started if _alive(pid)], "a process of the UI survived"
+        assert not _port_answers(port), "something still serves the port"
+    finally:
+        for pid in [process.pid, *started]:
+            try:
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        process.wait(timeout=30)
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    """Another web server: answers every GET with 200, like MLflow's /health."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def taken_port(request):
+    """A port held by a listener that never answers, or by another HTTP server."""
+    if request.param == "silent":
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield listener.getsockname()[1]
+        listener.close()
+        return
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("taken_port", ["silent", "http"], indirect=True)
+def test_a_taken_port_is_one_line_before_anything_starts(tmp_path, taken_port):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "mlflow.db").touch()  # a store exists: only the port is wrong
+    started = time.monotonic()
+    process = _ui_process(runs, taken_port, tmp_path)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 2, output
+    assert time.monotonic() - started < 30
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: port"), output
+    assert f"port {taken_port} on 127.0.0.1 is taken" in lines[0]
+    assert "ready" not in output and "Starting" not in output
+
+
+@pytest.mark.bad_input
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_port_taken_while_the_ui_starts_is_never_announced_as_the_ui(tmp_path):
+    """Another server takes the port after the check, before mlflow's server binds it: the
+    server that answers is not the one started, so no URL is printed and nothing is left."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _store(runs)
+    port = _free_port()
+    process = _ui_process(runs, port, tmp_path)
+    server = None
+    try:
+        deadline = time.monotonic() + 60
+        while server is None and time.monotonic() < deadline:
+            if _descendants(process.pid):  # mlflow ui has started; it binds seconds later
+                server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Health)
+                threading.Thread(target=server.serve_forever, daemon=True).start()
+            time.sleep(0.01)
+        assert server is not None, "mlflow ui never started"
+        output, _ = process.communicate(timeout=240)
+        assert process.returncode == 2, output
+        assert "MLflow UI ready" not in output and "#/experiments/" not in output
+        errors = [line for line in output.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1, output
+        assert "another program answers on port" in errors[0] or "stopped before" in errors[0]
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -14,6 +14,11 @@ EXPERIMENT_PREFIX = "rkrepro/"
 # mlflow/assistant/skills/mlflow-onboarding. Without it the UI shows the GenAI traces view.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
+# The query parameter that makes MLflow 3's UI show an experiment in its model-training workflow
+# (the sidebar's "Model training"), whatever the browser chose before: the UI reads the workflow
+# from it, else from the browser's storage, whose default is GenAI (mlflow 3.17's UI bundle,
+# WorkflowTypeProvider).
+UI_TRAINING_VIEW = "workflowType=machine_learning"
 # The data set of a run, as an MLflow dataset input of this context.
 DATASET_CONTEXT_KEY = "mlflow.data.context"
 DATASET_CONTEXT_TRAINING = "training"
@@ -78,3 +83,9 @@ def experiment_name(table_id: str) -> str:
 REPORTS_EXPERIMENT = experiment_name("reports")
 REPORTS_ARTIFACTS = "reports"
 TAG_REPORT = "rkrepro.report"
+
+
+def ui_url(base_url: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's page of an experiment's runs, or of one run, in the training view."""
+    path = f"/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    return f"{base_url.rstrip('/')}{path}?{UI_TRAINING_VIEW}"
