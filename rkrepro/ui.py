@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rkrepro.errors import RkreproError
+from rkrepro.processes import group_members
 from rkrepro.tracking import keys as mlflow_keys
 from rkrepro.tracking import reader
 
@@ -138,22 +139,6 @@ def _listening_inodes(port: int) -> set[str] | None:
             if listening and int(fields[1].rsplit(":", 1)[1], 16) == port:
                 found.add(fields[9])
     return found if seen_table else None
-
-
-def group_members(group: int) -> list[int]:
-    """Every live process of process group ``group`` (Linux: from ``/proc``)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == group:
-            members.append(int(entry.name))
-    return members
 
 
 def _serves_port(group: int, port: int) -> bool | None:

@@ -8,18 +8,36 @@ from typing import TYPE_CHECKING
 from rkrepro import estimate as cost
 
 if TYPE_CHECKING:
+    from rkrepro.paper import Cell
     from rkrepro.planning.plan import Plan
     from rkrepro.training.ledger import Ledger
 
-COLUMNS = (
-    "cell",
-    "model",
-    "params (paper count)",
-    "seeds",
-    "status",
-    "hours (est.)",
-    "peak GB (est.)",
-)
+
+def _print_table(console, rows: list[tuple[str, ...]], cells: list[Cell]) -> None:
+    """The plans as a table that fits the terminal: the row id above its models where the
+    terminal is narrow; only the status wraps."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from rkrepro import screen
+
+    table = Table(title="rkrepro run --dry-run", header_style="bold", title_justify="left")
+    for name in TABLE_COLUMNS:
+        table.add_column(name, justify="right" if name in ("hours", "peak GB") else "left")
+    previous = None
+    for cell, (_, _, params, seeds, status_text, hours, peak) in zip(cells, rows, strict=True):
+        if previous is not None and cell.row != previous:
+            table.add_section()
+        model = cell.printed_model + (" share" if cell.share else "")
+        row = Text(f"{cell.table}/{cell.row}" if cell.row != previous else "")
+        params = params.removesuffix("M")  # millions: the header says so
+        table.add_row(row, Text(model), params, seeds, Text(status_text), hours, peak)
+        previous = cell.row
+    screen.show(console, table, wrap={"status"})
+
+
+# The table on a terminal (a pipe gets one ``key=value`` line per cell instead).
+TABLE_COLUMNS = ("row", "model", "params (M)", "seeds", "status", "hours", "peak GB")
 
 
 def _share(plan: Plan) -> float:
@@ -52,7 +70,7 @@ def show(
                 f"data: {state.message}; the run would stop here, before training",
                 style="red",
                 highlight=False,
-                soft_wrap=True,
+                soft_wrap=not console.is_terminal,  # a pipe: one line each
                 markup=False,
             )
         elif state.state == "missing":
@@ -111,14 +129,7 @@ def show(
             )
         )
     if console.is_terminal:
-        from rich.table import Table
-
-        table = Table(title="rkrepro run --dry-run", header_style="bold")
-        for name in COLUMNS:
-            table.add_column(name)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        _print_table(console, rows, [plans_[0].cell for plans_ in by_cell.values()])
     else:
         for key, model, params, seeds, status_text, hours, peak in rows:
             console.print(
@@ -137,7 +148,7 @@ def show(
         f"{list(protocol.lr_milestones)}; precision {first.precision} (fast path: "
         f"{first.fast_path}); tracking: {ledger.uri}; nothing trained (dry run)",
         highlight=False,
-        soft_wrap=True,
+        soft_wrap=not console.is_terminal,  # a pipe: one line each
     )
     wirings = sorted({p.readings["resnet_stages"] for p in plans if "resnet_stages" in p.readings})
     others = {k: v for k, v in first.readings.items() if k != "resnet_stages"}
@@ -146,7 +157,7 @@ def show(
         + ", ".join(f"{k}={v}" for k, v in others.items())
         + (f", resnet_stages={'/'.join(wirings)} (multi-stage cells)" if wirings else ""),
         highlight=False,
-        soft_wrap=True,
+        soft_wrap=not console.is_terminal,  # a pipe: one line each
     )
     sources = sorted({e.source for e in estimates.values()})
     unit = "CPU" if device_type == "cpu" else "GPU"
@@ -156,5 +167,5 @@ def show(
     console.print(
         f"{line}; {'; '.join(sources)}; peak memory per GPU at the full batch (see `rkrepro plan`)",
         highlight=False,
-        soft_wrap=True,
+        soft_wrap=not console.is_terminal,  # a pipe: one line each
     )

@@ -93,7 +93,7 @@ def warn_cpu_protocol(plans: list[Plan], device_type: str, console: Console) -> 
         style="yellow",
         highlight=False,
         markup=False,
-        soft_wrap=True,
+        soft_wrap=not console.is_terminal,  # a terminal wraps it between words
     )
 
 

@@ -44,6 +44,9 @@ TAG_WORLD_SIZE = "rkrepro.world_size"  # processes of a data-parallel run; "1" o
 TAG_BATCHNORM = "rkrepro.batchnorm"  # "per-gpu" or "sync", data-parallel runs only
 TAG_SLURM_JOB = "rkrepro.slurm_job_id"  # "<array job>_<task>" under SLURM
 TAG_SLURM_RESTARTS = "rkrepro.slurm_restart_count"  # requeues after preemption / time limit
+# "HOST PID START" of the process writing the run (rkrepro.processes): status tells a RUNNING
+# run whose process is gone from one that trains.
+TAG_PROCESS = "rkrepro.process"
 # Set on a run replaced by a newer one (``--force``, or a lost checkpoint); readers skip it.
 TAG_SUPERSEDED = "rkrepro.superseded_by"
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rkrepro import processes
 from rkrepro.errors import TrackingError
 from rkrepro.paths import resolve_tracking_uri
 from rkrepro.tracking import keys as mlflow_keys
@@ -280,6 +281,7 @@ def environment_tags(device: str, world: int, batchnorm: str | None) -> dict[str
         mlflow_keys.TAG_TORCH: torch.__version__,
         mlflow_keys.TAG_CUDA: str(torch.version.cuda or "none"),
         mlflow_keys.TAG_WORLD_SIZE: str(world),
+        mlflow_keys.TAG_PROCESS: processes.this_process(),
     }
     if batchnorm is not None:
         tags[mlflow_keys.TAG_BATCHNORM] = batchnorm

@@ -56,3 +56,38 @@ def test_report_cli_reading_options(tmp_path):
     assert document["compare"] == {"reported_error": "best"}
     bad = runner.invoke(cli_app(), ["report", "table4", "--tracking-uri", uri, "--compare", "x"])
     assert bad.exit_code != 0 and "--compare 'x': expected NAME=VALUE" in bad.output
+
+
+def test_check_with_nothing_to_judge_says_so_and_does_not_pass(tmp_path):
+    """No reproduced number at all: not "Check passed", but a line that says nothing was
+    judged, and its own exit code."""
+    empty = f"sqlite:///{tmp_path / 'none.db'}"
+    nothing = invoke("report", "table4", "-f", "csv", "--check", "--tracking-uri", empty)
+    assert nothing.exit_code == 3, nothing.output
+    assert "Check judged nothing" in nothing.stderr and "Check passed" not in nothing.output
+
+
+def test_check_that_passes_says_how_much_it_judged(store):
+    uri, _ = store
+    result = invoke("report", "table3", "-f", "csv", "--check", "--tracking-uri", uri)
+    assert result.exit_code == 0
+    assert "Check passed: 1 of 13 cells judged" in result.stderr
+
+
+def test_report_out_replaces_the_text_report_it_wrote_itself(store, tmp_path):
+    """`report --out r.txt` twice: the second replaces the first (an rkrepro report), and a
+    file that is not one is still refused."""
+    uri, _ = store
+    out = tmp_path / "r.txt"
+    for _ in range(2):
+        result = invoke("report", "table4", "--out", str(out), "--tracking-uri", uri)
+        assert result.exit_code == 0, result.output
+    assert out.read_text(encoding="utf-8").startswith("rkrepro report\n")
+    other = tmp_path / "notes.txt"
+    other.write_text("my notes\n", encoding="utf-8")
+    refused = invoke("report", "table4", "--out", str(other), "--tracking-uri", uri)
+    assert refused.exit_code == 2 and "not an rkrepro report" in refused.output
+    claims = tmp_path / "claims.txt"
+    for _ in range(2):
+        result = invoke("report", "--claims", "--out", str(claims), "--tracking-uri", uri)
+        assert result.exit_code == 0, result.output
