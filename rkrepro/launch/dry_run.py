@@ -103,7 +103,7 @@ def show(
         paper_count, _ = spec_param_counts(cell.spec)
         statuses = [ledger.status(p) for p in cell_plans]
         words = [s.state + (f" ({s.detail})" if s.detail else "") for s in statuses]
-        if len(statuses) == 1:
+        if len(set(words)) == 1:  # every seed alike: said once (the seeds are their column)
             status_text = words[0]
         else:
             status_text = "; ".join(
