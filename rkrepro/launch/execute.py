@@ -53,11 +53,8 @@ def execute(
             ledger, plans, parallel=launch.describe(), data=data_states, device_type=device_type
         )
         return 0
-    stopping = [state for state in data_states if state.stops]
-    if stopping and launch.launcher != "slurm":  # a SLURM node may see other paths
-        from rkrepro.errors import DataError
-
-        raise DataError(stopping[0].message)
+    if launch.launcher != "slurm":  # a SLURM node may see other paths
+        ready_data(data_states, options.data_dir, console)
     warn_cpu_protocol(plans, device_type, console)
     if launch.in_process:
         from rkrepro.planning.devices import resolve_device
@@ -77,6 +74,22 @@ def execute(
     from rkrepro.launch.local_queue import run_queue
 
     return run_queue(ledger, plans, launch)
+
+
+def ready_data(states, data_dir, console: Console, download: bool = True) -> None:
+    """Before any store or lock: stop (one line) on data a run cannot read or download, and
+    with ``download``, download what is missing now, once, rather than in each job."""
+    from rkrepro.errors import DataError
+
+    stopping = [state for state in states if state.stops]
+    if stopping:
+        raise DataError(stopping[0].message)
+    for state in states if download else ():
+        if state.state == "missing":
+            from rkrepro import data
+
+            console.print(f"{state.message}: downloading it now", highlight=False, markup=False)
+            data.load_cifar(state.dataset, data_dir)
 
 
 def warn_cpu_protocol(plans: list[Plan], device_type: str, console: Console) -> None:
@@ -102,9 +115,15 @@ def _train_in_group(
 ) -> int:
     """Inside torchrun: this process joins the group and trains every plan with the others;
     rank 0 alone speaks."""
+    from rkrepro import data_check
     from rkrepro.training import distributed
     from rkrepro.training.session import Session
 
+    datasets = list(dict.fromkeys(cell.protocol.dataset for cell in cells))
+    # Each process only checks: the command that started the group has downloaded what was
+    # missing (several processes downloading into one folder would race).
+    states = data_check.check(datasets, options.data_dir)
+    ready_data(states, options.data_dir, console, download=False)
     world = distributed.join(options.device)
     try:
         plans = make_plans(cells, seeds, options, world.device.type, world.size)
