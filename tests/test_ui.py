@@ -8,7 +8,9 @@ real headless Chromium and finds the runs in the DOM (screenshot kept as a test 
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import json
 import os
 import signal
 import socket
@@ -27,7 +29,6 @@ from rkrepro.tracking import keys as mlflow_keys
 from rkrepro.tracking import runs as tracking
 
 REPO = Path(__file__).resolve().parent.parent
-RUN_NAMES = ("original s0", "1x8_1x2_1x2+share s1")
 
 
 @pytest.mark.bad_input
@@ -54,28 +55,47 @@ def test_ui_help_has_no_raw_markup():
     assert result.exit_code == 0 and "``" not in result.stdout and "--expose" in result.stdout
 
 
+def _plans():
+    """Runs a reproduction makes of one row: every model and share, two seeds, a shortened
+    run and a bf16 one of the original, named as ``rkrepro run`` names them."""
+    from rkrepro import paper
+    from rkrepro.planning.options import RunOptions
+    from rkrepro.planning.plan import make_plans
+
+    cells = paper.resolve_cells(paper.load_tables(), "table1", "densenet-bc-k12")
+    original = [c for c in cells if c.model == "original"]
+    return [
+        *make_plans(cells, [0, 1], RunOptions(), "cpu"),
+        *make_plans(original, [0], RunOptions(epochs=2, train_subset=512), "cpu"),
+        *make_plans(original, [0], RunOptions(precision="bf16"), "cuda"),
+    ]
+
+
 def _store(folder: Path) -> tuple[str, str]:
-    """Two finished runs of table1's densenet-bc-k12 row, written through the Tracker."""
+    """The runs of :func:`_plans`, finished, written through the Tracker as training does."""
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     tracker = tracking.Tracker(uri)
     tracker.connect()
-    for name, model, share, seed in (
-        (RUN_NAMES[0], "original", False, 0),
-        (RUN_NAMES[1], "RKNet-1x8_1x2_1x2", True, 1),
-    ):
-        tags = {
-            mlflow_keys.TAG_TABLE: "table1",
-            mlflow_keys.TAG_ROW: "densenet-bc-k12",
-            mlflow_keys.TAG_MODEL: model,
-            mlflow_keys.TAG_SHARE: str(share).lower(),
-            mlflow_keys.TAG_SEED: str(seed),
-            mlflow_keys.TAG_PROTOCOL: mlflow_keys.PROTOCOL_PAPER,
-        }
-        info = tracking.DatasetInfo("cifar10", '{"path": "data"}', {"train_images": 50000})
-        log = tracker.create("table1", name, tags, {"protocol.epochs": "300"}, info)
+    for plan in _plans():
+        info = tracking.DatasetInfo(**plan.dataset_info())
+        params = tracking.flatten(plan.config())
+        log = tracker.create("table1", plan.run_name, plan.tags(), params, info)
         tracker.client.log_metric(log.run_id, mlflow_keys.M_FINAL_TEST_ERROR, 4.6)
+        tracker.client.log_metric(log.run_id, mlflow_keys.M_BEST_TEST_ERROR, 4.5)
         tracker.client.set_terminated(log.run_id, "FINISHED")
     return uri, tracker.experiment("table1")
+
+
+def test_run_names_tell_every_run_of_a_table_apart():
+    """Two runs that are different configurations never have the same name, and each name
+    says its row."""
+    plans = _plans()
+    names = [plan.run_name for plan in plans]
+    assert len(set(names)) == len({plan.config_hash for plan in plans}) == len(plans)
+    assert all(name.startswith("densenet-bc-k12 ") for name in names)
+    assert "densenet-bc-k12 1x8_1x2_1x2+share s1" in names
+    assert "densenet-bc-k12 original s0 2ep 512img" in names
+    assert "densenet-bc-k12 original s0 bf16-autocast" in names
 
 
 def test_the_store_is_what_the_ui_needs(tmp_path):
@@ -86,16 +106,20 @@ def test_the_store_is_what_the_ui_needs(tmp_path):
     experiment = client.get_experiment(experiment_id)
     assert experiment.tags[mlflow_keys.TAG_EXPERIMENT_KIND] == "custom_model_development"
     runs = client.search_runs([experiment_id])
-    assert sorted(r.info.run_name for r in runs) == sorted(RUN_NAMES)
-    inputs = runs[0].inputs.dataset_inputs
+    assert sorted(r.info.run_name for r in runs) == sorted(p.run_name for p in _plans())
+    inputs = {r.info.run_name: r.inputs.dataset_inputs for r in runs}
+    inputs = inputs["densenet-bc-k12 original s0"]
     assert [d.dataset.name for d in inputs] == ["cifar10"]
     assert {t.key: t.value for t in inputs[0].tags} == {"mlflow.data.context": "training"}
+    view = json.loads(experiment.tags["mlflow.sharedViewState.rkrepro"])
+    assert "metrics.`final_test_error`" in view["selectedColumns"]
     from rkrepro.ui import runs_views
 
     assert runs_views(uri, "http://127.0.0.1:1") == [
         (
             "table1",
-            f"http://127.0.0.1:1/#/experiments/{experiment_id}/runs?workflowType=machine_learning",
+            f"http://127.0.0.1:1/#/experiments/{experiment_id}/runs"
+            "?viewStateShareKey=rkrepro&workflowType=machine_learning",
         )
     ]
 
@@ -136,15 +160,29 @@ def test_ui_opens_on_the_runs_in_chromium(tmp_path, tmp_path_factory):
                 url = line.split(": ", 1)[1].strip()
                 break
         runs_view = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs"
-        assert url == runs_view + "?workflowType=machine_learning", lines
+        assert url == runs_view + "?viewStateShareKey=rkrepro&workflowType=machine_learning", lines
         assert any("(1 worker)" in line for line in lines)
-        dom = browser.run(url, dump_dom=True, budget_ms=20000, timeout=240)
-        for name in RUN_NAMES:
-            assert name in dom, f"run {name!r} not in the runs view"
-        assert "No data available" not in dom
-        shot = browser.artifacts_dir(tmp_path_factory) / "mlflow_ui_runs.png"
+        artifacts = browser.artifacts_dir(tmp_path_factory)
+        shot = artifacts / "mlflow_ui_runs.png"
         browser.run(url, screenshot=shot, budget_ms=20000, size="1400,900", timeout=240)
         assert shot.stat().st_size > 20_000
+        dom = browser.run(url, dump_dom=True, budget_ms=20000, timeout=240)
+        for plan in _plans():  # every run, each under its own name
+            assert f">{plan.run_name}<" in dom, f"run {plan.run_name!r} not in the runs view"
+        assert "No data available" not in dom
+        # The model-training view (its sidebar: Runs, Models), not GenAI's (Evaluation runs,
+        # Judges), with the test errors as columns.
+        assert "Evaluation runs" not in dom and "Judges" not in dom
+        assert "final_test_err" in dom and "best_test_err" in dom
+        # A run page reached from rkrepro's links stays in the training view ("Runs").
+        from mlflow import MlflowClient
+
+        run_id = MlflowClient(uri).search_runs([experiment_id])[0].info.run_id
+        page = mlflow_keys.ui_url(f"http://127.0.0.1:{port}", experiment_id, run_id)
+        run_dom = browser.run(page, dump_dom=True, budget_ms=20000, timeout=240)
+        assert "Evaluation runs" not in run_dom and "Model metrics" in run_dom
+        browser.run(page, screenshot=artifacts / "mlflow_ui_run_page.png", budget_ms=20000,
+                    size="1400,900", timeout=240)  # fmt: skip
     finally:
         os.killpg(process.pid, 15)
         process.wait(timeout=30)
@@ -240,10 +278,8 @@ def test_a_signal_to_rkrepro_ui_stops_every_process_it_started(tmp_path, signum)
         assert not _port_answers(port), "something still serves the port"
     finally:
         for pid in [process.pid, *started]:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         process.wait(timeout=30)
 
 
@@ -323,7 +359,5 @@ def test_a_port_taken_while_the_ui_starts_is_never_announced_as_the_ui(tmp_path)
         if server is not None:
             server.shutdown()
             server.server_close()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass

@@ -19,6 +19,13 @@ EXPERIMENT_KIND_TRAINING = "custom_model_development"
 # from it, else from the browser's storage, whose default is GenAI (mlflow 3.17's UI bundle,
 # WorkflowTypeProvider).
 UI_TRAINING_VIEW = "workflowType=machine_learning"
+# The runs table's columns: MLflow 3's UI opens a *shared view* named by the URL parameter
+# ``viewStateShareKey=KEY`` from the experiment tag ``mlflow.sharedViewState.KEY`` (JSON of the
+# runs table's UI state: selected columns, sort; mlflow 3.17's UI bundle, useSharedExperimentView
+# State). rkrepro tags each experiment with one, so the runs open with the numbers that matter
+# instead of "Show more columns (70 total)".
+UI_VIEW_KEY = "rkrepro"
+TAG_UI_VIEW = "mlflow.sharedViewState." + UI_VIEW_KEY
 # The data set of a run, as an MLflow dataset input of this context.
 DATASET_CONTEXT_KEY = "mlflow.data.context"
 DATASET_CONTEXT_TRAINING = "training"
@@ -34,6 +41,7 @@ TAG_CONFIG_HASH = "rkrepro.config_hash"
 TAG_GIT_COMMIT = "rkrepro.git_commit"
 TAG_DEVICE = "rkrepro.device"
 TAG_FAILURE = "rkrepro.failure"  # reason, on FAILED runs
+TAG_FINAL_WEIGHTS = "rkrepro.final_weights"  # path of a finished run's final.pt
 TAG_TORCH = "rkrepro.torch_version"
 TAG_CUDA = "rkrepro.cuda_version"
 TAG_GIT_DIRTY = "rkrepro.git_dirty"
@@ -89,6 +97,29 @@ TAG_REPORT = "rkrepro.report"
 
 
 def ui_url(base_url: str, experiment_id: str, run_id: str | None = None) -> str:
-    """The MLflow UI's page of an experiment's runs, or of one run, in the training view."""
-    path = f"/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
-    return f"{base_url.rstrip('/')}{path}?{UI_TRAINING_VIEW}"
+    """The MLflow UI's page of an experiment's runs (with rkrepro's columns), or of one run, in
+    the training view."""
+    page = f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    if run_id:
+        return f"{page}/{run_id}?{UI_TRAINING_VIEW}"
+    return f"{page}?viewStateShareKey={UI_VIEW_KEY}&{UI_TRAINING_VIEW}"
+
+
+def ui_view_state() -> str:
+    """The runs table rkrepro's experiments open with (:data:`TAG_UI_VIEW`): run names wide
+    enough to be read whole (``densenet-bc-k24-d250 1x21_1x2_1x2+share s0``: the name says the
+    cell, seed and how the run differs), its final and best test error, the latest epoch's, how
+    fast it trained and its parameter count; newest first."""
+    import json
+
+    name = "attributes.`Run Name`"
+    metrics = (M_FINAL_TEST_ERROR, M_BEST_TEST_ERROR, M_TEST_ERROR, M_IMAGES_PER_S, M_PARAMS_PAPER)
+    columns = [f"metrics.`{metric}`" for metric in metrics]
+    state = {
+        "selectedColumns": columns,
+        "columnOrder": [name],
+        "columnWidths": {name: 360},
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+    }
+    return json.dumps(state)

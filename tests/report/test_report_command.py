@@ -4,6 +4,7 @@ logged to MLflow, ``--reading`` and ``--compare``."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -91,3 +92,31 @@ def test_report_out_replaces_the_text_report_it_wrote_itself(store, tmp_path):
     for _ in range(2):
         result = invoke("report", "--claims", "--out", str(claims), "--tracking-uri", uri)
         assert result.exit_code == 0, result.output
+
+
+def test_report_plots_replace_their_run_instead_of_piling_up(store, tmp_path, monkeypatch):
+    """`report table4 --plots` twice: one run for table4 in rkrepro/reports (the first one
+    deleted, and its files with it), beside the run of another target."""
+    from mlflow import MlflowClient
+
+    uri, _ = store
+    monkeypatch.setenv("RKREPRO_RUNS_DIR", str(tmp_path / "runs"))
+    client = MlflowClient(tracking_uri=uri)
+    ids = []
+    for target in (["table4"], ["table4"], ["table3"]):
+        plots = tmp_path / "plots"
+        result = invoke(
+            "report", *target, "-f", "json", "--plots", str(plots), "--tracking-uri", uri
+        )
+        assert result.exit_code == 0, result.output
+        experiment = client.get_experiment_by_name(mlflow_keys.REPORTS_EXPERIMENT)
+        ids.append(result.stderr.split("logged to MLflow run ")[1].split(" ")[0])
+    assert experiment.tags[mlflow_keys.TAG_EXPERIMENT_KIND] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id])
+    names = sorted(r.info.run_name for r in runs if r.info.run_id in ids)
+    assert names == ["report table3", "report table4"]
+    assert client.get_run(ids[0]).info.lifecycle_stage == "deleted"
+    assert client.get_run(ids[1]).info.lifecycle_stage == "active"
+    first = client.get_run(ids[0]).info.artifact_uri
+    if first.startswith("file://"):
+        assert not Path(first.removeprefix("file://")).exists()
