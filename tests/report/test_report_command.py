@@ -120,3 +120,17 @@ def test_report_plots_replace_their_run_instead_of_piling_up(store, tmp_path, mo
     first = client.get_run(ids[0]).info.artifact_uri
     if first.startswith("file://"):
         assert not Path(first.removeprefix("file://")).exists()
+
+
+def test_a_markdown_report_links_its_plots(store, tmp_path):
+    """`report --plots DIR --out report.md`: the Markdown shows each PNG, by a path relative to
+    the report, so the folder can be moved or pushed as it is."""
+    uri, _ = store
+    out, plots = tmp_path / "report.md", tmp_path / "plots"
+    result = invoke("report", "table4", "--plots", str(plots), "--out", str(out),
+                    "--tracking-uri", uri)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = out.read_text(encoding="utf-8")
+    assert "## Plots" in text
+    for png in sorted(plots.iterdir()):
+        assert f"](plots/{png.name})" in text, png.name

@@ -3,7 +3,10 @@ the paper's claims (``report --claims``)."""
 
 from __future__ import annotations
 
+import os
+import urllib.parse
 from collections.abc import Sequence
+from pathlib import Path
 
 from rkrepro.report.build import DATASET_NAMES, Report, TableReport
 from rkrepro.report.claims import ClaimResult
@@ -40,6 +43,23 @@ def to_markdown(report: Report) -> str:
         out += ["", f"Verdicts: {summary_text(table_report) or 'none'}.", ""]
         out += _md_claims(table_report)
     return "\n".join(out).rstrip() + "\n"
+
+
+def plots_markdown(images: Sequence[Path], folder: Path) -> str:
+    """A section linking each plot (``report --plots``), relative to ``folder`` (where the
+    Markdown file is), as images that GitHub and editors show in place."""
+    if not images:
+        return ""
+    out = ["", "## Plots", ""]
+    for image in images:
+        try:
+            target = os.path.relpath(Path(image).absolute(), Path(folder).absolute())
+        except ValueError:  # another drive
+            target = str(Path(image).absolute())
+        link = urllib.parse.quote(Path(target).as_posix())
+        name = Path(image).stem.replace("_", " ")
+        out += [f"![{name}]({link})", ""]
+    return "\n".join(out)
 
 
 def _md_item(item: Item) -> str:
