@@ -174,6 +174,9 @@ def test_status_shows_progress_and_a_killed_process_as_stale_with_its_resume_com
         "rkrepro run tiny --row bc-k4 --variant original --no-share --seed 0 --epochs 400 "
         f"--train-subset 64 --tables-dir {env['RKREPRO_TABLES_DIR']}"
     )
+    report = wsh.invoke(env, "report", "tiny", "--include-shortened")
+    assert report.exit_code == 0, report.output
+    assert "1 run shown as running is stale (process gone?)" in report.stderr
     args = command.split()[1:]
     resumed = wsh.invoke(env, *args, "--device", "cpu", "--dry-run")
     assert resumed.exit_code == 0, resumed.output

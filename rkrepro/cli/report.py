@@ -187,6 +187,7 @@ def report_command(
         readings=readings.parse_overrides(reading or []),
         compare=readings.parse_overrides(compare or [], "--compare") or None,
     )
+    _note_stale_runs(tracking_uri, result)
     images: list[Path] = []
     if plots is not None:
         try:
@@ -241,6 +242,34 @@ def _check(result) -> None:
         "number).",
         err=True,
     )
+
+
+def _note_stale_runs(tracking_uri: str | None, result) -> None:
+    """A run left RUNNING by a process that is gone shows as "running" in a report; say so, on
+    stderr (stdout may be the report itself)."""
+    from rkrepro import liveness
+    from rkrepro.tracking.reader import fetch_progress
+
+    running = [
+        run
+        for table in result.tables
+        for cell in table.results
+        for reproduced in (cell.paper, cell.shortened)
+        if reproduced is not None
+        for run in reproduced.runs
+        if run.status == "RUNNING"
+    ]
+    if not running:
+        return
+    health = liveness.assess(running, fetch_progress(tracking_uri, [r.run_id for r in running]))
+    stale = [run_id for run_id, judged in health.items() if judged.stale]
+    if stale:
+        typer.echo(
+            f"note: {len(stale)} run{'s' * (len(stale) != 1)} shown as running "
+            f"{'are' if len(stale) != 1 else 'is'} {liveness.STALE_WORD}; `rkrepro status` "
+            "says how to resume them",
+            err=True,
+        )
 
 
 def _checked_url(url: str | None) -> str | None:
