@@ -85,7 +85,7 @@ class Health:
             "images_per_s": self.progress.images_per_s,
             "eta_s": self.eta_s,
             "stale": self.stale,
-            "idle_s": round(self.idle_s, 1),
+            "last_logged_ms": self.progress.last_logged_ms,
         }
 
 
