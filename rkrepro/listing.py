@@ -5,6 +5,7 @@ Torch- and mlflow-free: these commands must start instantly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Group
@@ -12,6 +13,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from rkrepro.paper import Cell, Printed, Row, Table, row_cells
+from rkrepro.screen import INDENT
 from rkrepro.textsafe import rich_text
 
 NOT_STARTED = "not started"
@@ -23,13 +25,18 @@ def statuses(tracking_uri: str | None, cells: list[Cell]) -> dict[str, str]:
 
 
 def statuses_and_hidden(
-    tracking_uri: str | None, cells: list[Cell]
+    tracking_uri: str | None, cells: list[Cell], include_shortened: bool = False
 ) -> tuple[dict[str, str], dict[str, int]]:
-    """(cell key -> paper-protocol status, cell key -> shortened runs not counted), one read."""
+    """(cell key -> status, cell key -> shortened runs not counted), one read: the status of
+    paper-protocol runs, and of shortened ones too with ``include_shortened``."""
     from rkrepro.status import cell_status_view
+    from rkrepro.tracking import keys as mlflow_keys
 
     table_ids = list(dict.fromkeys(cell.table for cell in cells))
-    return cell_status_view(tracking_uri, table_ids)
+    protocols = [mlflow_keys.PROTOCOL_PAPER]
+    if include_shortened:
+        protocols.append(mlflow_keys.PROTOCOL_SHORTENED)
+    return cell_status_view(tracking_uri, table_ids, protocols=protocols)
 
 
 def _number(value: Printed | None) -> float | None:
@@ -95,14 +102,15 @@ def _hidden_text(count: int) -> str:
     return f"{count} shortened run{'s' * (count != 1)} hidden (--include-shortened)"
 
 
-def cells_table(
+def cells_tables(
     tables: dict[str, Table],
     cells: list[Cell],
     status: dict[str, str],
     hidden: dict[str, int] | None = None,
-) -> Group:
+) -> list[RichTable]:
     """One rich table per paper table: rows -> models, reported numbers, reproduction status.
-    ``hidden``: shortened runs per cell, which the status leaves out but the user must see."""
+    ``hidden``: shortened runs per cell, which the status leaves out but the user must see.
+    Printed through :func:`rkrepro.screen.show` (the status wraps, nothing else does)."""
     hidden = hidden or {}
     rendered = []
     for table_id in dict.fromkeys(cell.table for cell in cells):
@@ -114,13 +122,12 @@ def cells_table(
             header_style="bold",
             title_justify="left",
         )
-        width = max(len(_model_label(cell)) for cell in chosen)
-        out.add_column("row", overflow="fold")
-        out.add_column("model", no_wrap=True, min_width=width)
-        out.add_column("M params", justify="right", no_wrap=True)
+        out.add_column("row")
+        out.add_column("model")
+        out.add_column("M params", justify="right")
         for column in ("top-1 %", "top-5 %") if imagenet else ("error %",):
-            out.add_column(column, justify="right", no_wrap=True)
-        out.add_column("status", no_wrap=True)
+            out.add_column(column, justify="right")
+        out.add_column(STATUS_COLUMN)
         previous_row = None
         for cell in chosen:
             if previous_row is not None and previous_row != cell.row:
@@ -149,46 +156,67 @@ def cells_table(
             notes.append(_hidden_text(hidden_total))
         out.caption = rich_text("; ".join(notes))
         rendered.append(out)
-    return Group(*rendered)
+    return rendered
 
 
-def row_structure(table: Table, row: Row) -> RichTable:
-    """A row's models with s, r and the state channels of every period."""
+STATUS_COLUMN = "status"
+
+
+def row_structures(table: Table, row: Row) -> list[Callable[[], RichTable]]:
+    """A row's models with s, r and the state channels of every period: the layouts of
+    :func:`rkrepro.screen.first_fitting`, widest first (one column per field; then the
+    share folded into the name and each period as two short lines under a legend)."""
+    return [lambda: _row_structure(table, row, False), lambda: _row_structure(table, row, True)]
+
+
+def _row_structure(table: Table, row: Row, narrow: bool) -> RichTable:
     from rkrepro.models.summary import describe_periods
 
     out = RichTable(
         title=rich_text(f"{table.id} / {row.id}: {row.label}, depth {row.depth} ({table.dataset})"),
         header_style="bold",
         show_lines=True,
+        title_justify="left",
     )
     out.add_column("model")
-    out.add_column("share", justify="center")
+    if not narrow:
+        out.add_column("share", justify="center")
     out.add_column("params (M)", justify="right")
     periods = describe_periods(row_cells(table, row)[0].spec)
     for index in range(len(periods)):
-        out.add_column(f"period {index + 1}\ns×r · channels", justify="center")
+        header = f"P{index + 1}" if narrow else f"period {index + 1}\ns×r · channels"
+        out.add_column(header, justify="center")
     for cell in row_cells(table, row):
         parts = []
         for period in describe_periods(cell.spec):
             shape = f"{period['s']}×{period['r']}" if cell.spec.is_rknet else "orig."
-            parts.append(f"{shape} · {period['state_channels']}")
+            parts.append(f"{shape}{chr(10) if narrow else ' · '}{period['state_channels']}")
+        name = cell.printed_model + (" share" if narrow and cell.share else "")
         out.add_row(
-            rich_text(cell.printed_model, style="bold" if cell.bold else ""),
-            "yes" if cell.share else "",
+            rich_text(name, style="bold" if cell.bold else ""),
+            *([] if narrow else ["yes" if cell.share else ""]),
             _fmt(cell.reported_params_m),
             *parts,
         )
+    if narrow:
+        out.caption = Text(
+            "Pn: period n as s×r (orig.: the original's block), then its state channels"
+        )
+        out.caption_justify = "left"
     return out
 
 
-def row_readings(table: Table, row: Row) -> Text:
+def row_readings(table: Table, row: Row) -> Group:
     """The row's readings (rkrepro.paper.readings), each with its one-line justification and where
-    it applies, then the learning-rate rule the protocol follows."""
+    it applies, then the learning-rate rule the protocol follows; a long explanation wraps
+    under its own start."""
     from rkrepro.paper import readings
 
     cells = row_cells(table, row)
     values = cells[0].reading
-    lines = Text("Readings (override with rkrepro run --reading NAME=VALUE):\n", style="bold")
+    grid = RichTable.grid()
+    grid.add_column(width=len(INDENT), no_wrap=True)
+    grid.add_column()
     for name, value in values.items():
         reading = readings.READINGS[name]
         applies = [c for c in cells if reading.applies(c.spec)]
@@ -196,12 +224,14 @@ def row_readings(table: Table, row: Row) -> Text:
         if not applies:
             where = "no model of this row"
         source = " (row)" if name in dict(row.readings) else ""
-        lines.append(f"  {readings.describe(name, value)}{source}")
-        lines.append(f"  [{reading.kind}; {where}]\n", style="dim")
+        text = Text(readings.describe(name, value) + source + " ")
+        text.append(f"[{reading.kind}; {where}]", style="dim")
+        grid.add_row("", text)
     schedule = table.protocol.lr_schedule
     rule = schedule.describe() if schedule else "explicit milestones"
-    lines.append(
+    lr = Text(
         f"LR: {table.protocol.lr:g}, /10 after epochs {list(table.protocol.lr_milestones)} of "
         f"{table.protocol.epochs} (0-based milestones; {rule})",
     )
-    return lines
+    title = Text("Readings (override with rkrepro run --reading NAME=VALUE):", style="bold")
+    return Group(title, grid, lr)

@@ -7,6 +7,7 @@ number at the paper's precision (0.75 means [0.745, 0.755) million).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rkrepro.paper import Cell
@@ -109,37 +110,49 @@ def to_markdown(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def to_rich(records: list[dict[str, Any]]):
+def rich_layouts(records: list[dict[str, Any]]) -> list[Callable[[], Any]]:
+    """Layouts of one table's records for :func:`rkrepro.screen.first_fitting`, widest first:
+    one column per field; the row id on a line of its own above its models (the share folded
+    into the name); then without the all-parameter count, which the caption names."""
+    from rkrepro import screen
+
+    return [
+        lambda: _rich(records),
+        lambda: screen.stacked(_rich(records, narrow=True)),
+        lambda: screen.stacked(_rich(records, narrow=True, totals=False)),
+    ]
+
+
+def _rich(records: list[dict[str, Any]], narrow: bool = False, totals: bool = True):
     from rich.table import Table
 
-    table = Table(title="Parameter counts (paper rule: conv + FC weights and biases)")
+    table = Table(
+        title=f"{records[0]['table']}: Parameter counts (paper rule: conv + FC weights and biases)",
+        header_style="bold",
+        title_justify="left",
+    )
     headers = list(_headers(records))
-    # Readable at 80 columns: one table goes into the title, a row id is printed once per row,
-    # and headers are short; names wrap (fold) instead of being cut to "densen…".
-    tables = list(dict.fromkeys(r["table"] for r in records))
     short = {"paper count": "paper", "all params": "all", "reported (M)": "printed (M)"}
-    skip = 1 if len(tables) == 1 else 0
-    if skip:
-        table.title = f"{tables[0]}: {table.title}"
-    for index, header in enumerate(headers[skip:], skip):
-        table.add_column(
-            short.get(header, header),
-            justify="right" if index >= 4 else "left",
-            overflow="fold",
-            no_wrap=index == 2,
-        )
+    dropped = {"table"} | ({"share"} if narrow else set()) | (set() if totals else {"all params"})
+    for index, header in enumerate(headers):
+        if header not in dropped:
+            table.add_column(short.get(header, header), justify="right" if index >= 4 else "left")
     previous = None
     for record in records:
         style = "red" if record["match"] is False else None
-        cells = list(_cells(record, len(headers)))
-        if (record["table"], record["row"]) == previous:
-            cells[1] = ""
+        cells = dict(zip(headers, _cells(record, len(headers)), strict=True))
+        if narrow and record["share"]:
+            cells["model"] += " share"
+        if record["row"] == previous:
+            cells["row"] = ""
         else:
             if previous is not None:
                 table.add_section()
-            previous = (record["table"], record["row"])
-        table.add_row(*cells[skip:], style=style)
+            previous = record["row"]
+        table.add_row(*(v for k, v in cells.items() if k not in dropped), style=style)
     checked = [r for r in records if r["match"] is not None]
     good = sum(1 for r in checked if r["match"])
     table.caption = f"{good} of {len(checked)} checked cells within the paper's rounding"
+    if not totals:
+        table.caption += "; all-parameter counts: --format json or a wider terminal"
     return table

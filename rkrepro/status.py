@@ -8,15 +8,20 @@ instantly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rkrepro import paper
+from rkrepro import paper, screen
+from rkrepro.liveness import STALE_WORD, Health
+from rkrepro.textsafe import rich_text  # run ids, seeds and states come from the store
 from rkrepro.tracking import keys as mlflow_keys
 from rkrepro.tracking.reader import RunRecord, fetch_runs
 
 if TYPE_CHECKING:
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
     from rkrepro.paper import Cell
 
 NOT_STARTED = "not started"
@@ -162,14 +167,30 @@ def hidden_runs(
 
 
 # --------------------------------------------------------------------------------------------
-# ``rkrepro status`` output.
+# ``rkrepro status`` output: every cell's state and runs, each RUNNING run's progress (epoch,
+# speed, ETA) or staleness (:mod:`rkrepro.liveness`), in a layout that fits the terminal.
 
 
-def status_records(statuses: Mapping[str, CellStatus]) -> list[dict[str, object]]:
-    """JSON-ready: one record per cell, with every run's id, seed, protocol and status."""
+def status_records(
+    statuses: Mapping[str, CellStatus], health: Mapping[str, Health] | None = None
+) -> list[dict[str, object]]:
+    """JSON-ready: one record per cell, with every run's id, seed, protocol and status, and a
+    RUNNING run's ``progress`` (epoch, epochs, images/s, ETA, stale)."""
+    health = health or {}
     out = []
     for key, status in statuses.items():
         table, row, model, share = status.cell_id
+        runs = []
+        for r in status.runs:
+            run: dict[str, object] = {
+                "run_id": r.run_id,
+                "seed": r.seed,
+                "protocol": r.protocol,
+                "status": r.status,
+            }
+            if r.run_id in health:
+                run["progress"] = health[r.run_id].record()
+            runs.append(run)
         out.append(
             {
                 "key": key,
@@ -180,10 +201,7 @@ def status_records(statuses: Mapping[str, CellStatus]) -> list[dict[str, object]
                 "state": status.state,
                 "label": status.label,
                 "seeds_done": list(status.seeds_done),
-                "runs": [
-                    {"run_id": r.run_id, "seed": r.seed, "protocol": r.protocol, "status": r.status}
-                    for r in status.runs
-                ],
+                "runs": runs,
             }
         )
     return out
@@ -194,62 +212,149 @@ _STATE_STYLE = {
     "running": "cyan",
     "failed": "red",
     "killed": "yellow",
+    "stale": "bold yellow",
     NOT_STARTED: "dim",
 }
+STATE_COLUMN = "state"
+RUNS_COLUMN = "runs (id, seed, status)"
 
 
-def status_tables(
+def stale_cell(status: CellStatus, health: Mapping[str, Health]) -> bool:
+    """Running only in runs whose process is gone: nothing trains this cell."""
+    active = [r for r in status.runs if r.status in ACTIVE]
+    return bool(active) and all(r.run_id in health and health[r.run_id].stale for r in active)
+
+
+def _state_text(status: CellStatus, health: Mapping[str, Health], hidden: int) -> Text:
+
+    label, word = status.label, status.state
+    if stale_cell(status, health):
+        label, word = label.replace("running", STALE_WORD, 1), "stale"
+    if hidden:
+        label += f" (+{hidden} shortened hidden)"
+    return rich_text(label, style=_STATE_STYLE[word])
+
+
+def _run_text(run: RunRecord, health: Mapping[str, Health]) -> str:
+    """``seed 0 RUNNING: epoch 12/300, 412 images/s, ETA 5 h 3 min`` (no run id)."""
+    text = f"seed {run.seed} {run.status}"
+    if run.protocol == mlflow_keys.PROTOCOL_SHORTENED:
+        text += f" [shortened{': ' + run.size_text if run.size_text else ''}]"
+    if run.run_id in health:
+        text += ": " + health[run.run_id].text()
+    return text
+
+
+def status_layouts(
+    table_id: str,
     statuses: Mapping[str, CellStatus],
     cells: Iterable[Cell],
-    hidden: Mapping[str, int] | None = None,
-) -> list[object]:
-    """One rich table per paper table: cell, state, and its runs (id, seed, MLflow status);
-    ``hidden``: shortened runs per cell left out, said in the state and the caption."""
-    hidden = hidden or {}
+    hidden: Mapping[str, int],
+    health: Mapping[str, Health],
+) -> list[Callable[[], object]]:
+    """One paper table's status, widest layout first (for :func:`rkrepro.screen.first_fitting`):
+    a column per field with each cell's runs in one column; then each row id above its cells and
+    each run on a line of its own below its cell (the id, then its seed, status and progress)."""
+    chosen = [cell for cell in cells if cell.table == table_id]
+    return [
+        lambda: _wide_status(table_id, statuses, chosen, hidden, health),
+        lambda: screen.stacked(_narrow_status(table_id, statuses, chosen, hidden, health)),
+    ]
+
+
+def _status_table(table_id: str, statuses, chosen, hidden) -> RichTable:
     from rich.table import Table as RichTable
 
-    from rkrepro.textsafe import rich_text  # run ids, seeds and states come from the store
+    counts: dict[str, int] = {}
+    for cell in chosen:
+        state = statuses[cell.key].state
+        counts[state] = counts.get(state, 0) + 1
+    caption = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
+    hidden_total = sum(hidden.get(cell.key, 0) for cell in chosen)
+    if hidden_total:
+        caption += (
+            f"; {hidden_total} shortened run{'s' * (hidden_total != 1)} hidden "
+            "(--include-shortened)"
+        )
+    return RichTable(
+        title=f"{table_id}: reproduction status",
+        header_style="bold",
+        title_justify="left",
+        caption=rich_text(caption),
+        caption_justify="left",
+    )
 
-    by_table: dict[str, list[Cell]] = {}
-    for cell in cells:
-        by_table.setdefault(cell.table, []).append(cell)
-    out: list[object] = []
-    for table_id, table_cells in by_table.items():
-        rich_table = RichTable(title=f"{table_id}: reproduction status", header_style="bold")
-        for header in ("row", "model", "share", "state", "runs (id, seed, status)"):
-            rich_table.add_column(header, overflow="fold")
-        counts: dict[str, int] = {}
-        previous_row = None
-        for cell in table_cells:
-            status = statuses[cell.key]
-            counts[status.state] = counts.get(status.state, 0) + 1
-            runs = "\n".join(
-                f"{r.run_id} seed {r.seed} {r.status}"
-                + (
-                    f" [shortened{': ' + r.size_text if r.size_text else ''}]"
-                    if r.protocol == mlflow_keys.PROTOCOL_SHORTENED
-                    else ""
-                )
-                for r in status.runs
-            )
-            label = status.label
-            if hidden.get(cell.key):
-                label += f" (+{hidden[cell.key]} shortened hidden)"
-            rich_table.add_row(
-                rich_text(cell.row if cell.row != previous_row else ""),
-                rich_text(cell.printed_model),
-                "yes" if cell.share else "",
-                rich_text(label, style=_STATE_STYLE[status.state]),
-                rich_text(runs),
-            )
-            previous_row = cell.row
-        caption = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
-        hidden_total = sum(hidden.get(cell.key, 0) for cell in table_cells)
-        if hidden_total:
-            caption += (
-                f"; {hidden_total} shortened run{'s' * (hidden_total != 1)} hidden "
-                "(--include-shortened)"
-            )
-        rich_table.caption = rich_text(caption)
-        out.append(rich_table)
+
+def _wide_status(table_id, statuses, chosen, hidden, health) -> RichTable:
+
+    out = _status_table(table_id, statuses, chosen, hidden)
+    for header in ("row", "model", "share", STATE_COLUMN, RUNS_COLUMN):
+        out.add_column(header)
+    previous_row = None
+    for cell in chosen:
+        if previous_row is not None and cell.row != previous_row:
+            out.add_section()
+        status = statuses[cell.key]
+        runs = "\n".join(f"{r.run_id} {_run_text(r, health)}" for r in status.runs)
+        out.add_row(
+            rich_text(cell.row if cell.row != previous_row else ""),
+            rich_text(cell.printed_model),
+            "yes" if cell.share else "",
+            _state_text(status, health, hidden.get(cell.key, 0)),
+            rich_text(runs),
+        )
+        previous_row = cell.row
     return out
+
+
+def _narrow_status(table_id, statuses, chosen, hidden, health) -> RichTable:
+
+    out = _status_table(table_id, statuses, chosen, hidden)
+    out.add_column("row")
+    out.add_column("model, run id")
+    out.add_column(STATE_COLUMN)
+    previous_row = None
+    for cell in chosen:
+        status = statuses[cell.key]
+        label = cell.printed_model + (" share" if cell.share else "")
+        out.add_row(
+            rich_text(cell.row if cell.row != previous_row else ""),
+            rich_text(label),
+            _state_text(status, health, hidden.get(cell.key, 0)),
+        )
+        for run in status.runs:
+            style = "bold yellow" if run.run_id in health and health[run.run_id].stale else ""
+            out.add_row(
+                "", rich_text(screen.INDENT + run.run_id), rich_text(_run_text(run, health), style)
+            )
+        previous_row = cell.row
+    return out
+
+
+def stale_runs(statuses: Mapping[str, CellStatus], health: Mapping[str, Health]) -> list[RunRecord]:
+    """The RUNNING runs whose process is gone, in the order of their cells."""
+    return [
+        run
+        for status in statuses.values()
+        for run in status.runs
+        if run.run_id in health and health[run.run_id].stale
+    ]
+
+
+def store_note(tracking_uri: str | None) -> str | None:
+    """A line for a reader of a default store that does not exist here (started from another
+    folder than the one it trained in): without it, every cell reads "not started"."""
+    from rkrepro.paths import resolve_tracking_uri, sqlite_path
+    from rkrepro.tracking.store import store_exists
+
+    if tracking_uri:
+        return None
+    uri = resolve_tracking_uri(None)
+    if store_exists(uri):
+        return None
+    path = sqlite_path(uri)
+    return (
+        f"note: no MLflow store at {path} (the default store of this folder): nothing has run "
+        "here. Run rkrepro in the folder you trained in, or point RKREPRO_RUNS_DIR or "
+        "--tracking-uri at its store."
+    )

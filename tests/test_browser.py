@@ -114,7 +114,9 @@ def test_html_report_in_chromium(tmp_path, tmp_path_factory):
     for verdict in ("within", "worse", "better", "running", "missing"):
         assert f"v-{verdict}" in dom.td_classes, verdict
     run_links = [link for link in dom.links if link.startswith("http://127.0.0.1:5123/")]
-    assert "http://127.0.0.1:5123/#/experiments/7/runs/" + RECORDS[0].run_id in run_links
+    # Each opens its run in the MLflow UI's model-training view.
+    expected = f"#/experiments/7/runs/{RECORDS[0].run_id}?workflowType=machine_learning"
+    assert "http://127.0.0.1:5123/" + expected in run_links
     assert len(run_links) == len(RECORDS)
     # The claims: Table 4's holds on the paper; on these runs ResNet-20's variant is 1.05 pp
     # worse, ResNet-32..56 are not run yet -> undecided.

@@ -71,3 +71,41 @@ def test_dry_run_says_missing_data_would_stop_the_run_and_lists_seeds(tmp_path):
     assert "seeds=[0]" in result.output
     runs = tmp_path / "runs"
     assert not (runs / "mlflow.db").exists() and not (runs / "checkpoints").exists()
+
+
+def _closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on: a source that refuses, as offline."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    "launcher", [[], ["--cpu-jobs", "2"], ["--launcher", "torchrun", "--nproc-per-node", "2"]]
+)
+def test_missing_data_whose_source_does_not_answer_stops_before_the_store(
+    tmp_path, monkeypatch, launcher
+):
+    """Downloads allowed (RKREPRO_DOWNLOAD unset) but the source unreachable: one line within
+    seconds, in every launcher, and no mlflow.db, no checkpoint lock, no job started."""
+    import time
+
+    env = {k: v for k, v in _workspace(tmp_path).items() if k != "RKREPRO_DOWNLOAD"}
+    shutil.rmtree(tmp_path / "data")
+    cifar = data_check.CIFAR["cifar10"]
+    url = f"http://127.0.0.1:{_closed_port()}/cifar-10-python.tar.gz"
+    monkeypatch.setitem(data_check.CIFAR, "cifar10", data_check.CifarFiles(
+        cifar.base_folder, url, cifar.files
+    ))  # fmt: skip
+    monkeypatch.delenv("RKREPRO_DOWNLOAD", raising=False)
+    started = time.monotonic()
+    result = _invoke(env, *RUN, "--device", "cpu", *launcher)
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 2, result.output
+    error = result.stderr.strip()
+    assert error.startswith("Error: ") and "\n" not in error, result.output
+    assert "cannot be downloaded: cannot reach 127.0.0.1 (Connection refused)" in error
+    assert not (tmp_path / "runs").exists()  # no mlflow.db, no checkpoint lock, no job log

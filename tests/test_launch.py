@@ -277,11 +277,11 @@ def test_ddp_two_processes_match_one_process(
         assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3]
         for (_, x), (_, y) in zip(a, b, strict=True):
             assert y == pytest.approx(x, rel=DDP_RTOL, abs=1e-6), name
-    # Rank 0's checkpoint is the plain model's state, equal to the single process's weights.
+    # Rank 0's final weights are the plain model's state, equal to the single process's.
     config_hash = one.data.tags[mlflow_keys.TAG_CONFIG_HASH]
     assert ddp.data.tags[mlflow_keys.TAG_CONFIG_HASH] == config_hash
-    w1 = torch.load(single / "checkpoints" / config_hash / "last.pt", weights_only=False)
-    w2 = torch.load(ws.runs / "checkpoints" / config_hash / "last.pt", weights_only=False)
+    w1 = torch.load(single / "checkpoints" / config_hash / "final.pt", weights_only=True)
+    w2 = torch.load(ws.runs / "checkpoints" / config_hash / "final.pt", weights_only=True)
     assert w1["model"].keys() == w2["model"].keys()
     assert not any(k.startswith("module.") for k in w2["model"])
     for key in w1["model"]:

@@ -88,11 +88,11 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 # flows down: the CLI launches, the launchers train plans, training reads the paper, the models,
 # the data and the store; nothing below knows what is above it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "textsafe", "spec", "paths", "safe_write"),
+    ("errors", "textsafe", "spec", "paths", "safe_write", "screen", "processes"),
     ("paper", "models", "data"),
     ("tracking",),
     ("planning",),
-    ("training", "status", "params", "ui"),
+    ("training", "liveness", "status", "params", "ui"),
     ("report", "listing", "calibration", "estimate", "campaign"),
     ("launch",),
     ("cli", "__main__"),

@@ -160,3 +160,93 @@ def test_write_plots_writes_pngs(plt, tables, tmp_path):
     names = sorted(p.name for p in paths)
     assert names == ["table4_params_vs_error.png", "table4_resnet-20_curves.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+# --------------------------------------------------------------------------------------------
+# What a person can read: nothing overlaps, nothing is cut, nothing is mislabelled.
+
+
+def _boxes(figure):
+    renderer = figure.canvas.get_renderer()
+    from matplotlib.text import Text
+
+    out = []
+    for label in figure.axes[0].texts:
+        if label.get_text() and hasattr(label, "update_positions"):  # the point labels
+            label.update_positions(renderer)
+            out.append((label.get_text(), Text.get_window_extent(label, renderer)))
+    return out
+
+
+@pytest.mark.parametrize("table_id", ["table1", "table2", "table3", "table4"])
+def test_point_labels_never_overlap_and_stay_inside_the_axes(plt, tables, table_id):
+    """Table 1's dense cluster (DenseNet-BC k=24/40 at 6-30M and 3.5-3.8 %) included."""
+    report = reporting.build_report([tables[table_id]], [], counter=_counter(tables))
+    figure = params_figure(plt, report, report.tables[0])
+    inside = figure.axes[0].get_window_extent(figure.canvas.get_renderer())
+    boxes = _boxes(figure)
+    assert len(boxes) >= 9
+    for index, (text, box) in enumerate(boxes):
+        if text.startswith("no reproduced runs"):
+            continue
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1, text
+        for other, box2 in boxes[index + 1 :]:
+            assert not box.overlaps(box2), f"{text!r} overlaps {other!r}"
+
+
+def test_a_saved_plot_holds_its_whole_title_and_legend(plt, tables, tmp_path):
+    """Nothing drawn outside the axes (the curves' legend below, the rows' legend on the right,
+    the title) is cut off in the PNG, even for a row of six models with shortened runs; and the
+    curves keep most of the width (the legend does not eat half of it)."""
+    from PIL import Image
+
+    short = mlflow_keys.PROTOCOL_SHORTENED
+    cells = [c for c in paper.all_cells(tables, "table4") if c.row == "resnet-56"]
+    records = []
+    for seed, cell in enumerate(cells):
+        records.append(_run("resnet-56", cell.model, cell.share, seed, [30.0, 9.0]))
+        records.append(_run("resnet-56", cell.model, cell.share, seed, [40.0, 20.0], short,
+                            epochs=2, train_subset=256))  # fmt: skip
+    report = _report(tables, records, include_shortened=True)
+    history = {r.run_id: [(1, 40.0), (2, r.metrics["final_test_error"])] for r in records}
+    row = paper.find_row(tables["table4"], "resnet-56")
+    for path in reporting.write_plots(report, tmp_path, history=history.__getitem__):
+        if "curves" in path.name:
+            figure = curves_figure(plt, report.tables[0], row, history.__getitem__)
+        else:
+            figure = params_figure(plt, report, report.tables[0])
+        renderer = figure.canvas.get_renderer()
+        drawn = figure.get_tightbbox(renderer)
+        width, height = Image.open(path).size
+        assert width >= drawn.width * 120 - 2 and height >= drawn.height * 120 - 2, path.name
+        if "curves" in path.name:
+            axes = figure.axes[0].get_window_extent(renderer)
+            assert axes.width >= 0.75 * drawn.width * figure.dpi, "the legend takes the width"
+
+
+def test_the_papers_line_is_the_papers_and_each_shortened_size_is_its_own_curve(plt, tables):
+    """A cell with only shortened runs still gets the paper's line, labelled with the cell (the
+    paper never trained shortened); a 2-epoch and a 3-epoch run are two curves, not one mean."""
+    short = [
+        _run("resnet-20", V, False, 0, [30.0, 25.0], protocol=mlflow_keys.PROTOCOL_SHORTENED,
+             epochs=2, train_subset=512),
+        _run("resnet-20", V, False, 1, [30.0, 26.0, 24.0], protocol=mlflow_keys.PROTOCOL_SHORTENED,
+             epochs=3),
+    ]  # fmt: skip
+    report = _report(tables, short, include_shortened=True)
+    history = {r.run_id: list(enumerate([30.0, r.metrics["final_test_error"]], 1)) for r in short}
+    row = paper.find_row(tables["table4"], "resnet-20")
+    figure = curves_figure(plt, report.tables[0], row, history.__getitem__)
+    labels = [line.get_label() for line in figure.axes[0].lines]
+    assert "paper: 1×3_1×2_1×2 7.60" in labels
+    assert not any("paper:" in label and "shortened" in label for label in labels)
+    assert "1×3_1×2_1×2 [shortened: 2 epochs, 512 images] (n=1)" in labels
+    assert "1×3_1×2_1×2 [shortened: 3 epochs] (n=1)" in labels
+    styles = {line.get_label(): line.get_linestyle() for line in figure.axes[0].lines}
+    assert (
+        styles["1×3_1×2_1×2 [shortened: 3 epochs] (n=1)"]
+        != styles["1×3_1×2_1×2 [shortened: 2 epochs, 512 images] (n=1)"]
+    )
+    legend = figure.axes[0].get_legend().get_window_extent(figure.canvas.get_renderer())
+    axes = figure.axes[0].get_window_extent(figure.canvas.get_renderer())
+    assert legend.y1 <= axes.y0  # below the axes: it covers no curve

@@ -22,7 +22,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from rkrepro import paper
 from rkrepro.cli.app import app
+from rkrepro.models import build_model
 from rkrepro.tracking import keys as mlflow_keys
 
 REPO = Path(__file__).resolve().parent.parent
@@ -176,8 +178,15 @@ def test_run_trains_every_cell_and_records_it(ws: Workspace) -> None:
     artifacts = {a.path for a in ws.client().list_artifacts(run.info.run_id)}
     assert {"config.yaml", "config.json", "model_summary.txt", "metrics.csv"} <= artifacts
     assert (ws.runs / "artifacts" / "tiny" / run.info.run_id).is_dir()
+    # A finished run keeps its final weights only: the resume state is gone.
     checkpoint = ws.runs / "checkpoints" / config_hash
-    assert (checkpoint / "last.pt").exists() and (checkpoint / "prev.pt").exists()
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["final.pt", "lock"]
+    assert tags[mlflow_keys.TAG_FINAL_WEIGHTS] == str(checkpoint / "final.pt")
+    final = torch.load(checkpoint / "final.pt", weights_only=True)
+    assert final["run_id"] == run.info.run_id and final["epochs"] == 2
+    tables = paper.load_tables(ws.root / "tables")
+    (cell,) = paper.resolve_cells(tables, "tiny", "bc-k4", [VARIANT], "share")
+    build_model(cell.spec).load_state_dict(final["model"])  # the trained network, whole
     assert not (ws.root / "mlruns").exists()
 
     # Idempotent: the same command skips the finished runs.

@@ -18,7 +18,14 @@ try:  # Typer >= 0.20 carries its own copy of click
 except ImportError:  # pragma: no cover - older Typer on plain click
     from click import UsageError
 
-from rkrepro.cli.options import Precision, RowOpt, TableArg, TablesDir, TrackingUri
+from rkrepro.cli.options import (
+    Precision,
+    RowOpt,
+    ShortenedOpt,
+    TableArg,
+    TablesDir,
+    TrackingUri,
+)
 from rkrepro.errors import RkreproError
 
 
@@ -95,20 +102,23 @@ def _console():
 def list_command(
     table: TableArg = None,
     format: Annotated[ListFormat, typer.Option("--format", "-f")] = ListFormat.rich,
+    include_shortened: ShortenedOpt = False,
     tables_dir: TablesDir = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Every table, row and model of the paper with its reported numbers and status."""
-    from rkrepro import listing, paper
+    from rkrepro import listing, paper, screen
 
     tables = paper.load_tables(tables_dir)
     cells = paper.all_cells(tables, table)
-    statuses, hidden = listing.statuses_and_hidden(tracking_uri, cells)
+    statuses, hidden = listing.statuses_and_hidden(tracking_uri, cells, include_shortened)
     if format is ListFormat.json:
         records = [listing.cell_record(c, statuses, hidden) for c in cells]
         typer.echo(json.dumps(records, indent=2))
         return
-    _console().print(listing.cells_table(tables, cells, statuses, hidden))
+    console = _console()
+    for rich_table in listing.cells_tables(tables, cells, statuses, hidden):
+        screen.show(console, rich_table, wrap={listing.STATUS_COLUMN})
 
 
 @app.command("show")
@@ -118,13 +128,13 @@ def show_command(
     tables_dir: TablesDir = None,
 ) -> None:
     """A row's models with their period structure (s, r, channels per period) and readings."""
-    from rkrepro import listing, paper
+    from rkrepro import listing, paper, screen
 
     tables = paper.load_tables(tables_dir)
     found = paper.find_table(tables, table)
     found_row = paper.find_row(found, row)
     console = _console()
-    console.print(listing.row_structure(found, found_row))
+    console.print(screen.first_fitting(console, listing.row_structures(found, found_row)))
     console.print(listing.row_readings(found, found_row))
 
 
@@ -137,7 +147,7 @@ def params_command(
     tables_dir: TablesDir = None,
 ) -> None:
     """Parameter counts of every model against the paper's printed values, and FLOPs."""
-    from rkrepro import paper, params
+    from rkrepro import paper, params, screen
 
     cells = paper.select_cells(paper.load_tables(tables_dir), table, row)
     records = params.param_records(cells, with_flops=flops)
@@ -146,7 +156,10 @@ def params_command(
     elif format is ParamsFormat.markdown:
         typer.echo(params.to_markdown(records))
     else:
-        _console().print(params.to_rich(records))
+        console = _console()
+        for table_id in dict.fromkeys(r["table"] for r in records):
+            chosen = [r for r in records if r["table"] == table_id]
+            console.print(screen.first_fitting(console, params.rich_layouts(chosen)))
     if any(r["match"] is False for r in records):
         raise typer.Exit(1)
 
@@ -220,8 +233,12 @@ def plan_command(
         }
         typer.echo(json.dumps(payload, indent=2))
         return
+    from rkrepro import screen
+
     console = _console()
-    console.print(cost.to_rich(estimates, chosen, recorded))
+    for table_id in dict.fromkeys(e.cell.table for e in estimates):
+        subset = [e for e in estimates if e.cell.table == table_id]
+        screen.show(console, cost.to_rich(subset, chosen, recorded))
     if chosen.note:
         console.print(chosen.note, highlight=False, markup=False)
 

@@ -50,3 +50,10 @@ Precision = Annotated[
         "or tf32, which give other numbers and so are other runs.",
     ),
 ]
+ShortenedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--include-shortened",
+        help="Also show shortened-protocol runs, marked \\[shortened] and never judged.",
+    ),
+]

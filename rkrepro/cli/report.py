@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rkrepro.cli.options import TableArg, TablesDir, TrackingUri
+from rkrepro.cli.options import ShortenedOpt, TableArg, TablesDir, TrackingUri
 from rkrepro.errors import RkreproError
 
 
@@ -42,14 +42,6 @@ SUFFIX_FORMATS = {
     ".html": ReportFormat.html,
     ".htm": ReportFormat.html,
 }
-
-ShortenedOpt = Annotated[
-    bool,
-    typer.Option(
-        "--include-shortened",
-        help="Also show shortened-protocol runs, marked \\[shortened] and never judged.",
-    ),
-]
 
 
 def ui_command(
@@ -125,7 +117,12 @@ def report_command(
         ),
     ] = None,
     check: Annotated[
-        bool, typer.Option("--check", help="Exit 1 if a reproduced error is worse than tolerance.")
+        bool,
+        typer.Option(
+            "--check",
+            help="Exit 1 if a reproduced error is worse than tolerance, 3 if no cell has a "
+            "reproduced number to judge.",
+        ),
     ] = False,
     best: Annotated[
         bool,
@@ -199,6 +196,7 @@ def report_command(
         readings=readings.parse_overrides(reading or []),
         compare=readings.parse_overrides(compare or [], "--compare") or None,
     )
+    _note_stale_runs(tracking_uri, result)
     images: list[Path] = []
     if plots is not None:
         try:
@@ -225,12 +223,64 @@ def report_command(
         extra["ui_url"] = _checked_url(ui_url)
     _write(chosen, out, result, images=images, **extra)
     if check:
-        worse = result.worse()
-        if worse:
-            keys = ", ".join(r.cell.key for r in worse)
-            typer.echo(f"Check failed: {len(worse)} cell(s) worse than tolerance: {keys}", err=True)
-            raise typer.Exit(1)
-        typer.echo("Check passed: no reproduced error is worse than tolerance.", err=True)
+        _check(result)
+
+
+# ``report --check``'s exit codes besides 0 (passed): a cell worse than tolerance, nothing judged.
+CHECK_WORSE = 1
+CHECK_NOTHING_JUDGED = 3
+
+
+def _check(result) -> None:
+    """Pass only when something was judged and nothing judged is worse than tolerance."""
+    worse = result.worse()
+    if worse:
+        keys = ", ".join(r.cell.key for r in worse)
+        typer.echo(f"Check failed: {len(worse)} cell(s) worse than tolerance: {keys}", err=True)
+        raise typer.Exit(CHECK_WORSE)
+    results = [r for t in result.tables for r in t.results]
+    judged = result.judged()
+    if not judged:
+        typer.echo(
+            f"Check judged nothing: none of the {len(results)} cells has a reproduced number "
+            f"(paper-protocol runs that finished) to judge; exit {CHECK_NOTHING_JUDGED}",
+            err=True,
+        )
+        raise typer.Exit(CHECK_NOTHING_JUDGED)
+    typer.echo(
+        f"Check passed: {len(judged)} of {len(results)} cells judged, none worse than "
+        f"tolerance ({len(results) - len(judged)} not judged: no finished run, or no printed "
+        "number).",
+        err=True,
+    )
+
+
+def _note_stale_runs(tracking_uri: str | None, result) -> None:
+    """A run left RUNNING by a process that is gone shows as "running" in a report; say so, on
+    stderr (stdout may be the report itself)."""
+    from rkrepro import liveness
+    from rkrepro.tracking.reader import fetch_progress
+
+    running = [
+        run
+        for table in result.tables
+        for cell in table.results
+        for reproduced in (cell.paper, cell.shortened)
+        if reproduced is not None
+        for run in reproduced.runs
+        if run.status == "RUNNING"
+    ]
+    if not running:
+        return
+    health = liveness.assess(running, fetch_progress(tracking_uri, [r.run_id for r in running]))
+    stale = [run_id for run_id, judged in health.items() if judged.stale]
+    if stale:
+        typer.echo(
+            f"note: {len(stale)} run{'s' * (len(stale) != 1)} shown as running "
+            f"{'are' if len(stale) != 1 else 'is'} {liveness.STALE_WORD}; `rkrepro status` "
+            "says how to resume them",
+            err=True,
+        )
 
 
 def _inline_plots(result, tracking_uri: str | None) -> list[Path]:
@@ -259,7 +309,7 @@ def _checked_url(url: str | None) -> str | None:
     return without_credentials(url)[0]
 
 
-# How each --out format begins (rich text has no mark): what "a file rkrepro made" means.
+# How each --out format begins: what "a file rkrepro made" means.
 _REPORT_MARKS = ("# rkrepro report", "% rkrepro report", "<!DOCTYPE html>")
 
 
@@ -272,7 +322,9 @@ def _made_by_rkrepro(path: Path) -> bool:
             head = handle.read(4096).decode("utf-8", "replace")
     except OSError:
         return False
-    if head.startswith(_REPORT_MARKS[:2]):
+    from rkrepro.report.render.terminal import FILE_MARK
+
+    if head.startswith((*_REPORT_MARKS[:2], FILE_MARK + "\n")):
         return True
     if head.startswith(_REPORT_MARKS[2]):
         return "<title>rkrepro report</title>" in head
@@ -353,12 +405,13 @@ def status_command(
     tracking_uri: TrackingUri = None,
     tables_dir: TablesDir = None,
 ) -> None:
-    """Which cells are done, running, failed or not started, with their MLflow run ids, then
+    """Which cells are done, running, failed or not started, with their MLflow run ids; for each
+    running run its epoch, speed and ETA, or that its process is gone and how to resume it; then
     the campaign's progress per table and for the paper (hours spent and left)."""
-    from rkrepro import paper, status
+    from rkrepro import liveness, paper, screen, status
     from rkrepro.campaign import progress
     from rkrepro.tracking import keys as mlflow_keys
-    from rkrepro.tracking.reader import fetch_runs
+    from rkrepro.tracking.reader import fetch_progress, fetch_runs
 
     tables = paper.load_tables(tables_dir)
     cells = paper.all_cells(tables, table)
@@ -379,13 +432,41 @@ def status_command(
     if include_shortened:
         protocols.append(mlflow_keys.PROTOCOL_SHORTENED)
     statuses = status.cell_statuses(records, cells, protocols)
+    shown = [r for s in statuses.values() for r in s.runs]
+    running = fetch_progress(tracking_uri, [r.run_id for r in shown if r.status == "RUNNING"])
+    health = liveness.assess(shown, running)
+    note = status.store_note(tracking_uri)
+    if note:
+        typer.echo(note, err=True)
     if format is StatusFormat.json:
-        typer.echo(json.dumps(status.status_records(statuses), indent=2))
+        typer.echo(json.dumps(status.status_records(statuses, health), indent=2))
         return
     from rich.console import Console
 
     console = Console()
     hidden = {} if include_shortened else status.hidden_runs(records)
-    for renderable in status.status_tables(statuses, cells, hidden):
-        console.print(renderable)
+    wrap = {status.STATE_COLUMN, status.RUNS_COLUMN}
+    for table_id in table_ids:
+        layouts = status.status_layouts(table_id, statuses, cells, hidden, health)
+        console.print(screen.first_fitting(console, layouts, wrap))
+    stale = status.stale_runs(statuses, health)
+    if stale:
+        by_key = {cell.key: cell for cell in cells}
+        console.print(
+            f"{len(stale)} run{'s' * (len(stale) != 1)} {liveness.STALE_WORD}: nothing has "
+            "written to it for a while, or its process is gone; resume with:",
+            style="bold yellow",
+            markup=False,
+            highlight=False,
+        )
+        for run in stale:
+            cell = by_key[paper.cell_key(*run.cell_id)]
+            command = liveness.resume_command(
+                run,
+                cell,
+                running.get(run.run_id),
+                tracking_uri=tracking_uri if tracking_uri and "@" not in tracking_uri else None,
+                tables_dir=str(tables_dir) if tables_dir else None,
+            )
+            console.print("  " + command, markup=False, highlight=False, soft_wrap=True)
     console.print(progress.load_progress(tracking_uri, cells, gpu, records))

@@ -1,6 +1,8 @@
 """Is the data there? A torch-free check that ``rkrepro run`` makes before it opens the run
-store, so a missing or corrupt CIFAR copy stops in a fraction of a second with one line, and
-leaves no ``mlflow.db`` or checkpoint lock behind; ``--dry-run`` reports it.
+store, so a missing or corrupt CIFAR copy stops with one line and leaves no ``mlflow.db`` or
+checkpoint lock behind; ``--dry-run`` reports it. A missing copy that may be downloaded is
+downloaded only if its source answers (one connection, :data:`PROBE_TIMEOUT_S` at most): offline,
+the run stops at once instead of after the download's retries.
 
 The file names and md5 sums are torchvision's (``torchvision.datasets.CIFAR10/100``), kept here
 so the check needs neither torch nor torchvision; ``tests/test_data_check.py`` compares them.
@@ -10,11 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 VERIFY_ENV = "RKREPRO_VERIFY_CHECKSUMS"
 DOWNLOAD_ENV = "RKREPRO_DOWNLOAD"
+PROBE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -59,13 +64,15 @@ def env_flag(name: str, default: bool = True) -> bool:
 class DataState:
     dataset: str
     folder: Path
-    state: str  # "ok", "missing" (will download), "missing-offline", "corrupt"
+    # "ok", "missing" (will download), "missing-offline" (downloads off), "unreachable" (its
+    # source does not answer), "corrupt"
+    state: str
     message: str = ""
 
     @property
     def stops(self) -> bool:
         """Whether a run would stop on it."""
-        return self.state in ("missing-offline", "corrupt")
+        return self.state in ("missing-offline", "unreachable", "corrupt")
 
 
 def _md5(path: Path) -> str:
@@ -85,6 +92,17 @@ def check_cifar(dataset: str, root: Path | str) -> DataState:
     missing = [name for name, _ in spec.files if not (folder / name).is_file()]
     if missing:
         if env_flag(DOWNLOAD_ENV):
+            unreachable = probe(spec.url)
+            if unreachable:
+                return DataState(
+                    dataset,
+                    folder,
+                    "unreachable",
+                    f"{dataset} data is missing: expected {folder} (no {missing[0]}), and it "
+                    f"cannot be downloaded: {unreachable}; put the extracted "
+                    f"'{spec.base_folder}' folder of {spec.url} there (or set --data-dir / "
+                    f"RKREPRO_DATA_DIR; {DOWNLOAD_ENV}=0 never tries a download)",
+                )
             return DataState(dataset, folder, "missing", f"{dataset} is not at {folder}: {source}")
         return DataState(
             dataset,
@@ -112,6 +130,20 @@ def check_cifar(dataset: str, root: Path | str) -> DataState:
                     f"{VERIFY_ENV}=0, else delete the folder to download it again",
                 )
     return DataState(dataset, folder, "ok")
+
+
+def probe(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why ``url``'s server cannot be reached (``cannot reach HOST: REASON``), or None when it
+    accepts a connection: one try, ``timeout`` seconds at most."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        return f"cannot reach {host} ({reason})"
+    return None
 
 
 def check(datasets: list[str], root: Path | str) -> list[DataState]:

@@ -15,18 +15,36 @@ if TYPE_CHECKING:
     from rkrepro.campaign.order import Ranking
     from rkrepro.estimate.cost import Estimate
     from rkrepro.estimate.target import Target
+    from rkrepro.paper import Cell
     from rkrepro.planning.plan import Plan
     from rkrepro.training.ledger import Ledger
 
-COLUMNS = (
-    "cell",
-    "model",
-    "params (paper count)",
-    "seeds",
-    "status",
-    "hours (est.)",
-    "peak GB (est.)",
-)
+
+def _print_table(console, rows: list[tuple[str, ...]], cells: list[Cell]) -> None:
+    """The plans as a table that fits the terminal: the row id above its models where the
+    terminal is narrow; only the status wraps."""
+    from rich.table import Table
+
+    from rkrepro import screen
+
+    table = Table(title="rkrepro run --dry-run", header_style="bold", title_justify="left")
+    for name in TABLE_COLUMNS:
+        table.add_column(name, justify="right" if name in ("hours", "peak GB") else "left")
+    previous = None
+    for cell, (_, _, params, seeds, status_text, hours, peak) in zip(cells, rows, strict=True):
+        if previous is not None and cell.row != previous:
+            table.add_section()
+        model = cell.printed_model + (" share" if cell.share else "")
+        row = rich_text(f"{cell.table}/{cell.row}" if cell.row != previous else "")
+        params = params.removesuffix("M")  # millions: the header says so
+        # The status holds the store's and the checkpoint's words: text, never markup.
+        table.add_row(row, rich_text(model), params, seeds, rich_text(status_text), hours, peak)
+        previous = cell.row
+    screen.show(console, table, wrap={"status"})
+
+
+# The table on a terminal (a pipe gets one ``key=value`` line per cell instead).
+TABLE_COLUMNS = ("row", "model", "params (M)", "seeds", "status", "hours", "peak GB")
 
 
 def seeds_text(seeds: list[int]) -> str:
@@ -97,7 +115,7 @@ def show(
                 f"data: {state.message}; the run would stop here, before training",
                 style="red",
                 highlight=False,
-                soft_wrap=True,
+                soft_wrap=not console.is_terminal,  # a pipe: one line each
                 markup=False,
             )
         elif state.state == "missing":
@@ -119,7 +137,7 @@ def show(
         statuses = [ledger.status(p) for p in cell_plans]
         states.update({id(p): s.state for p, s in zip(cell_plans, statuses, strict=True)})
         words = [s.state + (f" ({s.detail})" if s.detail else "") for s in statuses]
-        if len(statuses) == 1:
+        if len(set(words)) == 1:  # every seed alike: said once (the seeds are their column)
             status_text = words[0]
         else:
             status_text = "; ".join(
@@ -144,14 +162,7 @@ def show(
             )
         )
     if console.is_terminal:
-        from rich.table import Table
-
-        table = Table(title="rkrepro run --dry-run", header_style="bold")
-        for name in COLUMNS:
-            table.add_column(name)
-        for row in rows:  # the status holds the store's and the checkpoint's words: as text
-            table.add_row(*(rich_text(value) for value in row))
-        console.print(table)
+        _print_table(console, rows, [plans_[0].cell for plans_ in by_cell.values()])
     else:
         for key, model, params, seeds, status_text, hours, peak in rows:
             console.print(
@@ -176,7 +187,7 @@ def show(
         f"(fast path: {first.fast_path}); tracking: {shown_uri(ledger.uri)}; nothing trained "
         "(dry run)",
         highlight=False,
-        soft_wrap=True,
+        soft_wrap=not console.is_terminal,  # a pipe: one line each
         markup=False,
     )
     wirings = sorted({p.readings["resnet_stages"] for p in plans if "resnet_stages" in p.readings})
@@ -186,7 +197,7 @@ def show(
         + ", ".join(f"{k}={v}" for k, v in others.items())
         + (f", resnet_stages={'/'.join(wirings)} (multi-stage cells)" if wirings else ""),
         highlight=False,
-        soft_wrap=True,
+        soft_wrap=not console.is_terminal,  # a pipe: one line each
     )
     line = f"estimate: {cost.format_hours(gpu_hours)} {target.unit}-hours still to train"
     if parallel:
@@ -196,7 +207,7 @@ def show(
         f"{line} on {target.label}; {sources}; peak memory per GPU at the full batch "
         "(see `rkrepro plan`)" + (f"; {target.note}" if target.note else ""),
         highlight=False,
-        soft_wrap=True,
+        soft_wrap=not console.is_terminal,  # a pipe: one line each
         markup=False,
     )
     if order is not None:

@@ -68,6 +68,8 @@ def execute(
 
     # Before the store is opened: a run that cannot read its data leaves nothing behind.
     data_states = data_check.check([p.protocol.dataset for p in plans], options.data_dir)
+    if not dry_run and launch.launcher != "slurm":  # a SLURM node may see other paths
+        ready_data(data_states, options.data_dir, console)
     ledger = Ledger(options.tracking_uri, options.force, console)
     ranking = estimates = None
     if order == "claims":
@@ -88,11 +90,6 @@ def execute(
             estimates=estimates,
         )
         return 0
-    stopping = [state for state in data_states if state.stops]
-    if stopping and launch.launcher != "slurm":  # a SLURM node may see other paths
-        from rkrepro.errors import DataError
-
-        raise DataError(stopping[0].message)
     warn_cpu_protocol(plans, device_type, console)
     if campaign or ranking is not None:
         from rkrepro.launch.dry_run import campaign_summary
@@ -133,6 +130,22 @@ def _claims_order(ledger: Ledger, plans: list[Plan], target: Target, tables: dic
     return summary.order_plans(plans, ranking), ranking, estimates
 
 
+def ready_data(states, data_dir, console: Console, download: bool = True) -> None:
+    """Before any store or lock: stop (one line) on data a run cannot read or download, and
+    with ``download``, download what is missing now, once, rather than in each job."""
+    from rkrepro.errors import DataError
+
+    stopping = [state for state in states if state.stops]
+    if stopping:
+        raise DataError(stopping[0].message)
+    for state in states if download else ():
+        if state.state == "missing":
+            from rkrepro.data import cifar
+
+            console.print(f"{state.message}: downloading it now", highlight=False, markup=False)
+            cifar.load_cifar(state.dataset, data_dir)
+
+
 def warn_cpu_protocol(plans: list[Plan], device_type: str, console: Console) -> None:
     """Before a paper-protocol run on the CPU: it takes days to weeks per cell there."""
     full = [p for p in plans if not p.shortened]
@@ -147,7 +160,7 @@ def warn_cpu_protocol(plans: list[Plan], device_type: str, console: Console) -> 
         style="yellow",
         highlight=False,
         markup=False,
-        soft_wrap=True,
+        soft_wrap=not console.is_terminal,  # a terminal wraps it between words
     )
 
 
@@ -156,9 +169,15 @@ def _train_in_group(
 ) -> int:
     """Inside torchrun: this process joins the group and trains every plan with the others;
     rank 0 alone speaks."""
+    from rkrepro.data import check as data_check
     from rkrepro.training import distributed
     from rkrepro.training.session import Session
 
+    datasets = list(dict.fromkeys(cell.protocol.dataset for cell in cells))
+    # Each process only checks: the command that started the group has downloaded what was
+    # missing (several processes downloading into one folder would race).
+    states = data_check.check(datasets, options.data_dir)
+    ready_data(states, options.data_dir, console, download=False)
     world = distributed.join(options.device)
     try:
         plans = make_plans(cells, seeds, options, world.device.type, world.size)

@@ -181,11 +181,26 @@ class Plan:
 
     @property
     def run_name(self) -> str:
-        """Short enough for the MLflow runs list (``1x8_1x2_1x2+share s0``); the row, model and
-        seed are tags too, so the list can be filtered and grouped by them."""
-        model = self.cell.model.removeprefix("RKNet-")
-        short = " short" if self.shortened else ""
-        return f"{model}{'+share' if self.cell.share else ''} s{self.seed}{short}"
+        """What the MLflow runs list shows of this run: its row, model and seed, and each choice
+        that makes it another run than the paper-protocol fp32 one (``densenet-bc-k12
+        1x8_1x2_1x2+share s0``, ``resnet-56 3x3_4x2_4x2 s1 euler bf16 2ep 512img``): two runs of
+        a table's experiment never look alike. Row, model and seed are tags too, for filtering."""
+        model = self.cell.model.removeprefix("RKNet-") + ("+share" if self.cell.share else "")
+        parts = [self.cell.row, model, f"s{self.seed}"]
+        parts += readings_mod.identity(self.cell.reading, self.cell.spec).values()
+        if self.precision != mlflow_keys.PRECISION_FP32:
+            parts.append(self.precision)
+        if self.protocol.epochs != self.cell.protocol.epochs:
+            parts.append(f"{self.protocol.epochs}ep")
+        if self.train_subset is not None:
+            parts.append(f"{self.train_subset}img")
+        if self.options.memory_efficient:
+            parts.append("mem-eff")
+        if self.options.sync_bn:
+            parts.append("sync-bn")
+        if self.gpu_decode:
+            parts.append("gpu-decode")
+        return " ".join(str(part) for part in parts)
 
     def dataset_info(self) -> dict[str, Any]:
         """Name, source and size of the training data, for MLflow's dataset input."""

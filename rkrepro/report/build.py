@@ -214,6 +214,11 @@ class Report:
         """Paper-protocol cells outside tolerance on the bad side: what ``--check`` fails on."""
         return [r for t in self.tables for r in t.results if r.verdict == WORSE]
 
+    def judged(self) -> list[CellResult]:
+        """Cells with a reproduced number compared with a printed one (within, better, worse):
+        a check that judged none of them has checked nothing."""
+        return [r for t in self.tables for r in t.results if r.verdict in (WITHIN, BETTER, WORSE)]
+
 
 # --------------------------------------------------------------------------------------------
 # Building.

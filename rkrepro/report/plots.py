@@ -15,7 +15,6 @@ from rkrepro.safe_write import write_atomic
 from rkrepro.status import (
     ACTIVE,
 )
-from rkrepro.tracking import keys as mlflow_keys
 from rkrepro.tracking import reader, reports
 
 if TYPE_CHECKING:
@@ -79,8 +78,15 @@ def point_label(cell: Cell) -> str:
 
 def _save(figure, path: Path) -> None:
     """The PNG written whole under a new name, then renamed: a link planted at ``path`` is
-    replaced, never written through."""
-    write_atomic(path, lambda stream: figure.savefig(stream, format="png", dpi=120), sync=False)
+    replaced, never written through. Cropped to what was drawn (``bbox_inches="tight"``), so
+    no title, label or legend outside the axes is ever cut off."""
+    write_atomic(
+        path,
+        lambda stream: figure.savefig(
+            stream, format="png", dpi=120, bbox_inches="tight", pad_inches=0.15
+        ),
+        sync=False,
+    )
 
 
 def _plot_params(plt, report: Report, table_report: TableReport, out_dir: Path) -> Path:
@@ -98,12 +104,13 @@ def params_figure(plt, report: Report, table_report: TableReport):
     from matplotlib.ticker import FuncFormatter
 
     table = table_report.table
-    figure, axes = plt.subplots(figsize=(9, 6))
+    figure, axes = plt.subplots(figsize=(11, 7))
     colors = plt.get_cmap("tab10")
     row_color = {row.id: colors(i % 10) for i, row in enumerate(table.rows)}
     reproduced_any = starred = False
     originals = {r.cell.row: r for r in table_report.results if r.cell.model == "original"}
     labels: list[tuple[float, float, str, object]] = []
+    lines: list[tuple[tuple[float, float], tuple[float, float]]] = []  # links and error bars
     for result in table_report.results:
         cell, kind = result.cell, _kind(result.cell)
         color, marker = row_color[cell.row], _KIND_MARKER[kind]
@@ -118,10 +125,15 @@ def params_figure(plt, report: Report, table_report: TableReport):
                 axes.scatter([x], [y], marker="*", color=[color], s=22, zorder=4)
             labels.append((x, y, point_label(cell), color))
             if stat is not None:
+                lines.append(((x, y), (result.params_m, stat.mean)))
                 axes.plot([x, result.params_m], [y, stat.mean], color=color, lw=0.7, ls=":",
                           zorder=1)  # fmt: skip
         if stat is not None:
             reproduced_any = True
+            spread = stat.std or 0.0
+            lines.append(
+                ((result.params_m, stat.mean - spread), (result.params_m, stat.mean + spread))
+            )
             axes.errorbar([result.params_m], [stat.mean], yerr=[stat.std or 0.0], fmt=marker,
                           color=color, ms=6, capsize=3, lw=1, zorder=3)  # fmt: skip
             text = f"n={stat.n}" + (
@@ -132,7 +144,6 @@ def params_figure(plt, report: Report, table_report: TableReport):
     axes.set_xscale("log")
     axes.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axes.xaxis.set_minor_formatter(FuncFormatter(_minor_tick))
-    _place_labels(axes, labels)
     axes.set_xlabel("parameters (M, log scale)")
     axes.set_ylabel(f"test {metric} (%), {'best' if report.best else 'final'} epoch")
     axes.set_title(f"{table.title} ({DATASET_NAMES[table.dataset]}): parameters vs error")
@@ -159,6 +170,7 @@ def params_figure(plt, report: Report, table_report: TableReport):
         )
     axes.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
+    _place_labels(axes, labels, lines)  # last: in the axes' final size, where labels must fit
     return figure
 
 
@@ -173,42 +185,42 @@ def _plot_curves(plt, table_report, row, out_dir, history) -> Path | None:
 
 
 def curves_figure(plt, table_report, row, history):
-    """Mean test error per epoch over seeds (band: min-max) for each model of the row."""
+    """Mean test error per epoch over seeds (band: min-max) for each model of the row, one
+    colour per model: solid for paper-protocol runs, dashed for each size of shortened runs
+    (never averaged together), dotted for the paper's final error. The legend sits below the
+    axes, where it covers nothing."""
     from matplotlib.ticker import MaxNLocator
 
-    figure, axes = plt.subplots(figsize=(8, 5))
+    figure, axes = plt.subplots(figsize=(9, 5.2))
+    colors = plt.get_cmap("tab10")
+    results = [r for r in table_report.results if r.cell.row == row.id]
     drawn = False
-    referenced: set[str] = set()
-    for result in table_report.results:
-        if result.cell.row != row.id:
-            continue
-        for reproduced, style in ((result.paper, "-"), (result.shortened, "--")):
-            if reproduced is None:
-                continue
-            # The runs behind the statistics, plus those still in progress.
-            shown = [*reproduced.counted, *(r for r in reproduced.runs if r.status in ACTIVE)]
-            curves = [history(run.run_id) for run in shown]
-            curves = [c for c in curves if c]
+    for index, result in enumerate(results):
+        color, cell = colors(index % 10), result.cell
+        name = point_label(cell)
+        groups = [(result.paper, "-", "")]
+        if result.shortened is not None:
+            for order, (size, runs) in enumerate(_by_size(result.shortened)):
+                style = _SHORTENED_DASHES[order % len(_SHORTENED_DASHES)]
+                groups.append((runs, style, f" [shortened: {size}]" if size else " [shortened]"))
+        shown_any = False
+        for reproduced, style, suffix in groups:
+            runs = reproduced if isinstance(reproduced, list) else _shown_runs(reproduced)
+            curves = [c for c in (history(run.run_id) for run in runs) if c]
             if not curves:
                 continue
             epochs = sorted({epoch for curve in curves for epoch, _ in curve})
             by_epoch = [[v for c in curves for e, v in c if e == epoch] for epoch in epochs]
-            label = point_label(result.cell)
-            if reproduced.protocol == mlflow_keys.PROTOCOL_SHORTENED:
-                label += " [shortened" + _shortened_text(reproduced) + "]"
             means = [statistics.fmean(vs) for vs in by_epoch]
-            line = axes.plot(epochs, means, style, lw=1.2, label=f"{label} (n={len(curves)})")
-            color = line[0].get_color()
+            axes.plot(epochs, means, ls=style, lw=1.3, color=color,
+                      label=f"{name}{suffix} (n={len(curves)})")  # fmt: skip
             if len(curves) > 1:
                 axes.fill_between(epochs, [min(v) for v in by_epoch], [max(v) for v in by_epoch],
-                                  color=color, alpha=0.15)  # fmt: skip
-            reported = result.cell.reported_error
-            if reported is not None and result.cell.key not in referenced:
-                referenced.add(result.cell.key)
-                axes.axhline(float(reported), color=color, ls=":", lw=1,
-                             label=f"paper: {label.removesuffix(' [shortened]')} "
-                             f"{_printed(reported)}")  # fmt: skip
-            drawn = True
+                                  color=color, alpha=0.13, lw=0)  # fmt: skip
+            shown_any = drawn = True
+        if shown_any and cell.reported_error is not None:
+            axes.axhline(float(cell.reported_error), color=color, ls=":", lw=1.1,
+                         label=f"paper: {name} {_printed(cell.reported_error)}")  # fmt: skip
     if not drawn:
         plt.close(figure)
         return None
@@ -217,13 +229,34 @@ def curves_figure(plt, table_report, row, history):
     axes.set_ylabel("test error (%)")
     axes.set_title(
         f"{table_report.table.title}, {_row_name(row, table_report.table)}: test error per epoch"
-        "\nline: mean over seeds, band: min-max over seeds, dotted: the paper's final error",
-        fontsize=9,
     )
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    figure.tight_layout()
+    entries = len(axes.get_legend_handles_labels()[0])
+    legend = axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12),
+                         ncol=2 if entries > 4 else 1, frameon=False,
+                         title="solid: paper protocol; dashed: shortened runs (one pattern per "
+                         "size); band: min-max over seeds; dotted: the paper's final error",
+                         title_fontsize=8)  # fmt: skip
+    legend.get_title().set_color("0.3")
     return figure
+
+
+# Line styles of shortened curves, one per size of run (solid is the paper protocol's).
+_SHORTENED_DASHES = ("--", "-.", (0, (1, 1.5)), (0, (6, 2, 1, 2, 1, 2)))
+
+
+def _shown_runs(reproduced) -> list:
+    """The runs behind the statistics, plus those still in progress."""
+    return [*reproduced.counted, *(r for r in reproduced.runs if r.status in ACTIVE)]
+
+
+def _by_size(reproduced) -> list[tuple[str, list]]:
+    """Shortened runs grouped by how short they were: a 2-epoch and a 3-epoch run are two
+    different trainings, never one mean."""
+    groups: dict[str, list] = {}
+    for run in _shown_runs(reproduced):
+        groups.setdefault(run.size_text, []).append(run)
+    return sorted(groups.items())
 
 
 def _paper_params(result, originals) -> float:
@@ -248,67 +281,79 @@ def _minor_tick(value: float, _position) -> str:
     return f"{value:g}" if text[0] in "25" and text[1:3] == ".0" else ""
 
 
-def _place_labels(axes, labels) -> None:
-    """Every point gets its label: right of the point where there is room, else moved up or
-    down (or to the left) to the nearest free slot, with a leader line. Greedy, in axes
-    fractions of the log-x axis; enough for the ~30 points of a table."""
+def _place_labels(axes, labels, lines=()) -> None:
+    """Every point gets its label, and no label covers another label, a marker or one of the
+    ``lines`` (error bars, links; pairs of data points): each is tried
+    right of its point, then left, above and below, then further out in every direction, and
+    the first free spot (measured with the text's real size) wins; a label moved away from its
+    point gets a thin leader line. Labels of the densest points are placed first."""
     if not labels:
         return
-    import math
+    from matplotlib.text import Text
 
+    figure = axes.figure
     axes.autoscale_view()
-    (x0, x1), (y0, y1) = axes.get_xlim(), axes.get_ylim()
-    lx0, lx1 = math.log10(x0), math.log10(x1)
-    char_w, line_h = 0.0082, 0.026
+    renderer = figure.canvas.get_renderer()
+    inside = axes.get_window_extent(renderer)
+    points = [tuple(axes.transData.transform((x, y))) for x, y, _, _ in labels]
+    marker = 5.0  # half a marker, in pixels
+    taken = [(px - marker, py - marker, px + marker, py + marker) for px, py in points]
+    for start, end in lines:  # a line as the boxes of its pieces
+        (ax, ay), (bx, by) = axes.transData.transform([start, end])
+        pieces = max(1, int(max(abs(bx - ax), abs(by - ay)) // 6))
+        for k in range(pieces + 1):
+            cx, cy = ax + (bx - ax) * k / pieces, ay + (by - ay) * k / pieces
+            taken.append((cx - 2, cy - 2, cx + 2, cy + 2))
 
-    def frac(x: float, y: float) -> tuple[float, float]:
-        return (math.log10(max(x, 1e-12)) - lx0) / (lx1 - lx0), (y - y0) / (y1 - y0)
+    def crowd(index: int) -> int:
+        px, py = points[index]
+        return sum(abs(px - qx) < 60 and abs(py - qy) < 30 for qx, qy in points)
 
-    placed: list[tuple[float, float, float, float]] = []
-    points = [frac(x, y) for x, y, _, _ in labels]
-
-    def free(box: tuple[float, float, float, float]) -> bool:
-        left, bottom, right, top = box
-        if left < 0 or right > 1 or bottom < 0 or top > 1:
-            return False
-        if any(left < b[2] and b[0] < right and bottom < b[3] and b[1] < top for b in placed):
-            return False
-        # Keep clear of the markers too (a marker is about a character wide).
-        return not any(left - 0.006 < px < right and bottom < py < top for px, py in points)
-
-    order = sorted(range(len(labels)), key=lambda i: (points[i][0], points[i][1]))
-    for index in order:
+    for index in sorted(range(len(labels)), key=lambda i: -crowd(i)):
         x, y, text, color = labels[index]
-        fx, fy = points[index]
-        width = char_w * len(text)
-        candidates = []
-        for step in range(0, 12):
-            for sign in (1, -1) if step else (1,):
-                dy = sign * step * line_h
-                candidates.append((fx + 0.012, fy + dy))  # right
-        candidates += [(fx - 0.012 - width, fy + dy) for dy in (0, line_h, -line_h)]  # left
-        chosen = candidates[0]
-        for cx, cy in candidates:
-            if free((cx, cy - line_h / 2, cx + width, cy + line_h / 2)):
-                chosen = (cx, cy)
+        leader = {"arrowstyle": "-", "color": color, "lw": 0.5, "alpha": 0.7, "shrinkA": 1,
+                  "shrinkB": 3}  # fmt: skip
+        label = axes.annotate(text, (x, y), xytext=(0, 0), textcoords="offset points",
+                              fontsize=6.5, color=color, va="center", ha="left",
+                              annotation_clip=False, arrowprops=leader)  # fmt: skip
+        chosen = None
+        for dx, dy, ha in _offsets():
+            label.set_position((dx, dy))
+            label.set_ha(ha)
+            label.update_positions(renderer)
+            box = Text.get_window_extent(label, renderer)  # the words, not the leader
+            edges = (box.x0 - 1, box.y0 - 1, box.x1 + 1, box.y1 + 1)
+            within = inside.x0 <= box.x0 and box.x1 <= inside.x1
+            within = within and inside.y0 <= box.y0 and box.y1 <= inside.y1
+            if within and not any(_overlap(edges, other) for other in taken):
+                chosen = (dx, dy, ha, edges)
                 break
-        cx, cy = chosen
-        placed.append((cx, cy - line_h / 2, cx + width, cy + line_h / 2))
-        moved = abs(cy - fy) > line_h * 0.6 or cx < fx
-        axes.annotate(text, (x, y), xytext=(cx, cy), textcoords="axes fraction", fontsize=6,
-                      color=color, va="center", ha="left",
-                      arrowprops={"arrowstyle": "-", "color": color, "lw": 0.4, "alpha": 0.6}
-                      if moved else None)  # fmt: skip
+        if chosen is None:  # nowhere free: right of the point, as before
+            chosen = (6, 0, "left", None)
+        dx, dy, ha, edges = chosen
+        label.set_position((dx, dy))
+        label.set_ha(ha)
+        if edges is not None:
+            taken.append(edges)
+        label.arrow_patch.set_visible(abs(dy) > 4 or abs(dx) > 12)  # a leader when moved away
+
+
+def _offsets():
+    """Label positions around a point (offset points, alignment), nearest first."""
+    for radius in (6, 10, 16, 24, 34, 46, 60, 76, 94):
+        yield radius, 0, "left"
+        yield -radius, 0, "right"
+        for dy in (radius, -radius):
+            for dx, ha in ((radius * 0.6, "left"), (-radius * 0.6, "right"), (0, "center")):
+                yield dx, dy, ha
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _printed(value) -> str:
     return f"{float(value):.{getattr(value, 'decimals', 2)}f}"
-
-
-def _shortened_text(reproduced) -> str:
-    """``: 2 epochs, 512 images`` from the runs' tags, when they were recorded."""
-    sizes = sorted({r.size_text for r in reproduced.runs if r.size_text})
-    return (": " + "; ".join(sizes)) if sizes else ""
 
 
 def log_plots(tracking_uri: str | None, report: Report, paths: Sequence[Path], name: str) -> str:

@@ -14,6 +14,18 @@ EXPERIMENT_PREFIX = "rkrepro/"
 # mlflow/assistant/skills/mlflow-onboarding. Without it the UI shows the GenAI traces view.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
+# The query parameter that makes MLflow 3's UI show an experiment in its model-training workflow
+# (the sidebar's "Model training"), whatever the browser chose before: the UI reads the workflow
+# from it, else from the browser's storage, whose default is GenAI (mlflow 3.17's UI bundle,
+# WorkflowTypeProvider).
+UI_TRAINING_VIEW = "workflowType=machine_learning"
+# The runs table's columns: MLflow 3's UI opens a *shared view* named by the URL parameter
+# ``viewStateShareKey=KEY`` from the experiment tag ``mlflow.sharedViewState.KEY`` (JSON of the
+# runs table's UI state: selected columns, sort; mlflow 3.17's UI bundle, useSharedExperimentView
+# State). rkrepro tags each experiment with one, so the runs open with the numbers that matter
+# instead of "Show more columns (70 total)".
+UI_VIEW_KEY = "rkrepro"
+TAG_UI_VIEW = "mlflow.sharedViewState." + UI_VIEW_KEY
 # The data set of a run, as an MLflow dataset input of this context.
 DATASET_CONTEXT_KEY = "mlflow.data.context"
 DATASET_CONTEXT_TRAINING = "training"
@@ -29,6 +41,7 @@ TAG_CONFIG_HASH = "rkrepro.config_hash"
 TAG_GIT_COMMIT = "rkrepro.git_commit"
 TAG_DEVICE = "rkrepro.device"
 TAG_FAILURE = "rkrepro.failure"  # reason, on FAILED runs
+TAG_FINAL_WEIGHTS = "rkrepro.final_weights"  # path of a finished run's final.pt
 TAG_TORCH = "rkrepro.torch_version"
 TAG_CUDA = "rkrepro.cuda_version"
 TAG_GIT_DIRTY = "rkrepro.git_dirty"
@@ -39,6 +52,9 @@ TAG_WORLD_SIZE = "rkrepro.world_size"  # processes of a data-parallel run; "1" o
 TAG_BATCHNORM = "rkrepro.batchnorm"  # "per-gpu" or "sync", data-parallel runs only
 TAG_SLURM_JOB = "rkrepro.slurm_job_id"  # "<array job>_<task>" under SLURM
 TAG_SLURM_RESTARTS = "rkrepro.slurm_restart_count"  # requeues after preemption / time limit
+# "HOST PID START" of the process writing the run (rkrepro.processes): status tells a RUNNING
+# run whose process is gone from one that trains.
+TAG_PROCESS = "rkrepro.process"
 # Set on a run replaced by a newer one (``--force``, or a lost checkpoint); readers skip it.
 TAG_SUPERSEDED = "rkrepro.superseded_by"
 
@@ -78,3 +94,32 @@ def experiment_name(table_id: str) -> str:
 REPORTS_EXPERIMENT = experiment_name("reports")
 REPORTS_ARTIFACTS = "reports"
 TAG_REPORT = "rkrepro.report"
+
+
+def ui_url(base_url: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's page of an experiment's runs (with rkrepro's columns), or of one run, in
+    the training view."""
+    page = f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    if run_id:
+        return f"{page}/{run_id}?{UI_TRAINING_VIEW}"
+    return f"{page}?viewStateShareKey={UI_VIEW_KEY}&{UI_TRAINING_VIEW}"
+
+
+def ui_view_state() -> str:
+    """The runs table rkrepro's experiments open with (:data:`TAG_UI_VIEW`): run names wide
+    enough to be read whole (``densenet-bc-k24-d250 1x21_1x2_1x2+share s0``: the name says the
+    cell, seed and how the run differs), its final and best test error, the latest epoch's, how
+    fast it trained and its parameter count; newest first."""
+    import json
+
+    name = "attributes.`Run Name`"
+    metrics = (M_FINAL_TEST_ERROR, M_BEST_TEST_ERROR, M_TEST_ERROR, M_IMAGES_PER_S, M_PARAMS_PAPER)
+    columns = [f"metrics.`{metric}`" for metric in metrics]
+    state = {
+        "selectedColumns": columns,
+        "columnOrder": [name],
+        "columnWidths": {name: 360},
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+    }
+    return json.dumps(state)

@@ -282,6 +282,128 @@ def _sorted(records: list[RunRecord]) -> list[RunRecord]:
     return sorted(records, key=lambda r: (r.table, r.row, r.model, r.share, r.start_time, r.run_id))
 
 
+# --------------------------------------------------------------------------------------------
+# How far a running run is: its latest per-epoch metrics, and the process writing it.
+
+PROGRESS_METRICS = (
+    mlflow_keys.M_TEST_ERROR,  # its step is the last epoch logged
+    mlflow_keys.M_IMAGES_PER_S,
+    mlflow_keys.M_EPOCH_SECONDS,
+)
+# Run params (the flattened config) that name a run's configuration beyond its tags: what a
+# command that resumes it must repeat.
+PROGRESS_PARAMS = ("memory_efficient", "sync_bn", "gpu_decode")
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """A run's latest epoch metrics and the process that writes it (for ``status``)."""
+
+    run_id: str
+    epoch: int | None = None  # epochs logged (the step of the newest test error)
+    images_per_s: float | None = None
+    epoch_seconds: float | None = None
+    last_logged_ms: int | None = None  # when the newest of these metrics was logged
+    process: str = ""  # rkrepro.processes.this_process() of the writer, "" for older runs
+    params: Mapping[str, str] = field(default_factory=dict)
+
+
+def fetch_progress(tracking_uri: str | None, run_ids: Iterable[str]) -> dict[str, RunProgress]:
+    """Run id -> :class:`RunProgress` for each of ``run_ids`` (read-only, like
+    :func:`fetch_runs`: a local SQLite store without mlflow)."""
+    run_ids = list(dict.fromkeys(run_ids))
+    if not run_ids:
+        return {}
+    uri = resolve_tracking_uri(tracking_uri)
+    path = sqlite_path(uri)
+    if path is not None:
+        return _progress_sqlite(path, run_ids) if path.exists() else {}
+    return _progress_mlflow(uri, run_ids)
+
+
+def _progress_record(run_id: str, latest: Mapping[str, tuple[float, int, int]], tags, params):
+    """``latest``: metric key -> (value, step, timestamp ms)."""
+    epoch = latest.get(mlflow_keys.M_TEST_ERROR)
+    speed = latest.get(mlflow_keys.M_IMAGES_PER_S)
+    seconds = latest.get(mlflow_keys.M_EPOCH_SECONDS)
+    stamps = [int(entry[2]) for entry in latest.values() if entry[2] is not None]
+    process = tags.get(mlflow_keys.TAG_PROCESS)
+    return RunProgress(
+        run_id=run_id,
+        epoch=int(epoch[1]) if epoch else None,
+        images_per_s=_finite(speed[0]) if speed else None,
+        epoch_seconds=_finite(seconds[0]) if seconds else None,
+        last_logged_ms=max(stamps) if stamps else None,
+        process=process if isinstance(process, str) else "",
+        params={k: str(v) for k, v in params.items() if k in PROGRESS_PARAMS},
+    )
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _progress_sqlite(path: Path, run_ids: list[str]) -> dict[str, RunProgress]:
+    try:
+        con = store.connect_read_only(path)
+    except sqlite3.Error as error:
+        raise TrackingError(f"cannot open MLflow store {path}: {error}") from None
+    marks = ",".join("?" * len(run_ids))
+    latest: dict[str, dict[str, tuple[float, int, int]]] = {}
+    tags: dict[str, dict[str, str]] = {}
+    params: dict[str, dict[str, str]] = {}
+    try:
+        metric_sql = (
+            "SELECT run_uuid, key, value, step, timestamp FROM latest_metrics "
+            f"WHERE key IN ({','.join('?' * len(PROGRESS_METRICS))}) AND run_uuid IN ({marks})"
+        )
+        for run_id, key, value, step, stamp in con.execute(
+            metric_sql, [*PROGRESS_METRICS, *run_ids]
+        ):
+            latest.setdefault(run_id, {})[key] = (value, step, stamp)
+        tag_sql = f"SELECT run_uuid, key, value FROM tags WHERE key = ? AND run_uuid IN ({marks})"
+        for run_id, key, value in con.execute(tag_sql, [mlflow_keys.TAG_PROCESS, *run_ids]):
+            tags.setdefault(run_id, {})[key] = value
+        param_sql = (
+            "SELECT run_uuid, key, value FROM params "
+            f"WHERE key IN ({','.join('?' * len(PROGRESS_PARAMS))}) AND run_uuid IN ({marks})"
+        )
+        for run_id, key, value in con.execute(param_sql, [*PROGRESS_PARAMS, *run_ids]):
+            params.setdefault(run_id, {})[key] = value
+    except sqlite3.Error as error:
+        raise TrackingError(f"cannot read MLflow store {path}: {error}") from None
+    finally:
+        con.close()
+    return {
+        run_id: _progress_record(
+            run_id, latest.get(run_id, {}), tags.get(run_id, {}), params.get(run_id, {})
+        )
+        for run_id in run_ids
+    }
+
+
+def _progress_mlflow(uri: str, run_ids: list[str]) -> dict[str, RunProgress]:
+    client = store.connect(uri, write=False)
+    out = {}
+    try:
+        with store.wrap_errors(uri, "cannot read MLflow store"):
+            for run_id in run_ids:
+                run = client.get_run(run_id)
+                latest = {}
+                for key in PROGRESS_METRICS:
+                    history = client.get_metric_history(run_id, key)
+                    if history:
+                        newest = max(history, key=lambda m: (m.step, m.timestamp))
+                        latest[key] = (newest.value, newest.step, newest.timestamp)
+                out[run_id] = _progress_record(run_id, latest, run.data.tags, run.data.params)
+    except OSError as error:
+        shown = store.shown_uri(uri)
+        raise TrackingError(f"cannot reach MLflow store {shown}: {error}") from None
+    return out
+
+
 def metric_history(tracking_uri: str | None) -> Callable[[str], list[tuple[int, float]]]:
     """``history(run_id)``: a run's (epoch, test error) pairs, for the report's curves."""
     uri = resolve_tracking_uri(tracking_uri)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rkrepro import processes
 from rkrepro.errors import TrackingError
 from rkrepro.paths import resolve_tracking_uri
 from rkrepro.textsafe import one_line
@@ -51,8 +52,12 @@ def launcher_tags() -> dict[str, str]:
 
 
 def experiment_id(c: MlflowClient, uri: str, table_id: str, create: bool = True) -> str | None:
-    """A table's experiment, tagged as model training (the UI opens it on its runs)."""
-    kind = {mlflow_keys.TAG_EXPERIMENT_KIND: mlflow_keys.EXPERIMENT_KIND_TRAINING}
+    """A table's experiment, tagged as model training (the UI opens it on its runs) and with the
+    runs table's columns (:func:`~rkrepro.tracking.keys.ui_view_state`)."""
+    kind = {
+        mlflow_keys.TAG_EXPERIMENT_KIND: mlflow_keys.EXPERIMENT_KIND_TRAINING,
+        mlflow_keys.TAG_UI_VIEW: mlflow_keys.ui_view_state(),
+    }
     name = mlflow_keys.experiment_name(table_id)
     return find_experiment(c, uri, name, table_id, kind, create=create)
 
@@ -71,8 +76,10 @@ def find_experiment(
             if found.lifecycle_stage == "deleted":
                 c.restore_experiment(found.experiment_id)
             for key, value in tags.items():
-                if create and key not in (found.tags or {}):
-                    # Stores made before the tag: the UI opens them on the runs too from now on.
+                have = (found.tags or {}).get(key)
+                if create and (have is None or (key == mlflow_keys.TAG_UI_VIEW and have != value)):
+                    # Stores made before the tag: the UI opens them on the runs too from now on
+                    # (and with today's columns: that view is rkrepro's own).
                     c.set_experiment_tag(found.experiment_id, key, value)
             return found.experiment_id
         if not create:
@@ -213,11 +220,12 @@ class RunLog:
         log._logged_epochs = set()
         return log
 
-    def reopen(self, tags: dict[str, str]) -> None:
-        """Mark a KILLED/FAILED run RUNNING again; refresh the environment tags."""
+    def reopen(self, tags: dict[str, str], name: str | None = None) -> None:
+        """Mark a KILLED/FAILED run RUNNING again; refresh the environment tags and, for runs
+        named before today's naming, the name."""
         from mlflow.entities import RunTag
 
-        self.client.update_run(self.run_id, status="RUNNING")
+        self.client.update_run(self.run_id, status="RUNNING", name=name)
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         if mlflow_keys.TAG_FAILURE in self.client.get_run(self.run_id).data.tags:
             self.client.delete_tag(self.run_id, mlflow_keys.TAG_FAILURE)
@@ -303,6 +311,7 @@ def environment_tags(device: str, world: int, batchnorm: str | None) -> dict[str
         mlflow_keys.TAG_TORCH: torch.__version__,
         mlflow_keys.TAG_CUDA: str(torch.version.cuda or "none"),
         mlflow_keys.TAG_WORLD_SIZE: str(world),
+        mlflow_keys.TAG_PROCESS: processes.this_process(),
     }
     if batchnorm is not None:
         tags[mlflow_keys.TAG_BATCHNORM] = batchnorm
@@ -364,11 +373,12 @@ class Tracker:
         with self.errors():
             return RunLog(self.client, run.run_id).logged_epochs()
 
-    def resume(self, run: ExistingRun, env_tags: dict[str, str]) -> RunLog:
-        """Write into ``run`` again: RUNNING, with this process's environment tags."""
+    def resume(self, run: ExistingRun, env_tags: dict[str, str], name: str | None = None) -> RunLog:
+        """Write into ``run`` again: RUNNING, with this process's environment tags (and
+        ``name``)."""
         log = RunLog(self.client, run.run_id)
         with self.errors():
-            log.reopen(env_tags)
+            log.reopen(env_tags, name)
         return log
 
     def create(

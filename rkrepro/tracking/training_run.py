@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -49,9 +50,10 @@ class TrainingRun:
             for record in records:
                 self.log.log_epoch(record)
 
-    def finish(self, history: Sequence[Any]) -> dict[str, float]:
+    def finish(self, history: Sequence[Any], weights: Path | None = None) -> dict[str, float]:
         """A finished run: its summary metrics (final and best test error, the paper's final
-        convention first), its history as CSV, status FINISHED. Returns the summary."""
+        convention first), its history as CSV, where its final weights are (a tag), status
+        FINISHED. Returns the summary."""
         final = history[-1]
         summary = {
             mlflow_keys.M_FINAL_TEST_ERROR: final.test_error,
@@ -60,6 +62,8 @@ class TrainingRun:
         if final.test_top5_error is not None:
             summary[mlflow_keys.M_FINAL_TEST_TOP5] = final.test_top5_error
         with self.tracker.errors():
+            if weights is not None:
+                self.log.set_tags({mlflow_keys.TAG_FINAL_WEIGHTS: str(Path(weights).absolute())})
             self.log.complete(summary, final.epoch, history_csv(history))
         return summary
 

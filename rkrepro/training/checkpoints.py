@@ -8,6 +8,9 @@ A reproduction runs for days, so this file decides whether a crash costs minutes
 - a write that fails (disk full, quota) removes its temp file, leaves both older checkpoints
   untouched and raises one clear :class:`CheckpointWriteError`;
 - an exclusive lock per configuration keeps two processes from training the same cell;
+- once a run has finished, what it needs to resume is worth nothing and costs disk (two full
+  training states per run): it keeps only ``final.pt``, the trained model's weights, and the
+  resume state (``last.pt``, ``prev.pt``, ``last.json``) is removed;
 - nothing is written through a link someone else planted in ``runs/``: temporary files get
   unpredictable names and are created exclusively, the lock is opened without following a
   link, and the folders below the runs folder must not be links (:mod:`rkrepro.safe_write`);
@@ -36,6 +39,8 @@ from rkrepro.errors import RkreproError
 from rkrepro.safe_write import make_dirs, open_nofollow, write_atomic
 
 CHECKPOINT_FORMAT = 1
+# What a finished run keeps: its final weights, ``{"model": state_dict, "run_id", "epochs"}``.
+FINAL_NAME = "final.pt"
 # Test hook (documented in the README): SIGKILL this process halfway through writing its N-th
 # checkpoint, to prove that a kill during a write loses nothing.
 FAULT_KILL_IN_CHECKPOINT_ENV = "RKREPRO_FAULT_KILL_IN_CHECKPOINT"
@@ -69,6 +74,7 @@ class Checkpoints:
         self.last = self.dir / "last.pt"
         self.prev = self.dir / "prev.pt"
         self.info = self.dir / "last.json"
+        self.final = self.dir / FINAL_NAME
         self._saves = 0
 
     def save(self, state: dict[str, Any]) -> None:
@@ -133,6 +139,29 @@ class Checkpoints:
             )
         return None
 
+    def keep_final(self, weights: dict[str, Any], run_id: str | None, epochs: int) -> Path:
+        """Write the finished model's weights to ``final.pt`` (atomically, through no planted
+        link); returns its path. Loads with ``torch.load(path, weights_only=True)``."""
+        import torch
+
+        state = {"model": weights, "run_id": run_id, "epochs": epochs}
+        try:
+            make_dirs(self.root, self.dir)
+            write_atomic(self.final, lambda handle: torch.save(state, handle))
+        except OSError as error:
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            raise CheckpointWriteError(
+                f"cannot write the final weights in {self.dir}: {reason}; the last checkpoint "
+                "is intact: rerun the same command to finish the run"
+            ) from None
+        return self.final
+
+    def drop_resume_state(self) -> None:
+        """After the run is recorded as finished: remove what only a resume needs."""
+        for path in (self.last, self.prev, self.info):
+            path.unlink(missing_ok=True)
+        _fsync_dir(self.dir)
+
     def peek(self) -> dict[str, Any] | None:
         try:
             return json.loads(self.info.read_text())
@@ -171,6 +200,12 @@ class ReadOnlyCheckpoints(Checkpoints):
     run read rank 0's checkpoint but never write or delete it."""
 
     def save(self, state: dict[str, Any]) -> None:
+        return None
+
+    def keep_final(self, weights: dict[str, Any], run_id: str | None, epochs: int) -> Path:
+        return self.final
+
+    def drop_resume_state(self) -> None:
         return None
 
     def clear(self) -> None:

@@ -142,7 +142,13 @@ class Session:
         final = history[-1]
         best = min(r.test_error for r in history)
         if opened.run is not None:
-            opened.run.finish(history)
+            # The weights first, then the run FINISHED, then the resume state gone: a stop
+            # between any two leaves a run that resumes or a finished run with its weights.
+            weights = opened.checkpoints.keep_final(
+                trainer.model.state_dict(), opened.run_id, plan.protocol.epochs
+            )
+            opened.run.finish(history, weights)
+            opened.checkpoints.drop_resume_state()
         self._say(
             f"{plan.label}: finished; final test error {final.test_error:.2f}% (best {best:.2f}%)"
         )
@@ -256,7 +262,7 @@ class Session:
                 # same run would mix two histories, so start a fresh run instead.
                 tracker.supersede(existing, "no checkpoint")
             else:
-                run = TrainingRun(tracker, tracker.resume(existing, env_tags))
+                run = TrainingRun(tracker, tracker.resume(existing, env_tags, plan.run_name))
                 how = f"resuming run {run.run_id} ({status.detail})"
                 return OpenedRun(run.run_id, run, state, checkpoints, how)
         elif existing is not None and existing.status == "RUNNING":

@@ -57,6 +57,8 @@ def write_report(
             terminal.print_tables(report, out)
         return
     text = _render_text(format, report, claims=claims, images=images, ui_url=ui_url)
+    if format == "markdown" and report is not None:
+        text += markdown.plots_markdown(images, out.parent if out else Path.cwd())
     if out is None:
         echo(text)
     else:

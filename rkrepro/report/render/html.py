@@ -24,6 +24,7 @@ from rkrepro.report.render.content import (
     summary_text,
     table_notes,
 )
+from rkrepro.tracking import keys as mlflow_keys
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:110em}
@@ -136,7 +137,7 @@ def _html_runs(table_report: TableReport, ui_url: str | None) -> list[str]:
         run_id = html.escape(run.run_id)
         link = run_id
         if ui_url and run.experiment_id:
-            href = f"{ui_url.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+            href = mlflow_keys.ui_url(ui_url, run.experiment_id, run.run_id)
             link = f'<a href="{html.escape(href)}">{run_id}</a>'
         out.append(
             f"<tr><td>{html.escape(result.cell.key)}</td><td>{html.escape(str(run.seed))}</td>"

@@ -10,8 +10,11 @@ heading at a newline.
 from __future__ import annotations
 
 import html
+import os
 import re
+import urllib.parse
 from collections.abc import Sequence
+from pathlib import Path
 
 from rkrepro.report.build import DATASET_NAMES, Report, TableReport
 from rkrepro.report.claims import ClaimResult
@@ -79,6 +82,23 @@ def to_markdown(report: Report) -> str:
 
 def _md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(md_text(cell) for cell in cells) + " |"
+
+
+def plots_markdown(images: Sequence[Path], folder: Path) -> str:
+    """A section linking each plot (``report --plots``), relative to ``folder`` (where the
+    Markdown file is), as images that GitHub and editors show in place."""
+    if not images:
+        return ""
+    out = ["", "## Plots", ""]
+    for image in images:
+        try:
+            target = os.path.relpath(Path(image).absolute(), Path(folder).absolute())
+        except ValueError:  # another drive
+            target = str(Path(image).absolute())
+        link = urllib.parse.quote(Path(target).as_posix())
+        name = Path(image).stem.replace("_", " ")
+        out += [f"![{name}]({link})", ""]
+    return "\n".join(out)
 
 
 def _md_item(item: Item) -> str:
