@@ -149,7 +149,7 @@ def test_a_writer_waits_for_a_held_lock(ws: Workspace) -> None:
 @pytest.mark.fault
 def test_four_concurrent_jobs_lose_nothing(ws: Workspace) -> None:
     """4 real subprocesses write 4 runs to one SQLite store at the same time."""
-    h.write_random_cifar10(ws.data, n_train=384, n_test=64)
+    h.write_random_cifar10(ws.data, n_train=640, n_test=64)  # epochs outlast the start-up
     epochs = 4
     proc = _rkrepro(
         ws,
