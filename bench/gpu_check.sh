@@ -65,7 +65,7 @@ python3 -c "import json, sys; from rkrepro import calibration; print(calibration
   "$out/throughput.jsonl" >"$out/calibration.yaml" 2>>"$out/summary.txt"
 if python3 -c "import pytest" 2>/dev/null; then
   section pytest-cuda 25 pytest.txt python3 -m pytest -q -x -p no:cacheprovider \
-    tests/test_train.py tests/test_data_cifar.py tests/test_data_gpu_augment.py \
+    tests/training tests/data/test_cifar.py tests/data/test_gpu_augment.py \
     -k "cuda or graph or bf16"
 else
   echo "pytest-cuda: skipped, no pytest on this machine" | tee -a "$out/summary.txt" "$out/pytest.txt"

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers_run import mlflow_template, ws  # noqa: F401 - the run tests' workspace, suite-wide
 
 SLURM_COMMANDS = ("srun", "sbatch", "squeue", "scancel", "scontrol", "sinfo", "sacct", "salloc")
 _MIRRORS = Path(tempfile.mkdtemp(prefix="rkrepro-path-"))

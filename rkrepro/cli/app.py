@@ -236,9 +236,12 @@ def plan_command(
     from rkrepro import screen
 
     console = _console()
-    for table_id in dict.fromkeys(e.cell.table for e in estimates):
+    table_ids = list(dict.fromkeys(e.cell.table for e in estimates))
+    for table_id in table_ids:
         subset = [e for e in estimates if e.cell.table == table_id]
         screen.show(console, cost.to_rich(subset, chosen, recorded))
+    if len(table_ids) > 1:
+        screen.show(console, cost.totals_rich(estimates, chosen, recorded))
     if chosen.note:
         console.print(chosen.note, highlight=False, markup=False)
 

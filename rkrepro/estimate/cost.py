@@ -190,6 +190,32 @@ def summarise(estimates: list[Estimate]) -> list[dict[str, Any]]:
     return list(groups.values())
 
 
+def totals_rich(estimates: list[Estimate], target: Target | None = None, precision: str = ""):
+    """The totals of several tables and of the paper, one line each: what ``plan`` prints after
+    one table per paper table (each with its own rows' totals)."""
+    from rich.table import Table
+
+    title = "Totals of the reproduction (one seed each)"
+    if target is not None:
+        title += f" on {target.label}" + (f", {precision}" if precision else "")
+    out = Table(title=title, header_style="bold", title_justify="left")
+    for header in ("table", "cells", "PFLOP", "GPU-h", "peak GB"):
+        out.add_column(header, justify="left" if header == "table" else "right", no_wrap=True)
+    for group in summarise(estimates):
+        if group["row"] not in ("(table)", "(paper)"):
+            continue
+        label = f"total {group['row']}" if group["row"] == "(paper)" else group["table"]
+        out.add_row(
+            label,
+            str(group["cells"]),
+            f"{group['total_pflops']:,.1f}",
+            f"{group['gpu_hours']:,.2f}",
+            f"{group['peak_memory_gb']:.1f}",
+            style="bold" if group["row"] == "(paper)" else "",
+        )
+    return out
+
+
 def to_rich(estimates: list[Estimate], target: Target | None = None, precision: str = ""):
     from rich.table import Table
 

@@ -1,0 +1,1 @@
+"""Tests of :mod:`rkrepro.campaign`, one module per module."""

@@ -1,0 +1,1 @@
+"""Tests of :mod:`rkrepro.data`, one module per module."""

@@ -1,0 +1,1 @@
+"""Tests of :mod:`rkrepro.estimate`, one module per module."""

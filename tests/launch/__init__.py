@@ -1,0 +1,1 @@
+"""Tests of :mod:`rkrepro.launch`, one module per module."""

@@ -1,0 +1,1 @@
+"""Tests of :mod:`rkrepro.models`, one module per module."""

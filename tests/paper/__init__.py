@@ -1,0 +1,1 @@
+"""Tests of :mod:`rkrepro.paper`, one module per module."""

@@ -1,0 +1,1 @@
+"""Tests of :mod:`rkrepro.planning`, one module per module."""

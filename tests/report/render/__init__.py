@@ -1,0 +1,1 @@
+"""Tests of :mod:`rkrepro.report.render`, one module per format."""

@@ -1,0 +1,1 @@
+"""Tests of :mod:`rkrepro.tracking`, one module per module."""

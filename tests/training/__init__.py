@@ -1,0 +1,1 @@
+"""Tests of :mod:`rkrepro.training`, one module per module."""
