@@ -87,3 +87,10 @@ def fill(uri: str) -> dict[str, list[str]]:
     client.delete_run(deleted.info.run_id)
     client.create_run(experiments["table4"], tags={"note": "not a cell"})
     return ids
+
+
+def filled_store(tmp_path_factory) -> tuple[str, dict[str, list[str]]]:
+    """``(uri, run ids per cell key)`` of a new SQLite MLflow store holding :data:`RUNS`."""
+    folder = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    return uri, fill(uri)

@@ -31,6 +31,20 @@ rows:
 """
 
 
+# A second row beside the tiny table's bc-k4 (appended to its rows, or a table of its own): one
+# cell, so a campaign of two rows with --seeds 2 trains four runs.
+SECOND_ROW = """\
+  - id: bc-k2
+    family: densenet-bc
+    depth: 10
+    growth_rate: 2
+    bottleneck: true
+    compression: 0.5
+    m: [2, 2, 2]
+    original: {params_m: null, error: 60.0}
+"""
+
+
 def make_workspace(root: Path, n_train: int = 96, n_test: int = 32) -> dict[str, str]:
     """Write tables/ and data/ under ``root``; return the environment that points rkrepro there
     (runs under ``root/runs``, no checksum check, never a download)."""

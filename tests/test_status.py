@@ -10,7 +10,7 @@ import sys
 
 import helpers_workspace as wsh
 import pytest
-from helpers_store import R20_V, fill
+from helpers_store import R20_V, filled_store
 from typer.testing import CliRunner
 
 from rkrepro import paper, status
@@ -21,9 +21,7 @@ HIDDEN, MARK = wsh.HIDDEN, wsh.MARK
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> tuple[str, dict[str, list[str]]]:
-    folder = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    return uri, fill(uri)
+    return filled_store(tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)

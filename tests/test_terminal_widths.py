@@ -19,7 +19,7 @@ from pathlib import Path
 
 import helpers_workspace as wsh
 import pytest
-from helpers_store import fill
+from helpers_store import filled_store
 from rich.cells import cell_len
 from typer.testing import CliRunner
 
@@ -32,10 +32,7 @@ WIDTHS = (80, 200)
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    fill(uri)
-    return uri
+    return filled_store(tmp_path_factory)[0]
 
 
 @pytest.fixture(autouse=True)

@@ -19,27 +19,15 @@ from rkrepro.cli.app import app
 from rkrepro.tracking import keys as mlflow_keys
 
 REPO = Path(__file__).resolve().parents[2]
-# A second row (and a second table) beside the tiny table's bc-k4: one cell each, so a
-# campaign of two rows trains four runs.
-SECOND_ROW = """\
-  - id: bc-k2
-    family: densenet-bc
-    depth: 10
-    growth_rate: 2
-    bottleneck: true
-    compression: 0.5
-    m: [2, 2, 2]
-    original: {params_m: null, error: 60.0}
-"""
 
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     values = wsh.make_workspace(tmp_path, n_train=256, n_test=32)
     tiny = tmp_path / "tables" / "tiny.yaml"
-    tiny.write_text(tiny.read_text() + SECOND_ROW)
+    tiny.write_text(tiny.read_text() + wsh.SECOND_ROW)
     other = wsh.TINY_TABLE.replace("id: tiny", "id: other").split("rows:")[0]
-    (tmp_path / "tables" / "other.yaml").write_text(other + "rows:\n" + SECOND_ROW)
+    (tmp_path / "tables" / "other.yaml").write_text(other + "rows:\n" + wsh.SECOND_ROW)
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -117,7 +105,10 @@ def _runs(runs: Path) -> list:
 
 
 def _checkpoints(runs: Path) -> int:
-    return len(list(runs.glob("checkpoints/*/last.json")))
+    """Runs that have trained an epoch: a checkpoint, or the final weights a finished run keeps."""
+    return len(
+        {p.parent for p in runs.glob("checkpoints/*/*") if p.name in ("last.json", "final.pt")}
+    )
 
 
 @pytest.mark.fault

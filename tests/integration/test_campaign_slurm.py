@@ -13,17 +13,6 @@ from services import real_env, wait_queue_empty
 
 pytestmark = pytest.mark.integration
 
-SECOND_ROW = """\
-  - id: bc-k2
-    family: densenet-bc
-    depth: 10
-    growth_rate: 2
-    bottleneck: true
-    compression: 0.5
-    m: [2, 2, 2]
-    original: {params_m: null, error: 60.0}
-"""
-
 
 def _campaign(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     args = ["run", "tiny", "--row", "bc-k4", "--row", "bc-k2", "--variant", "original"]
@@ -41,7 +30,7 @@ def test_a_two_row_campaign_runs_one_task_at_a_time_to_finished_runs(
     env = real_env(hw.make_workspace(tmp_path), **slurm_cluster.env)
     hw.new_store(store_template, tmp_path / "runs")
     tiny = tmp_path / "tables" / "tiny.yaml"
-    tiny.write_text(tiny.read_text() + SECOND_ROW)
+    tiny.write_text(tiny.read_text() + hw.SECOND_ROW)
 
     result = _campaign(env, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -4,18 +4,15 @@ caches and environment."""
 from __future__ import annotations
 
 import pytest
+from helpers_store import filled_store
 
 from rkrepro import report as reporting
-
-from .helpers_report import fill
 
 
 @pytest.fixture(scope="package")
 def store(tmp_path_factory) -> tuple[str, dict[str, list[str]]]:
     """``(uri, run ids per cell key)`` of a SQLite MLflow store holding ``RUNS``."""
-    folder = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    return uri, fill(uri)
+    return filled_store(tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)
