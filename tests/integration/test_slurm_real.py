@@ -250,7 +250,9 @@ def test_usr2_and_requeue_resume_the_same_run_with_every_epoch_once(
     (run,) = _runs(uri)
     assert not (runs / "mlflow.db").exists()  # nothing went to the default store
     assert run.info.status == "FINISHED", log()
-    assert _checkpoint(runs)["run_id"] == run.info.run_id  # one run throughout
+    assert first["run_id"] == run.info.run_id  # one run throughout: the preempted one finished
+    assert _checkpoint(runs) == {}  # finished: the resume state is gone, the final weights kept
+    assert len(list(runs.glob("checkpoints/**/final.pt"))) == 1
     assert _history(uri, run.info.run_id, "test_error") == list(range(1, epochs + 1))
     assert len(_history(uri, run.info.run_id, "params_total")) == 1
     text = _logs(runs)

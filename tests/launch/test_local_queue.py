@@ -19,7 +19,7 @@ from rkrepro.tracking import store
 def test_four_concurrent_jobs_lose_nothing(ws: Workspace) -> None:
     """4 real subprocesses write 4 runs to one SQLite store at the same time."""
     h.write_random_cifar10(ws.data, n_train=640, n_test=64)  # epochs outlast the start-up
-    epochs = 4
+    epochs = 6
     proc = start_run(
         ws,
         *("--variant", "original", "--variant", VARIANT, "--no-share", "--seeds", "2"),
