@@ -108,49 +108,59 @@ def device_batch(
 
 
 def pad_batch(images: list[Tensor], crops: list[list[int]]) -> Tensor:
-    """uint8 [B, h, w, 3]: each image's crop ``(first row, rows, first column, columns)`` at
-    the top left (zeros elsewhere), in PIL's pixel layout, whose rows the resize gathers
+    """uint8 [B, h, w * 3]: each image's crop ``(first row, rows, first column, columns)`` at
+    the top left (zeros elsewhere), as lines of PIL's pixel layout, which the resize gathers
     whole. ``crops`` is host data: slicing reads no device value."""
     height = max(c[1] for c in crops)
     width = max(c[3] for c in crops)
     batch = images[0].new_zeros(len(images), height, width, 3)
     for i, (x, (y0, h, x0, w)) in enumerate(zip(images, crops, strict=True)):
         batch[i, :h, :w] = x[:, y0 : y0 + h, x0 : x0 + w].permute(1, 2, 0)  # on the device
-    return batch
+    return batch.view(len(images), height, width * 3)
 
 
-# Images per group on a CPU, where a group's intermediates (about 5 MB an image) should stay in
-# cache; a GPU takes the whole batch at once.
-CPU_GROUP = 2
+def crop_lines(image: Tensor, crop: list[int]) -> Tensor:
+    """uint8 [1, h, w * 3]: one image's crop as lines of PIL's pixel layout, a view (no copy)
+    of a ``decode_jpeg`` image, whose memory is already [H, W, 3]."""
+    y0, h, x0, w = crop
+    pixels = image.permute(1, 2, 0)[y0 : y0 + h, x0 : x0 + w]
+    return pixels.reshape(1, h, w * 3)  # a view unless the image was not decoded as [H, W, 3]
 
 
-def augment_batch(images: list[Tensor], packed: Tensor, size: int = 224) -> Tensor:
+def augment_batch(
+    images: list[Tensor], packed: Tensor, size: int = 224, padded: bool | None = None
+) -> Tensor:
     """float32 [B, 3, size, size] on the images' device: row ``i`` of ``packed`` (on the host;
     :meth:`~rkrepro.data.fb_transforms.Plan.pack`) applied to ``images[i]`` (uint8 [3, h, w],
     on the device).
 
-    The same steps as :func:`rkrepro.data.fb_transforms.apply_plan`, for all images at once:
-    the crops gathered into one padded batch, rows resized by gathering whole pixel rows, the
-    planes transposed so that columns are rows too, the colour affine last, as one batched
-    matrix product.
+    The same steps as :func:`rkrepro.data.fb_transforms.apply_plan`: rows resized by gathering
+    whole pixel lines, the planes transposed so that columns are rows too, the colour affine
+    last. On an accelerator (``padded``, the default there) the crops are first copied into one
+    zero-padded batch, so that each step is one kernel for the whole batch; on a CPU, where a
+    kernel costs no launch, each image is read in place, one after another, which spares the
+    padding's copy and its wasted work and keeps an image's intermediates in cache.
     """
     device = images[0].device
     crops = packed[:, -4:].long().tolist()  # host data
     params = packed.to(device, non_blocking=True)  # the batch's one host->device transfer
-    group = CPU_GROUP if device.type == "cpu" else len(images)
+    if padded is None:
+        padded = device.type != "cpu"
+    if padded:
+        return _augment(pad_batch(images, crops), crops, params, size).contiguous()
     out = torch.empty(len(images), 3, size, size, device=device)
-    for i in range(0, len(images), group):
-        j = i + group
-        out[i:j] = _augment(images[i:j], crops[i:j], params[i:j], size)
+    for i, (image, crop) in enumerate(zip(images, crops, strict=True)):
+        out[i] = _augment(crop_lines(image, crop), [crop], params[i : i + 1], size)[0]
     return out
 
 
-def _augment(images: list[Tensor], crops: list[list[int]], params: Tensor, size: int) -> Tensor:
-    """:func:`augment_batch` for one group: a [n, 3, size, size] view (transposed memory)."""
-    device = images[0].device
+def _augment(lines: Tensor, crops: list[list[int]], params: Tensor, size: int) -> Tensor:
+    """:func:`augment_batch` for ``lines`` (uint8 [n, height, width * 3], each image's crop at
+    the top left): a [n, 3, size, size] view (transposed memory)."""
+    device = lines.device
     s4 = 4 * size
-    pixels = pad_batch(images, crops)
-    n, height, width, _ = pixels.shape
+    n, height = lines.shape[:2]
+    width = max(c[3] for c in crops)
     ix = params[:, :s4].long().view(n, 4, size)
     wx = params[:, s4 : 2 * s4].view(n, 4, size)
     iy = params[:, 2 * s4 : 3 * s4].long().view(n, 4, size)
@@ -159,7 +169,7 @@ def _augment(images: list[Tensor], crops: list[list[int]], params: Tensor, size:
     first = torch.arange(n, device=device)[:, None, None]  # each image's first line
 
     rows = iy + first * height
-    g = pixels.view(n * height, width * 3).index_select(0, rows.view(-1))
+    g = lines.reshape(n * height, width * 3).index_select(0, rows.view(-1))
     g = g.view(n, 4, size, width, 3)  # uint8: each product below converts as it reads
     tall = g[:, 0] * wy[:, 0, :, None, None]
     for k in range(1, 4):
@@ -172,9 +182,14 @@ def _augment(images: list[Tensor], crops: list[list[int]], params: Tensor, size:
     for k in range(1, 4):
         out.addcmul_(g[:, :, k], wx[:, None, k, :, None])
 
-    matrix = colour[:, :9].view(n, 3, 3)
+    matrix = colour[:, :9].view(n, 3, 3, 1)
     offset, gain, weights, bias = colour[:, 9:12], colour[:, 12:15], colour[:, 15:18], colour[:, 18]
     mean = out.mean((2, 3))  # [n, 3]: what contrast blends with, through ``weights``
     offset = offset + gain * ((weights * mean).sum(1) + bias)[:, None]
-    out = torch.baddbmm(offset[:, :, None], matrix, out.view(n, 3, -1))
-    return out.view(n, 3, size, size).transpose(2, 3)
+    planes = out.view(n, 1, 3, -1)
+    # Three products with a 3x3 matrix per image: cheaper, as elementwise passes, than a
+    # matrix product with an inner dimension of 3.
+    coloured = (matrix[:, :, 0] * planes[:, :, 0]).add_(offset[:, :, None])
+    for c in range(1, 3):
+        coloured.addcmul_(matrix[:, :, c], planes[:, :, c])
+    return coloured.view(n, 3, size, size).transpose(2, 3)

@@ -26,10 +26,12 @@ def _decoded(sizes) -> list[torch.Tensor]:
     return decode_jpeg(data, mode=ImageReadMode.RGB)
 
 
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "in-place"])
 @pytest.mark.parametrize("transform", [fb.ImageNetTrain(), fb.ImageNetEval()], ids=type)
-def test_the_batch_is_the_per_image_path(transform) -> None:
+def test_the_batch_is_the_per_image_path(transform, padded: bool) -> None:
     """Photographs of several sizes (a 640x60 one falls back to CenterCrop(Scale)), padded into
-    one batch: each image as the per-image CPU path makes it under the same seed."""
+    one batch as on a GPU or read in place one by one as on a CPU: each image as the per-image
+    CPU path makes it under the same seed."""
     sizes = [(i, s) for i, s in enumerate(hi.SIZES)] + [(5, (7, 5)), (6, (300, 224))]
     images = _decoded(sizes)
     expected, plans = [], []
@@ -38,7 +40,7 @@ def test_the_batch_is_the_per_image_path(transform) -> None:
             expected.append(transform(image))
         with seeded(1000 + i):
             plans.append(transform.plan(*image.shape[1:]).pack())
-    batch = gpu_augment.augment_batch(images, torch.stack(plans))
+    batch = gpu_augment.augment_batch(images, torch.stack(plans), padded=padded)
     assert batch.shape == (len(images), 3, 224, 224) and batch.dtype == torch.float32
     torch.testing.assert_close(batch, torch.stack(expected), rtol=0, atol=2e-5)
 
