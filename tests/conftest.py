@@ -12,7 +12,9 @@ end the suite fails if anything appeared in the checkout's ``runs/``.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from helpers_run import mlflow_template, ws  # noqa: F401 - the run tests' works
 
 SLURM_COMMANDS = ("srun", "sbatch", "squeue", "scancel", "scontrol", "sinfo", "sacct", "salloc")
 _MIRRORS = Path(tempfile.mkdtemp(prefix="rkrepro-path-"))
+atexit.register(shutil.rmtree, _MIRRORS, ignore_errors=True)
 
 
 def path_without_slurm(path: str) -> str:

@@ -276,17 +276,34 @@ def check_database(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
 def client(uri: str) -> MlflowClient:
     """An MLflow client whose calls survive SQLite lock contention (see :class:`RetryingClient`).
 
-    A local SQLite store is opened under :func:`creation_lock`: MLflow creates and migrates a
-    new store when its client is made, and two processes doing that at once (a campaign's
-    parallel jobs on a fresh store) broke one of them in the migration."""
+    A local SQLite store that is not yet :func:`settled` is opened under :func:`creation_lock`:
+    MLflow creates and migrates a new store when its client is made, and two processes doing
+    that at once (a campaign's parallel jobs on a fresh store) broke one of them in the
+    migration. A settled store is opened without it, so that parallel jobs start together."""
     from mlflow.tracking import MlflowClient
 
     path = sqlite_path(uri)
     if path is None:
         return MlflowClient(tracking_uri=uri)
-    with creation_lock(path), _quiet_migrations():
+    lock = contextlib.nullcontext() if settled(path) else creation_lock(path)
+    with lock, _quiet_migrations():
         inner = MlflowClient(tracking_uri=uri)
     return RetryingClient(inner)  # type: ignore[return-value]
+
+
+def settled(path: Path) -> bool:
+    """Whether the SQLite store ``path`` was created to the end: its default experiment, which
+    MLflow writes after every table and migration, exists. Opening such a store only reads (an
+    out-of-date schema is refused, not migrated), so it needs no creation lock."""
+    try:
+        con = connect_read_only(path)
+        try:
+            row = con.execute("SELECT 1 FROM experiments WHERE experiment_id = 0").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False  # missing, being created, or not a store: the locked path decides
+    return row is not None
 
 
 CREATION_WAIT_S = 300.0  # a store's migrations take seconds; a holder this long is stuck

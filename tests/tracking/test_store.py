@@ -124,3 +124,44 @@ def test_a_store_lock_planted_as_a_link_is_refused(tmp_path) -> None:
     with pytest.raises(PlantedLink), store.creation_lock(tmp_path / "mlflow.db"):
         pass
     assert not victim.exists()
+
+
+def test_a_settled_store_opens_while_another_process_holds_its_creation_lock(tmp_path) -> None:
+    """Parallel jobs on a store that exists start together: only a store still being created
+    waits for the creation lock (held here by a real second process)."""
+    import subprocess
+    import sys
+    import time
+
+    db = tmp_path / "mlflow.db"
+    assert not store.settled(db) and not db.exists()  # asking creates nothing
+    store.client(f"sqlite:///{db}")
+    assert store.settled(db)
+    half = tmp_path / "half.db"  # tables but no default experiment: being created
+    sqlite3.connect(half).execute("CREATE TABLE experiments (experiment_id INTEGER)")
+    assert not store.settled(half)
+    locks = [str(db) + ".init-lock", str(half) + ".init-lock"]
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "for lock in sys.argv[1:]:\n"
+            "    fcntl.flock(os.open(lock, os.O_RDWR | os.O_CREAT), fcntl.LOCK_EX)\n"
+            "print('held', flush=True); time.sleep(60)",
+            *locks,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        started = time.monotonic()
+        store.client(f"sqlite:///{db}").search_experiments()
+        assert time.monotonic() - started < 10  # no wait for the holder's 60 s
+        waited = pytest.raises(TrackingError, match="held .* while opening")
+        with waited, store.creation_lock(half, wait_s=0.5):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
