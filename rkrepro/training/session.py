@@ -81,6 +81,9 @@ class Session:
                         continue
                     if status.state != "done" and not self.train(plan, status):
                         failed += 1
+        # Every rank leaves together: a rank whose process exited while rank 0 was still
+        # recording died in gloo's teardown (SIGABRT), and torchrun then stops the whole group.
+        self.world.barrier()
         done = len(plans) - failed
         self._say(f"{done}/{len(plans)} runs done" + (f", {failed} failed" if failed else ""))
         return 1 if failed else 0
