@@ -58,6 +58,16 @@ def test_list_json_has_one_object_per_model_cell(runner):
     assert "resnet_stages" not in bc12[0]["readings"]
 
 
+@pytest.mark.parametrize("command", ["list", "plan", "status", "report"])
+def test_all_means_every_table_as_in_run_all(runner, command):
+    """``rkrepro run all`` runs every table; the reading commands take ``all`` the same way."""
+    extra = ["--gpu", "h100"] if command == "plan" else []
+    every = runner.invoke(app, [command, "--format", "json", *extra])
+    named = runner.invoke(app, [command, "ALL", "--format", "json", *extra])
+    assert named.exit_code == every.exit_code == 0, named.output
+    assert named.output == every.output and "table4" in named.output
+
+
 def test_list_rich_shows_rows_and_numbers(runner):
     result = runner.invoke(app, ["list", "table1"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output

@@ -7,8 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
+
+def _every_table(value: str | None) -> str | None:
+    """``all`` means every table, as no TABLE does (and as ``rkrepro run all`` says it)."""
+    return None if value is not None and value.strip().lower() == "all" else value
+
+
 TableArg = Annotated[
-    Optional[str], typer.Argument(help="Table id (table1 or 1); default: every table.")
+    Optional[str],
+    typer.Argument(
+        help="Table id (table1 or 1), or all; default: every table.", callback=_every_table
+    ),
 ]
 RowOpt = Annotated[
     Optional[str], typer.Option("--row", "-r", help="Row id, e.g. densenet-bc-k12 (needs TABLE).")
