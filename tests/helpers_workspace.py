@@ -120,7 +120,6 @@ def shortened_run_workspace(tmp_path_factory) -> dict[str, str]:
     template = tmp_path_factory.mktemp("template") / "mlflow.db"
     MlflowClient(f"sqlite:///{template}").search_experiments()
     new_store(template, root / "runs")
-    env["RKREPRO_CACHE_DIR"] = str(root / "cache")
     args = ["run", "tiny", "--row", "bc-k4", "--variant", "original", "--epochs", "1"]
     result = invoke(env, *args, "--train-subset", "64", "--device", "cpu")
     assert result.exit_code == 0, result.output

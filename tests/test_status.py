@@ -136,7 +136,6 @@ def test_status_shows_progress_and_a_killed_process_as_stale_with_its_resume_com
     from mlflow.tracking import MlflowClient
 
     env = wsh.make_workspace(tmp_path)
-    env["RKREPRO_CACHE_DIR"] = str(tmp_path / "cache")
     template = tmp_path / "template.db"
     MlflowClient(f"sqlite:///{template}").search_experiments()
     wsh.new_store(template, tmp_path / "runs")

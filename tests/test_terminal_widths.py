@@ -39,7 +39,6 @@ def store(tmp_path_factory) -> str:
 def _isolated(monkeypatch, tmp_path_factory):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RKREPRO_TABLES_DIR", raising=False)
-    monkeypatch.setenv("RKREPRO_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 def _invoke(width: int, *args: str) -> str:

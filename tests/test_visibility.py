@@ -74,7 +74,6 @@ def test_table_text_reaches_the_terminal_as_text(tmp_path):
     env = {
         "RKREPRO_TABLES_DIR": str(tmp_path / "tables"),
         "RKREPRO_RUNS_DIR": str(tmp_path / "runs"),
-        "RKREPRO_CACHE_DIR": str(tmp_path / "cache"),
     }
     for args in (["list", "tiny"], ["show", "tiny", "--row", "bc-k4"], ["report", "tiny"]):
         result = _invoke(env, *args)

@@ -7,7 +7,6 @@ runs + the paper's tables -> :mod:`.build` (seed statistics, verdicts, bold clai
 
 from rkrepro.report.build import (
     BETTER,
-    CACHE_DIR_ENV,
     DEFAULT_TOLERANCE_PP,
     FAILED_VERDICT,
     MISSING,
@@ -29,7 +28,6 @@ from rkrepro.report.plots import log_plots, write_plots
 
 __all__ = [
     "BETTER",
-    "CACHE_DIR_ENV",
     "DEFAULT_TOLERANCE_PP",
     "FAILED_VERDICT",
     "MISSING",

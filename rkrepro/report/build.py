@@ -14,16 +14,12 @@ shown but not judged.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from rkrepro.safe_write import write_bytes_atomic
 from rkrepro.spec import ModelSpec
 from rkrepro.status import (
     ACTIVE,
@@ -41,7 +37,6 @@ if TYPE_CHECKING:
 
 DEFAULT_TOLERANCE_PP: dict[str, float] = {"cifar10": 0.3, "cifar100": 0.6, "imagenet": 0.5}
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
-CACHE_DIR_ENV = "RKREPRO_CACHE_DIR"
 
 WITHIN, BETTER, WORSE = "within", "better", "worse"
 MISSING, RUNNING, FAILED_VERDICT = "missing", "running", "failed"
@@ -426,59 +421,15 @@ def _rule(params, base_params, error, base_error) -> bool | None:
 
 
 # --------------------------------------------------------------------------------------------
-# Parameter counts: from the models, cached on disk because building ~80 models costs seconds.
+# Parameter counts: from the spec, as ``rkrepro params`` and ``plan`` count them.
 
 
 def param_counts(
     specs: Iterable[ModelSpec], counter: ParamCounter | None = None
 ) -> dict[ModelSpec, tuple[int, int]]:
-    """(paper count, total) per spec via ``rkrepro.models.spec_param_counts``.
-
-    Cached in ``$RKREPRO_CACHE_DIR`` (default ``~/.cache/rkrepro``) under a fingerprint of the
-    model code, so a changed model is recounted. ``counter`` replaces the models (tests).
-    """
-    unique = list(dict.fromkeys(specs))
-    if counter is not None:
-        return {spec: counter(spec) for spec in unique}
-    path = _cache_dir() / "param_counts.json"
-    fingerprint = _models_fingerprint()
-    cached: dict[str, list[int]] = {}
-    try:
-        data = json.loads(path.read_text())
-        if data.get("fingerprint") == fingerprint:
-            cached = data["counts"]
-    except (OSError, ValueError, KeyError, AttributeError):
-        pass
-    missing = [spec for spec in unique if repr(spec) not in cached]
-    if missing:
-        from rkrepro.models import spec_param_counts
-
-        for spec in missing:
-            cached[repr(spec)] = list(spec_param_counts(spec))
-        _write_cache(path, {"fingerprint": fingerprint, "counts": cached})
-    return {spec: (int(cached[repr(spec)][0]), int(cached[repr(spec)][1])) for spec in unique}
-
-
-def _cache_dir() -> Path:
-    if os.environ.get(CACHE_DIR_ENV):
-        return Path(os.environ[CACHE_DIR_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "rkrepro"
-
-
-def _models_fingerprint() -> str:
-    package = Path(__file__).resolve().parent.parent  # rkrepro/
-    digest = hashlib.sha256()
-    for path in sorted([package / "spec.py", *(package / "models").rglob("*.py")]):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _write_cache(path: Path, data: dict[str, Any]) -> None:
-    """Best effort: a read-only home only makes the next report slower."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(path, json.dumps(data, sort_keys=True).encode(), sync=False)
-    except OSError:
-        pass
+    """(paper count, total) per spec, counted from the spec without building a model
+    (:func:`rkrepro.models.analytic.param_counts`, which the tests check against every built
+    model of the tables); ``counter`` replaces it (tests)."""
+    if counter is None:
+        from rkrepro.models.analytic import param_counts as counter
+    return {spec: counter(spec) for spec in dict.fromkeys(specs)}

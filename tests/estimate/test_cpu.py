@@ -24,7 +24,6 @@ pytest.importorskip("torch")
 def env(tmp_path):
     return {
         **wsh.make_workspace(tmp_path),
-        "RKREPRO_CACHE_DIR": str(tmp_path / "cache"),
         "MLFLOW_TRACKING_URI": None,  # None unsets it (see tests/test_visibility.py)
     }
 

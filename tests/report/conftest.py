@@ -1,12 +1,10 @@
 """The report tests' store, filled once for the package, and their isolation from the user's
-caches and environment."""
+environment."""
 
 from __future__ import annotations
 
 import pytest
 from helpers_store import filled_store
-
-from rkrepro import report as reporting
 
 
 @pytest.fixture(scope="package")
@@ -17,7 +15,6 @@ def store(tmp_path_factory) -> tuple[str, dict[str, list[str]]]:
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory, monkeypatch):
-    """Parameter-count cache and tracking env of the tests stay out of the user's."""
-    monkeypatch.setenv(reporting.CACHE_DIR_ENV, str(tmp_path_factory.getbasetemp() / "cache"))
+    """The tests' tracking env stays out of the user's."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RKREPRO_TABLES_DIR", raising=False)

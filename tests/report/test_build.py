@@ -3,11 +3,8 @@ statistics, verdicts, bold claims, parameter counts, precision and readings."""
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import pytest
+import torch
 
 from rkrepro import paper
 from rkrepro import report as reporting
@@ -73,15 +70,26 @@ def test_bold_claims_re_evaluated(store):
     assert undecided.on_reproduced is None  # no runs yet
 
 
-def test_real_parameter_counts_are_cached(store):
-    pytest.importorskip("rkrepro.models.counting", reason="rkrepro.models not available yet")
-    cells = paper.all_cells(paper.load_tables(), "table4")[:3]
-    counts = reporting.param_counts(c.spec for c in cells)
-    assert all(paper > 0 and total >= paper for paper, total in counts.values())
-    cache = Path(os.environ[reporting.CACHE_DIR_ENV]) / "param_counts.json"
-    assert json.loads(cache.read_text())["counts"][repr(cells[0].spec)] == list(
-        counts[cells[0].spec]
-    )
+def test_parameter_counts_come_from_the_spec_and_equal_the_built_models(monkeypatch, tmp_path):
+    """A cold report answers in about a second: it counts from the spec, as ``params`` does,
+    and builds no model; the counts are the built models' (here, on the meta device)."""
+    import rkrepro.models
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # a fresh home: nothing cached from before
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    cells = paper.all_cells(paper.load_tables(), "table1")[:5]
+    built = {}
+    for cell in cells:
+        with torch.device("meta"):
+            built[cell.spec] = rkrepro.models.count_params(rkrepro.models.build_model(cell.spec))
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the report built a model")
+
+    monkeypatch.setattr(rkrepro.models, "build_model", no_build)
+    monkeypatch.setattr("rkrepro.models.counting.build_model", no_build)
+    assert reporting.param_counts(c.spec for c in cells) == built
 
 
 def test_a_non_fp32_number_is_labelled_and_never_mixed_with_fp32(tmp_path):

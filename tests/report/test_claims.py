@@ -41,7 +41,6 @@ SIX = {
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv(reporting.CACHE_DIR_ENV, str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RKREPRO_TABLES_DIR", raising=False)
 
@@ -177,7 +176,6 @@ def _invoke(*args: str):
 
 
 def test_cli_claims_every_format_on_an_empty_store(tmp_path, monkeypatch):
-    monkeypatch.setenv("RKREPRO_CACHE_DIR", str(tmp_path / "cache"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = _invoke("report", "--claims", "--format", "json", "--tracking-uri", uri)
     assert result.exit_code == 0, result.output
