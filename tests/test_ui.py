@@ -138,17 +138,7 @@ def test_ui_opens_on_the_runs_in_chromium(tmp_path, tmp_path_factory):
     runs.mkdir()
     uri, experiment_id = _store(runs)
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RKREPRO_RUNS_DIR": str(runs)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rkrepro", "ui", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        start_new_session=True,
-    )
+    process = _ui_process(runs, port, tmp_path)
     lines: list[str] = []
     try:
         deadline = time.monotonic() + 240

@@ -147,20 +147,19 @@ def augment_batch(
     if padded is None:
         padded = device.type != "cpu"
     if padded:
-        return _augment(pad_batch(images, crops), crops, params, size).contiguous()
+        return _augment(pad_batch(images, crops), params, size).contiguous()
     out = torch.empty(len(images), 3, size, size, device=device)
     for i, (image, crop) in enumerate(zip(images, crops, strict=True)):
-        out[i] = _augment(crop_lines(image, crop), [crop], params[i : i + 1], size)[0]
+        out[i] = _augment(crop_lines(image, crop), params[i : i + 1], size)[0]
     return out
 
 
-def _augment(lines: Tensor, crops: list[list[int]], params: Tensor, size: int) -> Tensor:
+def _augment(lines: Tensor, params: Tensor, size: int) -> Tensor:
     """:func:`augment_batch` for ``lines`` (uint8 [n, height, width * 3], each image's crop at
     the top left): a [n, 3, size, size] view (transposed memory)."""
     device = lines.device
     s4 = 4 * size
-    n, height = lines.shape[:2]
-    width = max(c[3] for c in crops)
+    n, height, width = lines.shape[0], lines.shape[1], lines.shape[2] // 3
     ix = params[:, :s4].long().view(n, 4, size)
     wx = params[:, s4 : 2 * s4].view(n, 4, size)
     iy = params[:, 2 * s4 : 3 * s4].long().view(n, 4, size)

@@ -86,7 +86,8 @@ class Reproduced:
 
     @property
     def legacy(self) -> int:
-        """Counted runs trained before readings existed (before issue 13's protocol)."""
+        """Counted runs that record no readings: trained before the Torch-exact protocol, which
+        the report notes beside their numbers."""
         return sum(r.legacy for r in self.counted)
 
     @property

@@ -80,7 +80,8 @@ class RunRecord:
 
     @property
     def legacy(self) -> bool:
-        """Trained before readings existed (and so before issue 13's protocol changes)."""
+        """Records no readings: trained by a version of rkrepro before readings, and so before the
+        Torch-exact protocol."""
         return not self.readings
 
     def resolved_readings(self, spec: ModelSpec | None = None) -> dict[str, str]:

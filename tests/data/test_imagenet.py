@@ -26,15 +26,9 @@ def test_imagenet_validation_errors(tmp_path: Path) -> None:
 
 
 def test_imagenet_pipeline_on_a_tiny_image_folder(tmp_path: Path) -> None:
-    from PIL import Image
     from torchvision import datasets
 
-    rng = np.random.default_rng(0)
-    for cls in ("n01", "n02"):
-        (tmp_path / cls).mkdir()
-        for i in range(3):
-            pixels = rng.integers(0, 255, size=(60, 80, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / cls / f"{i}.JPEG")
+    hi.write_folder(tmp_path, per_class=3)  # 2 classes of 3 photographs
     train_tf, val_tf = imagenet.imagenet_transforms()
     for tf, train in ((train_tf, True), (val_tf, False)):
         folder = datasets.ImageFolder(str(tmp_path), tf)
@@ -47,15 +41,9 @@ def test_imagenet_pipeline_on_a_tiny_image_folder(tmp_path: Path) -> None:
 
 
 def test_persistent_workers_give_reproducible_resumable_batches(tmp_path: Path) -> None:
-    from PIL import Image
     from torchvision import datasets
 
-    rng = np.random.default_rng(0)
-    for cls in ("n01", "n02"):
-        (tmp_path / cls).mkdir()
-        for i in range(3):
-            pixels = rng.integers(0, 255, size=(40, 50, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / cls / f"{i}.JPEG")
+    hi.write_folder(tmp_path, per_class=3)  # 2 classes of 3 photographs
     train_tf, _ = imagenet.imagenet_transforms()
     folder = datasets.ImageFolder(str(tmp_path), train_tf)
     source = imagenet.LoaderBatches(folder, 4, torch.device("cpu"), True, seed=0, workers=1)

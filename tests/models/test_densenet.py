@@ -62,15 +62,15 @@ def test_torchvision_key_mapping() -> None:
         torchvision_key("features.pool0.weight")
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [
-        ModelSpec("densenet-bc", C10, 22, 6),
-        ModelSpec("densenet", C10, 13, 4),
-        ModelSpec("densenet-bc", C10, 22, 6, ((2, 2), (1, 3), (1, 2)), share=True),
-    ],
-    ids=spec_id,
-)
+# Plain and memory-efficient DenseNets, BC and not, with RK periods and sharing.
+MEMORY_EFFICIENT_SPECS = [
+    ModelSpec("densenet-bc", C10, 22, 6),
+    ModelSpec("densenet", C10, 13, 4),
+    ModelSpec("densenet-bc", C10, 22, 6, ((2, 2), (1, 3), (1, 2)), share=True),
+]
+
+
+@pytest.mark.parametrize("spec", MEMORY_EFFICIENT_SPECS, ids=spec_id)
 @pytest.mark.parametrize(
     "device",
     [
@@ -101,15 +101,7 @@ def test_memory_efficient_matches_plain(spec: ModelSpec, device: str) -> None:
     assert b_saved < a_saved
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [
-        ModelSpec("densenet-bc", C10, 22, 6),
-        ModelSpec("densenet", C10, 13, 4),
-        ModelSpec("densenet-bc", C10, 22, 6, ((2, 2), (1, 3), (1, 2)), share=True),
-    ],
-    ids=spec_id,
-)
+@pytest.mark.parametrize("spec", MEMORY_EFFICIENT_SPECS, ids=spec_id)
 @pytest.mark.parametrize("memory_efficient", [False, True], ids=["plain", "memory-efficient"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_feature_buffer_matches_concatenation(
